@@ -1,0 +1,110 @@
+"""Training tasks: a student learning from hard labels, or distilled from a frozen teacher.
+
+Both are ``nn.Module``s whose ``forward(inputs, labels)`` returns a dict: ``loss`` (to back-propagate), the named
+unweighted terms for logging, and ``logits`` (the student's output, for accuracy). The engine treats them alike.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from respkd.errors import RespkdError
+from respkd.losses import distillation_loss, hard_label_loss
+
+
+class ResponseRecorder:
+    """Keeps the latest output of the submodule ``name`` of ``model`` (a forward hook, as MMRazor's recorders).
+
+    With ``name=None`` the response is the model's own output and no hook is installed.
+    """
+
+    def __init__(self, model: nn.Module, name: str | None) -> None:
+        self.name = name
+        self.output: torch.Tensor | None = None
+        if name is not None:
+            modules = dict(model.named_modules())
+            if name not in modules:
+                near = [m for m in modules if m and (name in m or m in name)][:5]
+                raise RespkdError(f"no submodule '{name}' to record a response from" + (f" (near: {', '.join(near)})" if near else ""))
+            modules[name].register_forward_hook(self._hook)
+
+    def _hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        self.output = output
+
+    def response(self, model_output: torch.Tensor) -> torch.Tensor:
+        out = model_output if self.name is None else self.output
+        return out.flatten(1)
+
+
+class Supervised(nn.Module):
+    """Plain training with hard labels: ``loss = CE(student(x), y)``."""
+
+    def __init__(self, student: nn.Module) -> None:
+        super().__init__()
+        self.student = student
+
+    def forward(self, inputs: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = self.student(inputs)
+        loss = hard_label_loss(logits, labels)
+        return {"loss": loss, "hard_loss": loss.detach(), "logits": logits}
+
+
+class Distiller(nn.Module):
+    """A student plus a frozen teacher; the loss is :func:`respkd.losses.distillation_loss`.
+
+    The teacher never receives gradients (``requires_grad`` off, queried under ``inference_mode``) and stays in
+    eval mode whatever mode the distiller is put in, so its dropout and batch-norm statistics never change.
+    Only ``self.student`` holds trainable parameters: hand ``distiller.student`` to DDP and the optimizer.
+
+    Args:
+        student: the network being trained.
+        teacher: any module mapping inputs to logits: one model, or an ensemble behind the same interface.
+        temperature: T > 0 for both teacher and student during training.
+        soft_weight, hard_weight: weights of the soft-target term (with its T^2 factor) and the hard-label term.
+        student_response, teacher_response: names of submodules whose outputs are distilled instead of the models'
+            final outputs.
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        temperature: float,
+        soft_weight: float = 1.0,
+        hard_weight: float = 0.0,
+        student_response: str | None = None,
+        teacher_response: str | None = None,
+    ) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise RespkdError(f"temperature must be > 0, got {temperature}")
+        self.student = student
+        self.teacher = teacher.requires_grad_(False).eval()
+        self.temperature, self.soft_weight, self.hard_weight = temperature, soft_weight, hard_weight
+        self.student_recorder = ResponseRecorder(student, student_response)
+        self.teacher_recorder = ResponseRecorder(teacher, teacher_response)
+
+    def train(self, mode: bool = True) -> "Distiller":
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    def teacher_logits(self, inputs: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            out = self.teacher_recorder.response(self.teacher(inputs))
+        # An inference-mode tensor cannot be saved for backward; a clone outside the mode is an ordinary tensor.
+        return out.clone()
+
+    def forward(
+        self, inputs: torch.Tensor, labels: torch.Tensor | None = None, teacher_logits: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Loss terms for one batch. ``teacher_logits`` may be given (from a cache) instead of querying the teacher."""
+        logits = self.student(inputs)
+        if teacher_logits is None:
+            teacher_logits = self.teacher_logits(inputs)
+        losses = distillation_loss(
+            self.student_recorder.response(logits), teacher_logits, labels,
+            self.temperature, self.soft_weight, self.hard_weight,
+        )
+        return {**losses, "logits": logits}

@@ -1,0 +1,132 @@
+"""The training loop as plain functions (the shape of torchvision's reference scripts)."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import time
+from typing import Iterable
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from respkd.config import TrainConfig
+
+
+def fast_bf16_available(device: torch.device) -> bool:
+    """Whether bf16 matrix multiplies run natively (and so faster than fp32) on ``device``."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = next(l for l in open("/proc/cpuinfo") if l.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    return precision == "bf16" or (precision == "auto" and fast_bf16_available(device))
+
+
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on ``device`` when enabled (losses inside respkd.losses opt out and stay in float32)."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+                               weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+    """A per-step learning-rate schedule (``scheduler.step()`` after every optimizer step)."""
+    total = cfg.epochs * steps_per_epoch
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=cfg.lr, total_steps=total, pct_start=max(cfg.warmup_fraction, 1 / total),
+            cycle_momentum=False,
+        )
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
+    if cfg.schedule == "step":
+        milestones = sorted(m * steps_per_epoch for m in cfg.milestones)
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=cfg.gamma)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+
+
+def train_one_epoch(
+    task: nn.Module,
+    student: nn.Module,
+    loader: Iterable,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    device: torch.device,
+    bf16: bool,
+    epoch: int,
+    progress: bool | None = None,
+) -> dict[str, float]:
+    """One pass over ``loader``; returns the mean of every loss term and the epoch's wall time.
+
+    ``task`` is a :class:`~respkd.distill.Supervised` or :class:`~respkd.distill.Distiller`; ``student`` is the
+    trained model, whose ``apply_constraints()`` (max-norm) runs after every step when it has one.
+    """
+    task.train()
+    constrain = getattr(student, "apply_constraints", None)
+    show = sys.stderr.isatty() if progress is None else progress
+    sums: dict[str, torch.Tensor] = {}
+    start = time.perf_counter()
+    batches = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not show, dynamic_ncols=True)
+    count = 0
+    for inputs, labels, _ in batches:
+        with autocast(device, bf16):
+            out = task(inputs, labels)
+        optimizer.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        optimizer.step()
+        scheduler.step()
+        if constrain is not None:
+            constrain()
+        for key, value in out.items():
+            if key.endswith("loss"):
+                sums[key] = sums.get(key, 0.0) + value.detach().float()  # summed on device: no sync per step
+        count += 1
+    stats = {key: float(total) / max(count, 1) for key, total in sums.items()}
+    stats["epoch_time_s"] = time.perf_counter() - start
+    stats["lr"] = optimizer.param_groups[0]["lr"]
+    return stats
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable, num_classes: int) -> dict:
+    """Accuracy over every example of ``loader`` exactly once, in float32.
+
+    Returns ``top1`` and ``top5`` (percent), ``errors`` (count of top-1 mistakes), ``n``, mean ``loss`` and
+    ``errors_per_class`` (mistakes on the examples of each true class).
+    """
+    model.eval()
+    n = errors = top5_hits = 0
+    loss_sum = 0.0
+    errors_per_class = torch.zeros(num_classes, dtype=torch.long)
+    k = min(5, num_classes)
+    for inputs, labels, _ in loader:
+        logits = model(inputs).float()
+        loss_sum += float(nn.functional.cross_entropy(logits, labels, reduction="sum"))
+        top = logits.topk(k, dim=1).indices
+        wrong = top[:, 0] != labels
+        errors += int(wrong.sum())
+        top5_hits += int((top == labels[:, None]).any(dim=1).sum())
+        errors_per_class += torch.bincount(labels[wrong].cpu(), minlength=num_classes)
+        n += len(labels)
+    return {
+        "top1": 100.0 * (n - errors) / max(n, 1),
+        "top5": 100.0 * top5_hits / max(n, 1),
+        "errors": errors,
+        "n": n,
+        "loss": loss_sum / max(n, 1),
+        "errors_per_class": errors_per_class.tolist(),
+    }

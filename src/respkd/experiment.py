@@ -1,0 +1,235 @@
+"""One experiment, end to end: validate everything, then train or distil, evaluate, and write the run directory.
+
+A run directory ``<runs_root>/<name>/`` holds:
+  config.yaml     the validated config, overrides applied
+  environment.json  library versions, machine, threads, git commit
+  metrics.jsonl   one JSON line per epoch, appended as training goes (nothing is lost on a crash)
+  log.txt         the human-readable log
+  model.safetensors  the trained student with its metadata (see respkd.checkpoint)
+  summary.json    final metrics, parameter count, multiply-adds, wall time: what the results table reads
+Everything that can be wrong with the input is checked before the directory is touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from respkd import __version__
+from respkd.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from respkd.config import RunConfig, config_to_dict
+from respkd.data.datasets import Splits, load_dataset
+from respkd.data.loader import BatchLoader
+from respkd.distill import Distiller, Supervised
+from respkd.engine import build_optimizer, build_scheduler, evaluate, train_one_epoch, use_bf16
+from respkd.errors import RespkdError
+from respkd.models import build_model, count_macs, count_parameters
+
+CHECKPOINT_NAME = "model.safetensors"
+SUMMARY_NAME = "summary.json"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise RespkdError(f"unknown device '{name}'") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RespkdError(f"device '{name}' requested but CUDA is not available (use device: cpu or auto)")
+    return device
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the network stored in a respkd checkpoint and load its weights (no unpickling)."""
+    state, meta = load_checkpoint(Path(path))
+    spec = dict(meta["model"])
+    model = build_model(spec.pop("name"), meta["num_classes"], tuple(meta["in_shape"]), **spec)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise RespkdError(f"{path}: weights do not fit the model in its metadata ({str(err).splitlines()[0]})") from None
+    return model.to(device), meta
+
+
+def environment() -> dict[str, Any]:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    cpu = platform.processor()
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import torchvision
+
+    return {
+        "respkd": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+        "python": platform.python_version(), "platform": platform.platform(), "cpu": cpu,
+        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "git_commit": commit,
+    }
+
+
+@dataclass
+class Prepared:
+    """Everything a run needs, built and checked before anything is written."""
+
+    cfg: RunConfig
+    out_dir: Path
+    device: torch.device
+    data: Splits
+    student: nn.Module
+    task: nn.Module
+    teacher_meta: dict[str, Any] | None
+
+
+def select(data: Splits, cfg: RunConfig) -> Splits:
+    """Apply ``train_limit`` / ``test_limit`` (first N examples)."""
+    d = cfg.data
+    return Splits(
+        data.info, data.train_images[: d.train_limit], data.train_labels[: d.train_limit],
+        data.test_images[: d.test_limit], data.test_labels[: d.test_limit], data.sha256,
+    )
+
+
+def teacher_path(cfg: RunConfig, runs_root: Path) -> Path:
+    assert cfg.teacher is not None
+    if cfg.teacher.run is not None:
+        return runs_root / cfg.teacher.run / CHECKPOINT_NAME
+    return Path(cfg.teacher.checkpoint)
+
+
+def prepare(cfg: RunConfig, runs_root: Path, force: bool = False) -> Prepared:
+    out_dir = runs_root / cfg.name
+    if (out_dir / SUMMARY_NAME).exists() and not force:
+        raise RespkdError(f"run '{cfg.name}' already finished in {out_dir}; pass --force to overwrite it")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    data = select(load_dataset(cfg.data.dataset, cfg.data.root, cfg.data.path, cfg.data.source), cfg)
+    seed_everything(cfg.seed)
+    student = build_model(cfg.model.name, data.num_classes, data.info.image_shape, **cfg.model.options()).to(device)
+    if cfg.train.channels_last:
+        student = student.to(memory_format=torch.channels_last)
+    teacher_meta = None
+    if cfg.distills:
+        teacher, teacher_meta = load_model(teacher_path(cfg, runs_root), device)
+        if teacher_meta["num_classes"] != data.num_classes:
+            raise RespkdError(
+                f"teacher has {teacher_meta['num_classes']} classes but the student's dataset "
+                f"({cfg.data.dataset}) has {data.num_classes}"
+            )
+        if tuple(teacher_meta["in_shape"]) != data.info.image_shape:
+            raise RespkdError(f"teacher expects inputs of shape {teacher_meta['in_shape']}, the data are {data.info.image_shape}")
+        if cfg.train.channels_last:
+            teacher = teacher.to(memory_format=torch.channels_last)
+        kd = cfg.kd
+        task: nn.Module = Distiller(student, teacher, kd.temperature, kd.soft_weight, kd.hard_weight,
+                                    kd.student_response, kd.teacher_response)
+    else:
+        task = Supervised(student)
+    return Prepared(cfg, out_dir, device, data, student, task, teacher_meta)
+
+
+class RunLog:
+    """Prints a line and appends it to ``log.txt``."""
+
+    def __init__(self, path: Path, quiet: bool = False) -> None:
+        self.file = open(path, "w", buffering=1)
+        self.quiet = quiet
+
+    def __call__(self, line: str) -> None:
+        if not self.quiet:
+            print(line, flush=True)
+        self.file.write(line + "\n")
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def run(cfg: RunConfig, runs_root: str | Path = "runs", force: bool = False, quiet: bool = False) -> dict[str, Any]:
+    """Train (or distil) as ``cfg`` says; returns the summary also written to ``summary.json``."""
+    runs_root = Path(runs_root)
+    p = prepare(cfg, runs_root, force)
+    data, tc = p.data, cfg.train
+    norm = (data.info.mean, data.info.std)
+    train_loader = BatchLoader(data.train_images, data.train_labels, tc.batch_size, *norm, shuffle=True,
+                               jitter=cfg.data.jitter, drop_last=len(data.train_images) > tc.batch_size,
+                               seed=cfg.seed, device=p.device, channels_last=tc.channels_last)
+    test_loader = BatchLoader(data.test_images, data.test_labels, 1000, *norm, device=p.device,
+                              channels_last=tc.channels_last)
+    bf16 = use_bf16(tc.precision, p.device)
+    optimizer = build_optimizer(p.student, tc)
+    scheduler = build_scheduler(optimizer, tc, len(train_loader))
+
+    p.out_dir.mkdir(parents=True, exist_ok=True)
+    (p.out_dir / SUMMARY_NAME).unlink(missing_ok=True)  # the run is not finished until a new summary is written
+    atomic_write_text(p.out_dir / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    env = environment()
+    atomic_write_text(p.out_dir / "environment.json", json.dumps(env, indent=2))
+    log = RunLog(p.out_dir / "log.txt", quiet)
+    params, macs = count_parameters(p.student), count_macs(p.student, data.info.image_shape)
+    what = f"distil from {teacher_path(cfg, runs_root)} at T={cfg.kd.temperature}" if cfg.distills else "train with hard labels"
+    log(f"[{cfg.name}] {what}: {cfg.model.name} ({params / 1e6:.2f}M params, {macs / 1e6:.2f}M MACs), "
+        f"{len(data.train_images)} train / {len(data.test_images)} test examples of {cfg.data.dataset}, "
+        f"{tc.epochs} epochs, {'bf16' if bf16 else 'fp32'} on {p.device} ({torch.get_num_threads()} threads)")
+
+    start = time.perf_counter()
+    train_time = 0.0
+    with open(p.out_dir / "metrics.jsonl", "w", buffering=1) as metrics_file:
+        for epoch in range(1, tc.epochs + 1):
+            train_loader.set_epoch(epoch)
+            stats = train_one_epoch(p.task, p.student, train_loader, optimizer, scheduler, p.device, bf16, epoch)
+            train_time += stats["epoch_time_s"]
+            ev = evaluate(p.student, test_loader, data.num_classes)
+            record = {"epoch": epoch, **stats, "test_top1": ev["top1"], "test_top5": ev["top5"],
+                      "test_errors": ev["errors"], "test_loss": ev["loss"]}
+            metrics_file.write(json.dumps(record) + "\n")
+            losses = " ".join(f"{k}={v:.4f}" for k, v in stats.items() if k.endswith("loss"))
+            log(f"epoch {epoch:>3}/{tc.epochs} {losses} lr={stats['lr']:.4g} test_errors={ev['errors']} "
+                f"top1={ev['top1']:.2f} ({stats['epoch_time_s']:.1f}s)")
+    wall = time.perf_counter() - start
+
+    summary = {
+        "name": cfg.name, "kind": "distill" if cfg.distills else "train",
+        "model": cfg.model.name, "params": params, "macs": macs,
+        "metrics": ev, "epochs": tc.epochs, "wall_time_s": round(wall, 1), "train_time_s": round(train_time, 1),
+        "seconds_per_epoch": round(train_time / tc.epochs, 3), "precision": "bf16" if bf16 else "fp32",
+        "dataset": cfg.data.dataset, "data_sha256": data.sha256, "data_canonical": data.canonical,
+        "n_train": len(data.train_images), "teacher": str(teacher_path(cfg, runs_root)) if cfg.distills else None,
+        "config": config_to_dict(cfg), "environment": env,
+    }
+    meta = {
+        "model": {"name": cfg.model.name, **cfg.model.options()}, "num_classes": data.num_classes,
+        "in_shape": list(data.info.image_shape), "class_names": list(data.info.class_names),
+        "normalization": {"mean": list(data.info.mean), "std": list(data.info.std)},
+        **{k: summary[k] for k in ("name", "dataset", "data_sha256", "metrics", "config")},
+        "versions": {k: env[k] for k in ("respkd", "torch", "torchvision", "python")},
+    }
+    save_checkpoint(p.student.state_dict(), p.out_dir / CHECKPOINT_NAME, meta)
+    atomic_write_text(p.out_dir / SUMMARY_NAME, json.dumps(summary, indent=2))
+    log(f"[{cfg.name}] done: test errors {ev['errors']}/{ev['n']}, top-1 {ev['top1']:.2f}%, top-5 {ev['top5']:.2f}%, "
+        f"wall {wall / 60:.1f} min -> {p.out_dir}")
+    log.close()
+    return summary

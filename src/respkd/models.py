@@ -1,0 +1,208 @@
+"""Models built by name: respkd's own small nets, plus torchvision and timm architectures.
+
+``build_model("mlp", num_classes=10, in_shape=(1, 28, 28), hidden=[1200, 1200])`` builds our own nets, registered
+with :func:`register_model`; ``"torchvision.resnet18"`` and ``"timm.resnet18"`` build those libraries' models
+(random init: no pretrained weights are downloaded; load local weights through a checkpoint instead).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+from respkd.errors import RespkdError
+
+ModelFactory = Callable[..., nn.Module]
+_REGISTRY: dict[str, ModelFactory] = {}
+
+
+def register_model(fn: ModelFactory) -> ModelFactory:
+    """Register ``fn`` under its function name so configs can build it by name."""
+    _REGISTRY[fn.__name__] = fn
+    return fn
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+class MaxNormMixin:
+    """Max-norm constraint (Srebro & Shraibman; Hinton et al. 2012's dropout recipe, used for the paper's teacher).
+
+    After each optimizer step the engine calls :meth:`apply_constraints`, which rescales every hidden unit's
+    incoming weight vector to an L2 norm of at most ``max_norm``.
+    """
+
+    max_norm: float | None
+    constrained: list[nn.Linear]
+
+    @torch.no_grad()
+    def apply_constraints(self) -> None:
+        if self.max_norm:
+            for layer in self.constrained:
+                layer.weight.copy_(torch.renorm(layer.weight, p=2, dim=0, maxnorm=self.max_norm))
+
+
+class MLP(MaxNormMixin, nn.Module):
+    """Fully connected ReLU net: flatten -> [dropout -> linear -> relu]* -> dropout -> linear.
+
+    Args:
+        in_features: input size after flattening (784 for MNIST).
+        hidden: widths of the hidden layers, e.g. ``[1200, 1200]``.
+        num_classes: output size.
+        dropout_input: dropout on the input pixels (the paper's teacher: 0.2).
+        dropout_hidden: dropout on each hidden layer's output (the paper's teacher: 0.5).
+        max_norm: max L2 norm of each hidden unit's incoming weights, None for no constraint.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden: list[int],
+        num_classes: int,
+        dropout_input: float = 0.0,
+        dropout_hidden: float = 0.0,
+        max_norm: float | None = None,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        self.constrained = []
+        width, dropout = in_features, dropout_input  # dropout acts on each linear layer's input
+        for out in hidden:
+            if dropout:
+                layers.append(nn.Dropout(dropout))
+            linear = nn.Linear(width, out)
+            self.constrained.append(linear)
+            layers += [linear, nn.ReLU(inplace=True)]
+            width, dropout = out, dropout_hidden
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        self.classifier = nn.Linear(width, num_classes)
+        self.features = nn.Sequential(*layers)
+        self.max_norm = max_norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+@register_model
+def mlp(
+    num_classes: int,
+    in_shape: tuple[int, ...],
+    hidden: list[int] = (1200, 1200),
+    dropout_input: float = 0.0,
+    dropout_hidden: float = 0.0,
+    max_norm: float | None = None,
+) -> nn.Module:
+    return MLP(math.prod(in_shape), list(hidden), num_classes, dropout_input, dropout_hidden, max_norm)
+
+
+class SmallCNN(nn.Module):
+    """conv-BN-ReLU blocks with 2x2 max-pooling between them, global average pooling, then a linear classifier."""
+
+    def __init__(self, in_channels: int, num_classes: int, channels: list[int], dropout: float = 0.0) -> None:
+        super().__init__()
+        blocks: list[nn.Module] = []
+        width = in_channels
+        for i, out in enumerate(channels):
+            if i:
+                blocks.append(nn.MaxPool2d(2))
+            blocks += [nn.Conv2d(width, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+            width = out
+        self.features = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
+        self.classifier = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(self.features(x)))
+
+
+@register_model
+def cnn(
+    num_classes: int, in_shape: tuple[int, ...], channels: list[int] = (32, 64, 128), dropout: float = 0.0
+) -> nn.Module:
+    return SmallCNN(in_shape[0], num_classes, list(channels), dropout)
+
+
+def _build_torchvision(arch: str, num_classes: int, in_shape: tuple[int, ...], **kwargs) -> nn.Module:
+    import torchvision.models as tvm
+
+    try:
+        factory = tvm.get_model_builder(arch)
+    except ValueError:
+        raise RespkdError(f"unknown torchvision model '{arch}'") from None
+    model = factory(weights=None, num_classes=num_classes, **kwargs)
+    if in_shape[0] != 3:
+        _adapt_first_conv(model, in_shape[0])
+    return model
+
+
+def _build_timm(arch: str, num_classes: int, in_shape: tuple[int, ...], **kwargs) -> nn.Module:
+    try:
+        import timm
+    except ImportError:
+        raise RespkdError("timm models need the 'timm' package: pip install timm") from None
+    if not timm.is_model(arch):
+        raise RespkdError(f"unknown timm model '{arch}'")
+    return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_shape[0], **kwargs)
+
+
+def _adapt_first_conv(model: nn.Module, in_channels: int) -> None:
+    """Replace the first 3-channel conv of a torchvision model so it accepts ``in_channels`` (e.g. grey images)."""
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, nn.Conv2d) and child.in_channels == 3:
+                setattr(
+                    parent,
+                    name,
+                    nn.Conv2d(in_channels, child.out_channels, child.kernel_size, child.stride, child.padding,
+                              bias=child.bias is not None),
+                )
+                return
+
+
+def build_model(name: str, num_classes: int, in_shape: tuple[int, ...], **kwargs) -> nn.Module:
+    """Build a model by name.
+
+    Args:
+        name: a registered respkd model (``mlp``, ``cnn``), ``torchvision.<arch>`` or ``timm.<arch>``.
+        num_classes: size of the output layer.
+        in_shape: ``(channels, height, width)`` of one input.
+        **kwargs: the model's own options (from the config's ``model`` section).
+    """
+    library, _, arch = name.partition(".")
+    try:
+        if library == "torchvision" and arch:
+            return _build_torchvision(arch, num_classes, in_shape, **kwargs)
+        if library == "timm" and arch:
+            return _build_timm(arch, num_classes, in_shape, **kwargs)
+        if name in _REGISTRY:
+            return _REGISTRY[name](num_classes=num_classes, in_shape=in_shape, **kwargs)
+    except TypeError as err:  # an option the model does not take
+        raise RespkdError(f"model '{name}': {err}") from None
+    raise RespkdError(
+        f"unknown model '{name}': use one of {', '.join(list_models())}, 'torchvision.<arch>' or 'timm.<arch>'"
+    )
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: nn.Module, in_shape: tuple[int, ...]) -> int:
+    """Multiply-adds of one forward pass on one input (the convention of timm's and MMRazor's FLOPs columns).
+
+    Measured with ``torch.utils.flop_counter.FlopCounterMode``, which counts a multiply-add as 2 FLOPs; we halve it.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    param = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, *in_shape, device=param.device, dtype=param.dtype))
+    model.train(was_training)
+    return counter.get_total_flops() // 2
