@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test reproduce-mnist clean
+.PHONY: setup demo test reproduce-mnist benchmark-setup benchmark clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
@@ -23,6 +23,15 @@ test: setup
 
 reproduce-mnist: setup
 	$(BIN)/respkd reproduce mnist_table
+
+# The speed benchmark's peer (torchdistill) is installed only for it, pinned so pip cannot touch torch.
+benchmark-setup: setup
+	$(BIN)/pip install -q torchdistill==1.1.5 -c benchmarks/constraints.txt
+
+# BENCH_ARGS e.g. --mlp-teacher runs/mnist-teacher-1200/model.safetensors --random-teacher (see README: Speed)
+BENCH_ARGS ?= --random-teacher
+benchmark: benchmark-setup
+	$(BIN)/python benchmarks/kd_speed.py $(BENCH_ARGS) --out runs/kd_speed.json
 
 clean:
 	rm -rf runs

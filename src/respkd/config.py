@@ -7,14 +7,13 @@ before anything runs or is written. Single keys can be overridden from the comma
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from respkd.errors import RespkdError
+from respkd.errors import RespkdError, closest_name
 
 
 class Section(BaseModel):
@@ -26,7 +25,12 @@ class DataConfig(Section):
     root: str = "data"  # where the checksummed cache lives
     path: str | None = None  # a folder of IDX or CSV files; None: the offline copy, else torchvision's download
     source: Literal["auto", "idx", "csv", "download"] = "auto"
+    # Standardise inputs with the dataset's mean/std; false feeds raw pixels / 255 in [0, 1] (the paper's MLPs).
+    normalize: bool = True
     jitter: int = Field(0, ge=0, le=8)  # random translation of training inputs by up to this many pixels
+    # Cycle through this many fixed jitter draws (epoch e uses view e mod V) instead of a new draw every epoch:
+    # what lets kd.cache store the teacher's outputs for every view the student will see.
+    jitter_views: int | None = Field(None, ge=1)
     train_limit: int | None = Field(None, ge=1)  # keep only the first N training examples (quick runs)
     test_limit: int | None = Field(None, ge=1)  # evaluate on the first N test examples only
 
@@ -61,6 +65,17 @@ class KDConfig(Section):
     # The response to distil: the model's output by default, or the output of a named submodule.
     student_response: str | None = None
     teacher_response: str | None = None
+    # Teacher outputs computed once before training and read back per batch (see respkd.teacher_cache), instead
+    # of a teacher forward pass every step. cache_topk keeps only the k largest probabilities at T (FKD-style).
+    cache: bool = False
+    cache_topk: int | None = Field(None, ge=1)
+    cache_dir: str = "data/teacher_cache"
+
+    @model_validator(mode="after")
+    def _topk_needs_cache(self) -> "KDConfig":
+        if self.cache_topk is not None and not self.cache:
+            raise ValueError("'cache_topk' needs 'cache: true'")
+        return self
 
 
 class TrainConfig(Section):
@@ -72,7 +87,10 @@ class TrainConfig(Section):
     nesterov: bool = True
     weight_decay: float = Field(0.0, ge=0)
     schedule: Literal["constant", "cosine", "onecycle", "step"] = "onecycle"
-    warmup_fraction: float = Field(0.15, ge=0, lt=1)  # onecycle: fraction of steps spent warming up
+    warmup_fraction: float = Field(0.3, ge=0, lt=1)  # onecycle: fraction of steps spent warming up
+    # onecycle with SGD: cycle momentum inversely to the lr between 0.85 and 0.95 (torch's OneCycleLR default)
+    # instead of holding it at `momentum`.
+    cycle_momentum: bool = False
     milestones: list[int] = []  # step: epochs at which the lr is multiplied by gamma
     gamma: float = Field(0.1, gt=0)
     # bf16 autocast (the KD loss stays in float32) roughly halves step time on GPUs and on CPUs with avx512_bf16 or
@@ -96,6 +114,17 @@ class RunConfig(Section):
     def _teacher_and_kd_together(self) -> "RunConfig":
         if (self.teacher is None) != (self.kd is None):
             raise ValueError("'teacher' and 'kd' go together: give both to distil, neither to train with labels")
+        return self
+
+    @model_validator(mode="after")
+    def _jitter_views_for_cache(self) -> "RunConfig":
+        if self.data.jitter_views is not None and not self.data.jitter:
+            raise ValueError("'data.jitter_views' needs 'data.jitter' > 0")
+        if self.kd is not None and self.kd.cache and self.data.jitter and self.data.jitter_views is None:
+            raise ValueError(
+                "'kd.cache' with 'data.jitter' needs 'data.jitter_views' (the cache stores the teacher's outputs for a "
+                "fixed number of jittered views; a new draw every epoch cannot be cached)"
+            )
         return self
 
     @property
@@ -175,8 +204,8 @@ def _suggestion(loc: tuple) -> str:
         if sub is None:
             return ""
         model = sub
-    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+    close = closest_name(str(loc[-1]), list(model.model_fields))
+    return f" (did you mean '{close}'?)" if close else ""
 
 
 def config_to_dict(cfg: RunConfig) -> dict[str, Any]:

@@ -85,6 +85,23 @@ class Distiller(nn.Module):
         self.student_recorder = ResponseRecorder(student, student_response)
         self.teacher_recorder = ResponseRecorder(teacher, teacher_response)
 
+    @torch.no_grad()
+    def check_response_shapes(self, in_shape: tuple[int, ...], device: torch.device) -> None:
+        """Run one dummy batch through both models and compare the responses' widths, before any training step."""
+        was_training = self.training
+        self.eval()
+        x = torch.zeros(2, *in_shape, device=device)
+        student = self.student_recorder.response(self.student(x))
+        teacher = self.teacher_recorder.response(self.teacher(x))
+        self.train(was_training)
+        if student.shape != teacher.shape:
+            s_name = self.student_recorder.name or "output"
+            t_name = self.teacher_recorder.name or "output"
+            raise RespkdError(
+                f"student response '{s_name}' has width {student.shape[1]} but teacher response '{t_name}' has "
+                f"width {teacher.shape[1]}: distilled responses must have the same size"
+            )
+
     def train(self, mode: bool = True) -> "Distiller":
         super().train(mode)
         self.teacher.eval()

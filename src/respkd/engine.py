@@ -6,7 +6,7 @@ import contextlib
 import math
 import sys
 import time
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -46,10 +46,11 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
     """A per-step learning-rate schedule (``scheduler.step()`` after every optimizer step)."""
     total = cfg.epochs * steps_per_epoch
+    # OneCycleLR divides by the length of its warm-up phase: keep it at least one step, even for a 2-step run.
     if cfg.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=cfg.lr, total_steps=total, pct_start=max(cfg.warmup_fraction, 1 / total),
-            cycle_momentum=False,
+            optimizer, max_lr=cfg.lr, total_steps=total, pct_start=max(cfg.warmup_fraction, min(1.5 / total, 0.75)),
+            cycle_momentum=cfg.cycle_momentum and cfg.optimizer == "sgd",
         )
     if cfg.schedule == "cosine":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
@@ -69,11 +70,14 @@ def train_one_epoch(
     bf16: bool,
     epoch: int,
     progress: bool | None = None,
+    teacher_logits: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """One pass over ``loader``; returns the mean of every loss term and the epoch's wall time.
 
     ``task`` is a :class:`~respkd.distill.Supervised` or :class:`~respkd.distill.Distiller`; ``student`` is the
     trained model, whose ``apply_constraints()`` (max-norm) runs after every step when it has one.
+    ``teacher_logits(indices, epoch)``, when given, returns the teacher's outputs for the batch's example ids
+    (e.g. :meth:`respkd.teacher_cache.TeacherCache.for_loader`), handed to the Distiller instead of a teacher pass.
     """
     task.train()
     constrain = getattr(student, "apply_constraints", None)
@@ -82,9 +86,10 @@ def train_one_epoch(
     start = time.perf_counter()
     batches = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not show, dynamic_ncols=True)
     count = 0
-    for inputs, labels, _ in batches:
+    for inputs, labels, indices in batches:
+        cached = {} if teacher_logits is None else {"teacher_logits": teacher_logits(indices, epoch)}
         with autocast(device, bf16):
-            out = task(inputs, labels)
+            out = task(inputs, labels, **cached)
         optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()
         optimizer.step()

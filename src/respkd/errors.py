@@ -1,5 +1,19 @@
 """The one exception type that the CLI turns into a single-line message and a non-zero exit."""
 
+from __future__ import annotations
+
+import difflib
+
 
 class RespkdError(Exception):
     """A problem with the user's input (config, data, checkpoint, command line): shown as one line, no traceback."""
+
+
+def closest_name(key: str, names: list[str]) -> str | None:
+    """The known name a misspelt ``key`` most likely meant: a shared prefix first (lr_rate -> lr), else difflib."""
+    prefixed = [n for n in names if key.startswith(n) or n.startswith(key)]
+    if prefixed:
+        return max(prefixed, key=len)
+    close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+    return close[0] if close else None
+

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from respkd.config import validate_config
-from respkd.data.datasets import load_dataset
+from respkd.data.datasets import input_normalization, load_dataset
 from respkd.data.loader import BatchLoader
 from respkd.engine import evaluate
 from respkd.experiment import load_model, select
@@ -26,7 +26,8 @@ def evaluate_checkpoint(
     cfg = validate_config(meta["config"], f"{checkpoint} (embedded config)")
     d = cfg.data
     data = select(load_dataset(d.dataset, data_root or d.root, data_path or d.path, d.source), cfg)
-    loader = BatchLoader(data.test_images, data.test_labels, 1000, data.info.mean, data.info.std, device=device)
+    mean, std = input_normalization(data.info, d.normalize)
+    loader = BatchLoader(data.test_images, data.test_labels, 1000, mean, std, device=device)
     with torch.inference_mode():
         result = evaluate(model, loader, data.num_classes)
     return {"checkpoint": str(checkpoint), "dataset": d.dataset, **result}

@@ -30,12 +30,13 @@ from torch import nn
 from respkd import __version__
 from respkd.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from respkd.config import RunConfig, config_to_dict
-from respkd.data.datasets import Splits, load_dataset
+from respkd.data.datasets import Splits, input_normalization, load_dataset
 from respkd.data.loader import BatchLoader
 from respkd.distill import Distiller, Supervised
 from respkd.engine import build_optimizer, build_scheduler, evaluate, train_one_epoch, use_bf16
 from respkd.errors import RespkdError
 from respkd.models import build_model, count_macs, count_parameters
+from respkd.teacher_cache import TeacherCache, build_cache, cache_spec, find_cache
 
 CHECKPOINT_NAME = "model.safetensors"
 SUMMARY_NAME = "summary.json"
@@ -142,14 +143,37 @@ def prepare(cfg: RunConfig, runs_root: Path, force: bool = False) -> Prepared:
             )
         if tuple(teacher_meta["in_shape"]) != data.info.image_shape:
             raise RespkdError(f"teacher expects inputs of shape {teacher_meta['in_shape']}, the data are {data.info.image_shape}")
+        student_norm = dict(zip(("mean", "std"), map(list, input_normalization(data.info, cfg.data.normalize))))
+        if teacher_meta.get("normalization") != student_norm:
+            raise RespkdError(
+                f"teacher was trained on inputs normalised as {teacher_meta.get('normalization')}, the student's are "
+                f"{student_norm}: set data.normalize to match the teacher's run"
+            )
         if cfg.train.channels_last:
             teacher = teacher.to(memory_format=torch.channels_last)
         kd = cfg.kd
         task: nn.Module = Distiller(student, teacher, kd.temperature, kd.soft_weight, kd.hard_weight,
                                     kd.student_response, kd.teacher_response)
+        task.check_response_shapes(data.info.image_shape, device)
     else:
         task = Supervised(student)
     return Prepared(cfg, out_dir, device, data, student, task, teacher_meta)
+
+
+def teacher_cache_spec(p: Prepared, loader: BatchLoader, bf16: bool) -> dict[str, Any]:
+    """What the run's teacher cache must have been built from (see :func:`respkd.teacher_cache.cache_spec`)."""
+    cfg, kd, info = p.cfg, p.cfg.kd, p.data.info
+    loader_mean, loader_std = input_normalization(info, cfg.data.normalize)
+    if kd.cache_topk is not None and kd.teacher_response is None and kd.cache_topk > p.data.num_classes:
+        raise RespkdError(
+            f"kd.cache_topk is {kd.cache_topk} but {cfg.data.dataset} has only {p.data.num_classes} classes"
+        )
+    return cache_spec(
+        teacher_weights_sha256=p.teacher_meta["weights_sha256"], teacher_response=kd.teacher_response,
+        dataset=cfg.data.dataset, data_sha256=p.data.sha256, train_limit=cfg.data.train_limit,
+        n_train=len(p.data.train_images), mean=loader_mean, std=loader_std, loader=loader, teacher_bf16=bf16,
+        topk=kd.cache_topk, temperature=kd.temperature,
+    )
 
 
 class RunLog:
@@ -173,15 +197,20 @@ def run(cfg: RunConfig, runs_root: str | Path = "runs", force: bool = False, qui
     runs_root = Path(runs_root)
     p = prepare(cfg, runs_root, force)
     data, tc = p.data, cfg.train
-    norm = (data.info.mean, data.info.std)
+    norm = input_normalization(data.info, cfg.data.normalize)
     train_loader = BatchLoader(data.train_images, data.train_labels, tc.batch_size, *norm, shuffle=True,
-                               jitter=cfg.data.jitter, drop_last=len(data.train_images) > tc.batch_size,
-                               seed=cfg.seed, device=p.device, channels_last=tc.channels_last)
+                               jitter=cfg.data.jitter, jitter_views=cfg.data.jitter_views,
+                               drop_last=len(data.train_images) > tc.batch_size, seed=cfg.seed, device=p.device,
+                               channels_last=tc.channels_last)
     test_loader = BatchLoader(data.test_images, data.test_labels, 1000, *norm, device=p.device,
                               channels_last=tc.channels_last)
     bf16 = use_bf16(tc.precision, p.device)
     optimizer = build_optimizer(p.student, tc)
     scheduler = build_scheduler(optimizer, tc, len(train_loader))
+    spec = teacher_cache_spec(p, train_loader, bf16) if cfg.distills and cfg.kd.cache else None
+    cache: TeacherCache | None = None
+    if spec is not None:  # a stale or corrupt cache is refused here, before the run directory is touched
+        cache = find_cache(cfg.kd.cache_dir, spec)
 
     p.out_dir.mkdir(parents=True, exist_ok=True)
     (p.out_dir / SUMMARY_NAME).unlink(missing_ok=True)  # the run is not finished until a new summary is written
@@ -195,12 +224,28 @@ def run(cfg: RunConfig, runs_root: str | Path = "runs", force: bool = False, qui
         f"{len(data.train_images)} train / {len(data.test_images)} test examples of {cfg.data.dataset}, "
         f"{tc.epochs} epochs, {'bf16' if bf16 else 'fp32'} on {p.device} ({torch.get_num_threads()} threads)")
 
+    cache_info: dict[str, Any] | None = {"used": False} if cfg.distills else None
+    cached_teacher = None
+    if spec is not None:
+        cache_start = time.perf_counter()
+        built = cache is None
+        if cache is None:
+            cache = build_cache(cfg.kd.cache_dir, spec, p.task.teacher_logits, train_loader, bf16, log=log,
+                                extra_meta={"teacher": str(teacher_path(cfg, runs_root))})
+        else:
+            log(f"reusing teacher cache {cache.folder} (built in {cache.build_time_s:.2f}s)")
+        cache_info = {"used": True, "built_now": built, "build_time_s": cache.build_time_s,
+                      "setup_time_s": round(time.perf_counter() - cache_start, 3), "folder": str(cache.folder),
+                      "key": cache.meta["key"], "views": cache.views, "topk": cfg.kd.cache_topk}
+        cached_teacher = cache.for_loader(train_loader, p.device)
+
     start = time.perf_counter()
     train_time = 0.0
     with open(p.out_dir / "metrics.jsonl", "w", buffering=1) as metrics_file:
         for epoch in range(1, tc.epochs + 1):
             train_loader.set_epoch(epoch)
-            stats = train_one_epoch(p.task, p.student, train_loader, optimizer, scheduler, p.device, bf16, epoch)
+            stats = train_one_epoch(p.task, p.student, train_loader, optimizer, scheduler, p.device, bf16, epoch,
+                                    teacher_logits=cached_teacher)
             train_time += stats["epoch_time_s"]
             ev = evaluate(p.student, test_loader, data.num_classes)
             record = {"epoch": epoch, **stats, "test_top1": ev["top1"], "test_top5": ev["top5"],
@@ -218,12 +263,13 @@ def run(cfg: RunConfig, runs_root: str | Path = "runs", force: bool = False, qui
         "seconds_per_epoch": round(train_time / tc.epochs, 3), "precision": "bf16" if bf16 else "fp32",
         "dataset": cfg.data.dataset, "data_sha256": data.sha256, "data_canonical": data.canonical,
         "n_train": len(data.train_images), "teacher": str(teacher_path(cfg, runs_root)) if cfg.distills else None,
+        "teacher_cache": cache_info,
         "config": config_to_dict(cfg), "environment": env,
     }
     meta = {
         "model": {"name": cfg.model.name, **cfg.model.options()}, "num_classes": data.num_classes,
         "in_shape": list(data.info.image_shape), "class_names": list(data.info.class_names),
-        "normalization": {"mean": list(data.info.mean), "std": list(data.info.std)},
+        "normalization": dict(zip(("mean", "std"), map(list, norm))),
         **{k: summary[k] for k in ("name", "dataset", "data_sha256", "metrics", "config")},
         "versions": {k: env[k] for k in ("respkd", "torch", "torchvision", "python")},
     }

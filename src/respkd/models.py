@@ -7,13 +7,14 @@ with :func:`register_model`; ``"torchvision.resnet18"`` and ``"timm.resnet18"`` 
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Callable
 
 import torch
 from torch import nn
 
-from respkd.errors import RespkdError
+from respkd.errors import RespkdError, closest_name
 
 ModelFactory = Callable[..., nn.Module]
 _REGISTRY: dict[str, ModelFactory] = {}
@@ -180,12 +181,23 @@ def build_model(name: str, num_classes: int, in_shape: tuple[int, ...], **kwargs
         if library == "timm" and arch:
             return _build_timm(arch, num_classes, in_shape, **kwargs)
         if name in _REGISTRY:
-            return _REGISTRY[name](num_classes=num_classes, in_shape=in_shape, **kwargs)
-    except TypeError as err:  # an option the model does not take
+            factory = _REGISTRY[name]
+            _check_options(name, factory, kwargs)
+            return factory(num_classes=num_classes, in_shape=in_shape, **kwargs)
+    except TypeError as err:  # an option a torchvision/timm model does not take
         raise RespkdError(f"model '{name}': {err}") from None
     raise RespkdError(
         f"unknown model '{name}': use one of {', '.join(list_models())}, 'torchvision.<arch>' or 'timm.<arch>'"
     )
+
+
+def _check_options(name: str, factory: ModelFactory, options: dict) -> None:
+    accepted = [p for p in inspect.signature(factory).parameters if p not in ("num_classes", "in_shape")]
+    for key in options:
+        if key not in accepted:
+            close = closest_name(key, accepted)
+            hint = f" (did you mean '{close}'?)" if close else f" (options: {', '.join(accepted)})"
+            raise RespkdError(f"model '{name}' has no option '{key}'{hint}")
 
 
 def count_parameters(model: nn.Module) -> int:

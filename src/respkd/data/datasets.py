@@ -83,6 +83,13 @@ class Splits:
         return self.sha256 == self.info.canonical_sha256
 
 
+def input_normalization(info: DatasetInfo, normalize: bool) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) applied to ``pixels / 255``: the dataset's statistics, or the identity for [0, 1] inputs."""
+    if normalize:
+        return info.mean, info.std
+    return (0.0,) * len(info.mean), (1.0,) * len(info.std)
+
+
 def dataset_info(name: str) -> DatasetInfo:
     if name not in DATASETS:
         raise RespkdError(f"unknown dataset '{name}': choose one of {', '.join(DATASETS)}")

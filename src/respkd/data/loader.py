@@ -1,8 +1,10 @@
 """Batches from tensors held in memory: no per-sample Python, no PIL, no worker processes.
 
 On a 2-core machine a ``DataLoader`` with workers competes with the compute threads; slicing a uint8 tensor and
-normalising a batch costs microseconds. Order and jitter come from generators seeded by ``(seed, epoch)``, so an
-epoch is reproducible on its own (what exact resume and cached teacher views rely on).
+normalising a batch costs microseconds. The order comes from a generator seeded by ``(seed, epoch)`` and the jitter
+offsets from one seeded by ``(seed, view)``, so an epoch is reproducible on its own (what exact resume relies on).
+Offsets are drawn per *example*, not per position in the batch: with ``jitter_views = V`` epoch ``e`` uses view
+``e mod V``, a fixed set of translated copies whose teacher outputs can be computed once and cached.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class BatchLoader:
         mean, std: per-channel normalisation applied to ``images / 255``.
         shuffle: a new permutation every epoch (seeded by ``seed`` and the epoch set with :meth:`set_epoch`).
         jitter: random translation by up to this many pixels in each direction, per example, 0 for none.
+        jitter_views: cycle through this many fixed jitter draws (views) instead of a new draw every epoch.
         drop_last: drop the last incomplete batch (training); evaluation keeps it so every example counts once.
         device: where batches are produced; the data are moved there once.
         channels_last: return batches in channels-last memory format (faster convolutions on CPU).
@@ -60,6 +63,7 @@ class BatchLoader:
         std: tuple[float, ...],
         shuffle: bool = False,
         jitter: int = 0,
+        jitter_views: int | None = None,
         drop_last: bool = False,
         seed: int = 0,
         device: torch.device | str = "cpu",
@@ -72,6 +76,7 @@ class BatchLoader:
         self.labels = labels.to(self.device)
         self.batch_size = batch_size
         self.shuffle, self.jitter, self.drop_last, self.seed = shuffle, jitter, drop_last, seed
+        self.jitter_views = jitter_views
         self.channels_last = channels_last
         shape = (1, -1, 1, 1)
         self.scale = (1.0 / (255.0 * torch.tensor(std, device=self.device))).view(shape)
@@ -85,17 +90,23 @@ class BatchLoader:
         n = len(self.images)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def epoch_generator(self) -> torch.Generator:
-        return torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+    def view_of_epoch(self, epoch: int) -> int:
+        """Which jitter view epoch ``epoch`` uses: the epoch itself, or cycled through ``jitter_views`` views."""
+        return epoch % self.jitter_views if self.jitter_views else epoch
+
+    def view_offsets(self, view: int) -> torch.Tensor:
+        """``(N, 2)`` jitter offsets of every example (indexed by example) in jitter view ``view``."""
+        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + view) * 2 + 1)
+        return jitter_offsets(len(self.images), self.jitter, generator)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        generator = self.epoch_generator()
         n = len(self.images)
-        order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
-        offsets = jitter_offsets(n, self.jitter, generator) if self.jitter else None
+        order_generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 2)
+        order = torch.randperm(n, generator=order_generator) if self.shuffle else torch.arange(n)
+        offsets = self.view_offsets(self.view_of_epoch(self.epoch)) if self.jitter else None
         for b in range(len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
-            yield self.make_batch(idx, None if offsets is None else offsets[b * self.batch_size : (b + 1) * self.batch_size])
+            yield self.make_batch(idx, None if offsets is None else offsets[idx])
 
     def make_batch(
         self, idx: torch.Tensor, offsets: torch.Tensor | None = None

@@ -1,0 +1,372 @@
+"""Teacher outputs computed once for the whole transfer set, stored compactly, read back by example id.
+
+Why: a frozen teacher in eval mode answers the same input the same way every epoch, so querying it online repeats
+work; with its outputs cached, distillation costs about what training the student alone costs. The cache holds the
+teacher's outputs for every training example (the transfer set, indexed by example id as the loader yields them)
+and, when the loader jitters its inputs with ``jitter_views = V``, for each of the V fixed views: shape
+``(V, N, C)``. Epoch ``e`` trains on view ``e mod V`` and reads the outputs of that same view, so teacher and student
+always see the same translated image ("consistent teaching", Beyer et al. 2022, "Knowledge distillation: A good
+teacher is patient and consistent").
+
+Two formats, both ``.npy`` files read with ``np.load(mmap_mode="r", allow_pickle=False)`` (memory-mapped: only the
+rows of a batch are touched, nothing is unpickled):
+
+* full: ``logits.npy``, float16 ``(V, N, C)``. Each row is shifted so its largest logit is 0 before rounding
+  (softmax ignores a per-row shift), which spends float16's precision on the classes that carry the probability
+  mass; values below float16's range are clamped to its minimum (their probability is 0 at any sane T).
+* top-k (FKD-style, Shen & Xing 2022): ``topk_probs.npy`` float16 and ``topk_indices.npy`` int16 ``(V, N, k)``: the k
+  largest teacher probabilities at the temperature T, the remaining mass spread uniformly over the other classes.
+  They are handed to the loss as "logits" ``T * log(q)``, which :func:`respkd.losses.soft_target_loss` softens back
+  to exactly ``q``. Such a cache is tied to its T.
+
+A cache lives in ``<cache_dir>/<key[:16]>/`` where ``key`` is the SHA-256 of everything that determines its contents
+(:func:`cache_spec`): the teacher's ``weights_sha256`` and recorded response, the dataset's SHA-256 and the transfer
+set's selection (``train_limit``), the normalisation, the jitter (pixels, seed, number of views, and a digest of the
+offsets themselves, so a change in how the loader draws them is noticed), the teacher's precision, top-k and (with
+top-k) T. ``meta.json`` records all of them plus the files' sizes and SHA-256; a cache whose meta does not match what
+the run needs, or whose files are truncated or altered, is refused with a one-line :class:`RespkdError`, never reused.
+A cache is written in a temporary folder and renamed into place, so a crash never leaves half of one.
+
+What a cache cannot serve, by construction:
+
+* random augmentation that is not a fixed, enumerable set of views (a fresh jitter/crop/mixup draw every epoch):
+  the teacher's output for an input nobody has seen yet cannot have been stored; use the online teacher, or
+  ``data.jitter_views``;
+* a teacher queried in train mode (dropout on, batch-norm batch statistics): its targets are random per query;
+  respkd's Distiller always keeps the teacher in eval mode, and the cache stores those eval-mode outputs;
+* a teacher that changes during training (online or mutual distillation, an EMA teacher): the key pins the weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from respkd.data.loader import BatchLoader
+from respkd.engine import autocast
+from respkd.errors import RespkdError
+
+CACHE_FORMAT = "respkd-teacher-cache-v1"
+META_NAME = "meta.json"
+FLOAT16_MIN = float(np.finfo(np.float16).min)
+# Floor for reconstructed top-k probabilities: log(0) = -inf would make the KL term NaN (0 * inf).
+MIN_PROB = 1e-12
+
+
+def offsets_digest(loader: BatchLoader, views: int) -> str | None:
+    """SHA-256 of the jitter offsets of every view (None without jitter): what the cached inputs actually were."""
+    if not loader.jitter:
+        return None
+    h = hashlib.sha256()
+    for view in range(views):
+        h.update(loader.view_offsets(view).to(torch.int64).numpy().tobytes())
+    return h.hexdigest()
+
+
+def cache_spec(
+    *,
+    teacher_weights_sha256: str,
+    teacher_response: str | None,
+    dataset: str,
+    data_sha256: str,
+    train_limit: int | None,
+    n_train: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    loader: BatchLoader,
+    teacher_bf16: bool,
+    topk: int | None = None,
+    temperature: float | None = None,
+) -> dict[str, Any]:
+    """Everything that determines a cache's contents, as a JSON-ready dict (hashed by :func:`cache_key`).
+
+    The seed only matters through the jitter offsets, so without jitter it is left out: runs that differ only in
+    their seed share one cache. ``temperature`` is part of the key only with top-k (full logits serve any T).
+    """
+    jitter = int(loader.jitter)
+    if jitter and not loader.jitter_views:
+        raise RespkdError(
+            "a teacher cache with jitter needs a fixed number of jitter views (set data.jitter_views): a new random "
+            "draw every epoch cannot be cached"
+        )
+    views = int(loader.jitter_views) if jitter else 1
+    if topk is not None and temperature is None:
+        raise ValueError("a top-k cache needs the temperature its probabilities are taken at")
+    return {
+        "format": CACHE_FORMAT,
+        "teacher_weights_sha256": teacher_weights_sha256,
+        "teacher_response": teacher_response,
+        "teacher_precision": "bf16" if teacher_bf16 else "fp32",
+        "dataset": dataset,
+        "data_sha256": data_sha256,
+        "train_limit": train_limit,
+        "n_train": int(n_train),
+        "normalization": {"mean": [float(m) for m in mean], "std": [float(s) for s in std]},
+        "jitter": jitter,
+        "jitter_seed": int(loader.seed) if jitter else None,
+        "views": views,
+        "jitter_offsets_sha256": offsets_digest(loader, views),
+        "topk": topk,
+        "temperature": float(temperature) if topk is not None else None,
+    }
+
+
+def cache_key(spec: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+def cache_folder(cache_dir: str | Path, spec: dict[str, Any]) -> Path:
+    return Path(cache_dir) / cache_key(spec)[:16]
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def full_to_stored(logits: torch.Tensor) -> np.ndarray:
+    """float16 rows shifted so each maximum is 0 (exact under softmax), clamped into float16's range."""
+    logits = logits.float()
+    shifted = (logits - logits.amax(dim=1, keepdim=True)).clamp_min(FLOAT16_MIN)
+    return shifted.to(torch.float16).cpu().numpy()
+
+
+def topk_of(logits: torch.Tensor, k: int, temperature: float) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` largest probabilities at ``temperature`` (float16) and their class indices (stored as int16)."""
+    probs = torch.softmax(logits.float() / temperature, dim=1)
+    values, indices = probs.topk(k, dim=1)
+    return values.to(torch.float16).cpu().numpy(), indices.cpu().numpy()
+
+
+def topk_to_logits(probs: torch.Tensor, indices: torch.Tensor, num_classes: int, temperature: float) -> torch.Tensor:
+    """``T * log(q)`` where ``q`` keeps the top-k ``probs`` and spreads the rest of the mass over the other classes.
+
+    ``softmax(T * log(q) / T) = q / sum(q)``, and ``sum(q)`` is 1 (up to the ``MIN_PROB`` floor and float16 rounding
+    of the stored probabilities), so the existing loss sees exactly the reconstructed distribution.
+    """
+    p = probs.float()
+    k = p.shape[1]
+    rest = (1.0 - p.sum(dim=1, keepdim=True)).clamp_min(0.0) / max(num_classes - k, 1)
+    q = rest.expand(p.shape[0], num_classes).clone()
+    q.scatter_(1, indices.long(), p)
+    return temperature * q.clamp_min(MIN_PROB).log()
+
+
+@dataclass
+class TeacherCache:
+    """An opened, verified cache: :meth:`lookup` returns the teacher's outputs for a batch of example ids."""
+
+    folder: Path
+    meta: dict[str, Any]
+    arrays: dict[str, np.ndarray]  # memory-mapped, read-only
+
+    @property
+    def views(self) -> int:
+        return int(self.meta["spec"]["views"])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.meta["num_classes"])
+
+    @property
+    def build_time_s(self) -> float:
+        return float(self.meta.get("build_time_s", 0.0))
+
+    def lookup(self, indices: torch.Tensor, view: int = 0, device: torch.device | str = "cpu") -> torch.Tensor:
+        """float32 ``(B, C)`` teacher "logits" of examples ``indices`` in jitter view ``view`` (taken mod V)."""
+        view %= self.views
+        idx = indices.cpu().numpy()
+        spec = self.meta["spec"]
+        if spec["topk"] is None:
+            rows = torch.from_numpy(np.asarray(self.arrays["logits"][view][idx]))
+            return rows.to(device=device, dtype=torch.float32)
+        probs = torch.from_numpy(np.asarray(self.arrays["topk_probs"][view][idx])).to(device)
+        classes = torch.from_numpy(np.asarray(self.arrays["topk_indices"][view][idx])).to(device)
+        return topk_to_logits(probs, classes, self.num_classes, spec["temperature"])
+
+    def for_loader(
+        self, loader: BatchLoader, device: torch.device | str = "cpu"
+    ) -> Callable[[torch.Tensor, int], torch.Tensor]:
+        """The ``(indices, epoch) -> teacher logits`` function the engine takes: epoch ``e`` reads the loader's view."""
+        jittered = bool(loader.jitter)
+        if (loader.jitter_views if jittered else 1) != self.views or len(loader.images) != self.meta["spec"]["n_train"]:
+            raise ValueError(f"loader ({len(loader.images)} examples, {loader.jitter_views} views) does not match the "
+                             f"cache ({self.meta['spec']['n_train']} examples, {self.views} views)")
+
+        def teacher_logits(indices: torch.Tensor, epoch: int) -> torch.Tensor:
+            return self.lookup(indices, loader.view_of_epoch(epoch) if jittered else 0, device)
+
+        return teacher_logits
+
+
+def _file_names(topk: int | None) -> tuple[str, ...]:
+    return ("logits",) if topk is None else ("topk_probs", "topk_indices")
+
+
+def open_cache(folder: str | Path, spec: dict[str, Any], verify: bool = True) -> TeacherCache:
+    """Open the cache in ``folder`` if it was built for exactly ``spec``; refuse (RespkdError) anything else.
+
+    ``verify`` recomputes the files' SHA-256 (one sequential read; a few ms for MNIST), which catches a file
+    altered in place, not only a truncated one.
+    """
+    folder = Path(folder)
+    hint = "delete the folder to rebuild it"
+    try:
+        meta = json.loads((folder / META_NAME).read_text())
+    except FileNotFoundError:
+        raise RespkdError(f"teacher cache {folder}: no {META_NAME}, not a complete cache; {hint}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise RespkdError(f"teacher cache {folder}: unreadable {META_NAME} ({err}); {hint}") from None
+    if not isinstance(meta, dict) or meta.get("format") != CACHE_FORMAT or not isinstance(meta.get("spec"), dict):
+        raise RespkdError(f"teacher cache {folder}: not a {CACHE_FORMAT} cache; {hint}")
+    stored = meta["spec"]
+    if stored != spec or meta.get("key") != cache_key(spec):
+        diffs = [k for k in sorted(set(stored) | set(spec)) if stored.get(k) != spec.get(k)] or ["key"]
+        shown = "; ".join(f"{k}: cached {_short(stored.get(k))}, needed {_short(spec.get(k))}" for k in diffs[:3])
+        raise RespkdError(f"teacher cache {folder} was built for other inputs ({shown}); stale cache, {hint}")
+    arrays = {}
+    for name in _file_names(spec["topk"]):
+        path = folder / f"{name}.npy"
+        info = meta.get("files", {}).get(name, {})
+        if not path.is_file():
+            raise RespkdError(f"teacher cache {folder}: {path.name} is missing; {hint}")
+        if path.stat().st_size != info.get("bytes"):
+            raise RespkdError(
+                f"teacher cache {path}: {path.stat().st_size} bytes, expected {info.get('bytes')} (truncated or "
+                f"corrupt); {hint}"
+            )
+        try:
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as err:
+            raise RespkdError(f"teacher cache {path}: unreadable ({str(err).splitlines()[0]}); {hint}") from None
+        if list(array.shape) != info.get("shape") or str(array.dtype) != info.get("dtype"):
+            raise RespkdError(
+                f"teacher cache {path}: shape {list(array.shape)} {array.dtype}, expected {info.get('shape')} "
+                f"{info.get('dtype')}; {hint}"
+            )
+        if verify and _file_sha256(path) != info.get("sha256"):
+            raise RespkdError(f"teacher cache {path}: checksum mismatch (corrupt or modified); {hint}")
+        arrays[name] = array
+    return TeacherCache(folder, meta, arrays)
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text[:13] + "..." if len(text) > 16 else text
+
+
+def find_cache(cache_dir: str | Path, spec: dict[str, Any]) -> TeacherCache | None:
+    """The cache for ``spec`` under ``cache_dir`` if one exists (verified), None if none was built yet."""
+    folder = cache_folder(cache_dir, spec)
+    return open_cache(folder, spec) if folder.exists() else None
+
+
+def build_cache(
+    cache_dir: str | Path,
+    spec: dict[str, Any],
+    teacher_fn: Callable[[torch.Tensor], torch.Tensor],
+    loader: BatchLoader,
+    bf16: bool = False,
+    batch_size: int = 1024,
+    log: Callable[[str], None] | None = None,
+    extra_meta: dict[str, Any] | None = None,
+) -> TeacherCache:
+    """Query the teacher on every training example in every view, once, and write the cache for ``spec``.
+
+    ``teacher_fn`` maps a batch of inputs to the teacher's response (e.g. :meth:`respkd.distill.Distiller.
+    teacher_logits`); it runs under ``torch.inference_mode`` and, when ``bf16``, bf16 autocast. Inputs come from
+    ``loader.make_batch`` with the offsets of each view, i.e. exactly the tensors that training will produce.
+    """
+    if spec["jitter"] != loader.jitter or spec["views"] != (loader.jitter_views if loader.jitter else 1):
+        raise ValueError("spec and loader disagree about the jitter")
+    cache_dir = Path(cache_dir)
+    key = cache_key(spec)
+    final = cache_folder(cache_dir, spec)
+    n, views, topk = len(loader.images), spec["views"], spec["topk"]
+    if n == 0:
+        raise RespkdError("cannot build a teacher cache for an empty training set")
+    start = time.perf_counter()
+    if log:
+        what = f"top-{topk} probabilities at T={spec['temperature']:g}" if topk else "float16 logits"
+        log(f"building teacher cache: {views} view(s) x {n} examples, {what} -> {final}")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=cache_dir))
+    os.chmod(tmp, 0o755)  # mkdtemp's 0700 would survive the rename
+    try:
+        arrays: dict[str, np.ndarray] = {}
+        for view in range(views):
+            offsets = loader.view_offsets(view) if loader.jitter else None
+            for lo in range(0, n, batch_size):
+                idx = torch.arange(lo, min(lo + batch_size, n))
+                inputs, _, _ = loader.make_batch(idx, None if offsets is None else offsets[idx])
+                with torch.inference_mode(), autocast(inputs.device, bf16):
+                    out = teacher_fn(inputs)
+                out = out.reshape(len(idx), -1).float()
+                if not torch.isfinite(out).all():
+                    raise RespkdError("the teacher produced non-finite outputs; refusing to cache them")
+                if not arrays:
+                    arrays = _create_arrays(tmp, views, n, out.shape[1], topk)
+                if topk is None:
+                    arrays["logits"][view, lo : lo + len(idx)] = full_to_stored(out)
+                else:
+                    probs, classes = topk_of(out, topk, spec["temperature"])
+                    arrays["topk_probs"][view, lo : lo + len(idx)] = probs
+                    arrays["topk_indices"][view, lo : lo + len(idx)] = classes
+        num_classes = out.shape[1]
+        files = {}
+        for name, array in arrays.items():
+            array.flush()
+            path = tmp / f"{name}.npy"
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+            files[name] = {"shape": list(array.shape), "dtype": str(array.dtype), "bytes": path.stat().st_size,
+                           "sha256": _file_sha256(path)}
+        arrays.clear()
+        build_time = time.perf_counter() - start
+        meta = {"format": CACHE_FORMAT, "key": key, "spec": spec, "num_classes": int(num_classes), "files": files,
+                "build_time_s": round(build_time, 3), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                **(extra_meta or {})}
+        (tmp / META_NAME).write_text(json.dumps(meta, indent=2))
+        try:
+            os.replace(tmp, final)
+        except OSError:  # another run finished the same cache first: use theirs (it is verified on open)
+            if not (final / META_NAME).exists():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if log:
+        size = sum(f["bytes"] for f in files.values())
+        log(f"teacher cache built in {build_time:.2f}s ({views * n / max(build_time, 1e-9):,.0f} teacher "
+            f"forwards/s, {size / 2**20:.1f} MiB)")
+    return open_cache(final, spec)
+
+
+def _index_dtype(num_classes: int) -> type:
+    return np.int16 if num_classes <= np.iinfo(np.int16).max + 1 else np.int32
+
+
+def _create_arrays(folder: Path, views: int, n: int, num_classes: int, topk: int | None) -> dict[str, np.ndarray]:
+    open_memmap = np.lib.format.open_memmap
+    if topk is None:
+        return {"logits": open_memmap(folder / "logits.npy", "w+", np.float16, (views, n, num_classes))}
+    if topk > num_classes:
+        raise RespkdError(f"kd.cache_topk is {topk} but the teacher has only {num_classes} outputs")
+    return {
+        "topk_probs": open_memmap(folder / "topk_probs.npy", "w+", np.float16, (views, n, topk)),
+        "topk_indices": open_memmap(folder / "topk_indices.npy", "w+", _index_dtype(num_classes), (views, n, topk)),
+    }
