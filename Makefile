@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test reproduce-mnist benchmark-setup benchmark clean
+.PHONY: setup demo test reproduce-mnist reproduce-hinton2015 benchmark-setup benchmark clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
@@ -23,6 +23,9 @@ test: setup
 
 reproduce-mnist: setup
 	$(BIN)/respkd reproduce mnist_table
+
+reproduce-hinton2015: setup
+	$(BIN)/respkd reproduce hinton2015
 
 # The speed benchmark's peer (torchdistill) is installed only for it, pinned so pip cannot touch torch.
 benchmark-setup: setup

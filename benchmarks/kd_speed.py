@@ -106,6 +106,7 @@ def _sync(device) -> None:
 def worker(job: dict[str, Any]) -> dict[str, Any]:
     import torch
 
+    from respkd.checkpoint import read_checkpoint_meta
     from respkd.config import TrainConfig
     from respkd.data.datasets import load_dataset
     from respkd.data.loader import BatchLoader
@@ -124,6 +125,11 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
     train_x, train_y = data.train_images[:n_train], data.train_labels[:n_train]
     test_x, test_y = data.test_images[:n_test], data.test_labels[:n_test]
     info, cl, T = data.info, pair["channels_last"], pair["temperature"]
+    # Inputs are normalised as the teacher's run normalised them (the paper's MLPs take raw pixels / 255).
+    mean, std = info.mean, info.std
+    if job["teacher_path"]:
+        norm = read_checkpoint_meta(Path(job["teacher_path"])).get("normalization") or {}
+        mean, std = tuple(norm.get("mean", mean)), tuple(norm.get("std", std))
     epochs = job["epochs"] + 1  # one warm-up epoch, trained but not timed
     bf16 = use_bf16(job["precision"], device)
     fmt = torch.channels_last if cl else torch.contiguous_format
@@ -145,7 +151,7 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
         return teacher.to(memory_format=fmt).eval().requires_grad_(False)
 
     def batch_loader(shuffle: bool = True) -> BatchLoader:
-        return BatchLoader(train_x, train_y, job["batch_size"], info.mean, info.std, shuffle=shuffle,
+        return BatchLoader(train_x, train_y, job["batch_size"], mean, std, shuffle=shuffle,
                            jitter=job["jitter"], jitter_views=job["jitter_views"], drop_last=True, seed=job["seed"],
                            device=device, channels_last=cl)
 
@@ -166,13 +172,13 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
                 return self.transform(Image.fromarray(self.images[i].numpy())), int(self.labels[i])
 
         steps = [transforms.RandomCrop(info.image_shape[1:], padding=job["jitter"])] if job["jitter"] else []
-        steps += [transforms.ToTensor(), transforms.Normalize(info.mean, info.std)]
+        steps += [transforms.ToTensor(), transforms.Normalize(mean, std)]
         generator = torch.Generator().manual_seed(job["seed"])
         return DataLoader(MNISTLike(train_x, train_y, transforms.Compose(steps)), batch_size=job["batch_size"],
                           shuffle=True, drop_last=True, num_workers=0, generator=generator)
 
     cfg = TrainConfig(epochs=epochs, batch_size=job["batch_size"], optimizer="sgd", lr=job["lr"], schedule="onecycle")
-    test_loader = BatchLoader(test_x, test_y, 1000, info.mean, info.std, device=device, channels_last=cl)
+    test_loader = BatchLoader(test_x, test_y, 1000, mean, std, device=device, channels_last=cl)
     result: dict[str, Any] = {"pair": job["pair"], "method": method, "bf16": bf16, "device": str(device),
                               "threads": torch.get_num_threads(), "n_train": len(train_x), "n_test": len(test_x)}
     times: list[float] = []
@@ -226,8 +232,8 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
             with tempfile.TemporaryDirectory() as tmp:
                 spec = cache_spec(
                     teacher_weights_sha256="benchmark", teacher_response=None, dataset=pair["dataset"],
-                    data_sha256=data.sha256, train_limit=n_train, n_train=len(train_x), mean=info.mean,
-                    std=info.std, loader=loader, teacher_bf16=bf16,
+                    data_sha256=data.sha256, train_limit=n_train, n_train=len(train_x), mean=mean,
+                    std=std, loader=loader, teacher_bf16=bf16,
                 )
                 start = time.perf_counter()
                 cache = build_cache(tmp, spec, task.teacher_logits, loader, bf16)

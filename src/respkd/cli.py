@@ -1,4 +1,4 @@
-"""The ``respkd`` command: train, distil, evaluate, tabulate, reproduce.
+"""The ``respkd`` command: train, distil, evaluate, adjust biases, sweep temperatures, tabulate, reproduce.
 
 Every user error (config, data, checkpoint, command line) ends as one line on stderr and exit status 2;
 nothing is written before the input has been checked.
@@ -23,15 +23,70 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace, distil: bool) -> int:
-    from respkd.config import load_config
-    from respkd.experiment import run
+    from respkd.config import load_config, parse_list, with_seed
+    from respkd.experiment import run, run_many
 
     cfg = load_config(args.config, args.overrides)
     if distil and not cfg.distills:
         raise RespkdError(f"{args.config}: 'distill' needs 'teacher' and 'kd' sections (use 'respkd train' for hard labels)")
     if not distil and cfg.distills:
         raise RespkdError(f"{args.config}: has a teacher; use 'respkd distill'")
-    run(cfg, args.runs_root, force=args.force)
+    if args.seeds is None:
+        run(cfg, args.runs_root, force=args.force)
+        return 0
+    # One independent run per seed, named <name>-seed<k>: the members of a seed ensemble. Finished members are
+    # skipped, so the command resumes; `--seeds 3` alone trains one member (array jobs, separate processes).
+    seeds = parse_list(args.seeds, "--seeds")
+    run_many([with_seed(cfg, k) for k in seeds], args.runs_root, force=args.force)
+    return 0
+
+
+def cmd_eval_ensemble(args: argparse.Namespace) -> int:
+    from respkd.evaluate import evaluate_ensemble
+
+    r = evaluate_ensemble(args.checkpoints, args.rule, args.temperature, data_path=args.data_path,
+                          data_root=args.data_root, distilled=args.distilled)
+    if args.json:
+        print(json.dumps(r))
+        return 0
+    e = r["ensemble"]
+    print(f"ensemble of {len(r['members'])} ({r['combine']}, T={r['temperature']:g}): test errors {e['errors']}/{e['n']}, "
+          f"top-1 {e['top1']:.2f}%")
+    for m in r["members"]:
+        print(f"  member {m['checkpoint']}: test errors {m['errors']}/{m['n']}, top-1 {m['top1']:.2f}%")
+    print(f"  mean member: {r['member_errors_mean']:.1f} test errors")
+    if "distilled" in r:
+        d = r["distilled"]
+        kept = "n/a (no ensemble gain)" if r["gain_fraction"] is None else f"{100 * r['gain_fraction']:.0f}%"
+        print(f"  distilled {d['checkpoint']}: test errors {d['errors']}/{d['n']}; share of the ensemble's gain kept: {kept}")
+    return 0
+
+
+def cmd_adjust_bias(args: argparse.Namespace) -> int:
+    from respkd.bias import adjust_bias, format_result
+    from respkd.config import parse_list
+
+    classes = parse_list(args.classes, "--classes")
+    low, high = args.range
+    r = adjust_bias(args.checkpoint, classes, shift=args.shift, search=args.search, low=low, high=high,
+                    step=args.step, out=args.out, data_path=args.data_path, data_root=args.data_root)
+    if args.json:
+        print(json.dumps(r))
+    else:
+        print(format_result(r))
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from respkd.config import load_config, parse_list
+    from respkd.sweep import run_sweep, sweep_folder
+
+    cfg = load_config(args.config, args.overrides)
+    temperatures = parse_list(args.temperatures, "--temperatures", kind=float)
+    hiddens = [parse_list(h, "--hidden", unique=False) for h in args.hidden]
+    result = run_sweep(cfg, temperatures, hiddens, args.runs_root, force=args.force)
+    print(result["table"])
+    print(f"written to {sweep_folder(Path(args.runs_root), cfg)}/ (sweep.md, sweep.png, sweep.json)")
     return 0
 
 
@@ -64,11 +119,15 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="respkd", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    seeds_help = ("one independent run per seed, named <name>-seed<k> (e.g. 0,1,2,3,4: the members of an ensemble); "
+                  "finished ones are skipped")
     p = sub.add_parser("train", help="train a model with hard labels")
     _add_run_args(p)
+    p.add_argument("--seeds", metavar="K,K,...", help=seeds_help)
     p.set_defaults(func=lambda a: cmd_train(a, distil=False))
     p = sub.add_parser("distill", aliases=["distil"], help="distil a teacher into a student")
     _add_run_args(p)
+    p.add_argument("--seeds", metavar="K,K,...", help=seeds_help)
     p.set_defaults(func=lambda a: cmd_train(a, distil=True))
     p = sub.add_parser("eval", help="evaluate a checkpoint on its dataset's test set")
     p.add_argument("checkpoint")
@@ -76,6 +135,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-path", help="read the test set from this folder instead of the checkpoint's source")
     p.add_argument("--data-root", help="cache folder (default: the checkpoint config's data.root)")
     p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("eval-ensemble", help="test accuracy of an ensemble, of each member, and of a distilled net")
+    p.add_argument("checkpoints", nargs="+", help="the members' checkpoints (two or more)")
+    p.add_argument("--rule", choices=["mean_probs", "mean_logits"], default="mean_probs",
+                   help="mean_probs: average the probabilities (the paper); mean_logits: their geometric mean")
+    p.add_argument("--temperature", type=float, default=1.0, help="T at which mean_probs averages (default 1)")
+    p.add_argument("--distilled", metavar="CHECKPOINT", help="a net distilled from the ensemble, to compare")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--data-path", help="read the test set from this folder instead of the checkpoints' source")
+    p.add_argument("--data-root", help="cache folder (default: the first member config's data.root)")
+    p.set_defaults(func=cmd_eval_ensemble)
+    p = sub.add_parser("adjust-bias", help="shift output biases of some classes; evaluate before and after")
+    p.add_argument("checkpoint")
+    p.add_argument("--classes", required=True, metavar="C,C,...", help="classes whose bias to shift, e.g. 3 or 7,8")
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--shift", type=float, help="add this to the biases (negative lowers them), e.g. 3.5 or -7.6")
+    how.add_argument("--search", action="store_true",
+                     help="choose the shift maximising accuracy on the run's validation split (needs data.val_size > 0)")
+    p.add_argument("--range", type=float, nargs=2, default=(-15.0, 15.0), metavar=("LOW", "HIGH"),
+                   help="shifts searched (default -15 15)")
+    p.add_argument("--step", type=float, default=0.1, help="grid step of the search (default 0.1)")
+    p.add_argument("--out", help="write the adjusted checkpoint here (a new file; never the input)")
+    p.add_argument("--json", action="store_true", help="print one JSON object (shift, before, after, search)")
+    p.add_argument("--data-path", help="read the data from this folder instead of the checkpoint's source")
+    p.add_argument("--data-root", help="cache folder (default: the checkpoint config's data.root)")
+    p.set_defaults(func=cmd_adjust_bias)
+    p = sub.add_parser("sweep", help="distil the same student at several temperatures (and hidden sizes), then plot")
+    _add_run_args(p)
+    p.add_argument("--temperatures", required=True, metavar="T,T,...", help="e.g. 1,2,2.5,3,4,8,20")
+    p.add_argument("--hidden", action="append", default=[], metavar="W,W,...",
+                   help="a model.hidden to sweep, e.g. 300,300 (repeatable; default: the config's)")
+    p.set_defaults(func=cmd_sweep)
     p = sub.add_parser("table", help="print the results table (markdown) of finished runs")
     p.add_argument("runs", nargs="+", help="run directories")
     p.add_argument("--link-root", help="write Config/Download links relative to this folder")

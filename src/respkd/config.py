@@ -20,6 +20,36 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+class TransferConfig(Section):
+    """Which training examples form the transfer set: the training set of this run, after the validation hold-out.
+
+    The paper's experiments on what distillation transfers: a transfer set without one class (``drop_classes: [3]``),
+    with only some classes (``keep_classes: [7, 8]``), or with a small share of the data (``fraction: 0.03``, taken
+    per class in proportion to its count, seeded by ``seed``). The test set is never filtered.
+    """
+
+    drop_classes: list[int] = []
+    keep_classes: list[int] | None = Field(None, min_length=1)
+    fraction: float | None = Field(None, gt=0, le=1)
+    seed: int = 0  # draws the `fraction` subset; independent of the run's seed, so runs of any seed share it
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TransferConfig":
+        if self.drop_classes and self.keep_classes is not None:
+            raise ValueError("give 'drop_classes' or 'keep_classes', not both")
+        for key in ("drop_classes", "keep_classes"):
+            classes = getattr(self, key) or []
+            if any(c < 0 for c in classes):
+                raise ValueError(f"'{key}' holds a negative class index")
+            if len(set(classes)) != len(classes):
+                raise ValueError(f"'{key}' lists a class twice")
+        return self
+
+    @property
+    def active(self) -> bool:
+        return bool(self.drop_classes) or self.keep_classes is not None or self.fraction is not None
+
+
 class DataConfig(Section):
     dataset: Literal["mnist", "fashion_mnist"] = "mnist"
     root: str = "data"  # where the checksummed cache lives
@@ -33,6 +63,12 @@ class DataConfig(Section):
     jitter_views: int | None = Field(None, ge=1)
     train_limit: int | None = Field(None, ge=1)  # keep only the first N training examples (quick runs)
     test_limit: int | None = Field(None, ge=1)  # evaluate on the first N test examples only
+    # A validation split held out of the training set (stratified by class, seeded by val_seed) BEFORE the transfer
+    # filter, so every run with the same val_size/val_seed holds out the same examples whatever its seed or transfer
+    # set. Used to choose things like bias shifts (respkd adjust-bias --search), never the test set.
+    val_size: int = Field(0, ge=0)
+    val_seed: int = 0
+    transfer: TransferConfig = TransferConfig()
 
 
 class ModelConfig(BaseModel):
@@ -45,17 +81,43 @@ class ModelConfig(BaseModel):
         return dict(self.model_extra or {})
 
 
+COMBINE_RULES = ("mean_probs", "mean_logits")
+
+
 class TeacherConfig(Section):
-    """The teacher: a checkpoint file, or the name of an earlier run whose ``model.safetensors`` is used."""
+    """The teacher: a checkpoint file or an earlier run's name, or an ensemble of several (``checkpoints`` / ``runs``).
+
+    An ensemble's members are combined by ``combine`` (see :mod:`respkd.ensemble`): ``mean_probs`` (default, the
+    paper's rule) averages the members' probabilities at the distillation temperature, ``mean_logits`` takes their
+    geometric mean.
+    """
 
     checkpoint: str | None = None
     run: str | None = None
+    checkpoints: list[str] | None = Field(None, min_length=2)
+    runs: list[str] | None = Field(None, min_length=2)
+    combine: Literal["mean_probs", "mean_logits"] | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> "TeacherConfig":
-        if (self.checkpoint is None) == (self.run is None):
-            raise ValueError("give exactly one of 'checkpoint' or 'run'")
+        given = [k for k in ("checkpoint", "run", "checkpoints", "runs") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'checkpoint' or 'run' (one teacher), 'checkpoints' or 'runs' (an ensemble)")
+        members = self.checkpoints or self.runs
+        if members is None and self.combine is not None:
+            raise ValueError("'combine' is for an ensemble ('runs' or 'checkpoints'), not one teacher")
+        if members is not None and len(set(members)) != len(members):
+            raise ValueError(f"'{given[0]}' lists a member twice")
         return self
+
+    @property
+    def is_ensemble(self) -> bool:
+        return self.checkpoints is not None or self.runs is not None
+
+    @property
+    def rule(self) -> str | None:
+        """The ensemble's combination rule (None for one teacher)."""
+        return (self.combine or "mean_probs") if self.is_ensemble else None
 
 
 class KDConfig(Section):
@@ -127,6 +189,12 @@ class RunConfig(Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _ensemble_response(self) -> "RunConfig":
+        if self.teacher is not None and self.teacher.is_ensemble and self.kd is not None and self.kd.teacher_response:
+            raise ValueError("'kd.teacher_response' cannot be used with an ensemble teacher (it distils the combined output)")
+        return self
+
     @property
     def distills(self) -> bool:
         return self.teacher is not None
@@ -177,13 +245,13 @@ def validate_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
         raise RespkdError(f"{source}: {format_validation_error(err)}") from None
 
 
-def format_validation_error(err: ValidationError) -> str:
-    """All problems on one line, each naming its key; misspelt keys get a suggestion."""
+def format_validation_error(err: ValidationError | list[dict], root: type[BaseModel] | None = RunConfig) -> str:
+    """All problems on one line, each naming its key; misspelt keys get a suggestion from ``root``'s fields."""
     problems = []
-    for e in err.errors():
+    for e in err.errors() if isinstance(err, ValidationError) else err:
         loc = ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":
-            msg = f"unknown key '{loc}'" + _suggestion(e["loc"])
+            msg = f"unknown key '{loc}'" + (_suggestion(e["loc"], root) if root is not None else "")
         elif e["type"] == "missing":
             msg = f"missing key '{loc}'"
         else:
@@ -194,19 +262,47 @@ def format_validation_error(err: ValidationError) -> str:
     return "; ".join(problems)
 
 
-def _suggestion(loc: tuple) -> str:
-    model: type[BaseModel] = RunConfig
+def _submodel(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation such as ``X | None`` or ``list[X]``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        if (sub := _submodel(arg)) is not None:
+            return sub
+    return None
+
+
+def _suggestion(loc: tuple, root: type[BaseModel] = RunConfig) -> str:
+    model: type[BaseModel] | None = root
     for part in loc[:-1]:
+        if isinstance(part, int):  # a list index: the item model was already picked from the list's annotation
+            continue
         field = model.model_fields.get(str(part))
-        annotation = getattr(field, "annotation", None)
-        candidates = [a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type)]
-        sub = next((a for a in candidates if issubclass(a, BaseModel)), None)
-        if sub is None:
+        model = _submodel(getattr(field, "annotation", None))
+        if model is None:
             return ""
-        model = sub
     close = closest_name(str(loc[-1]), list(model.model_fields))
     return f" (did you mean '{close}'?)" if close else ""
 
 
 def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
     return cfg.model_dump(mode="json", exclude_none=False)
+
+
+def with_seed(cfg: RunConfig, seed: int) -> RunConfig:
+    """The same experiment with another seed, named ``<name>-seed<k>``: one member of a seed ensemble."""
+    return validate_config({**config_to_dict(cfg), "seed": seed, "name": f"{cfg.name}-seed{seed}"}, cfg.name)
+
+
+def parse_list(text: str, what: str, kind: type = int, unique: bool = True) -> list:
+    """``"0,1,2"`` -> ``[0, 1, 2]`` (``kind`` int or float); a user error names ``what``."""
+    try:
+        values = [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        noun = "integers" if kind is int else "numbers"
+        raise RespkdError(f"{what}: expected comma-separated {noun}, got '{text}'") from None
+    if not values:
+        raise RespkdError(f"{what}: expected at least one value, got '{text}'")
+    if unique and len(set(values)) != len(values):
+        raise RespkdError(f"{what}: '{text}' repeats a value")
+    return values

@@ -20,7 +20,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -29,14 +29,16 @@ from torch import nn
 
 from respkd import __version__
 from respkd.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
-from respkd.config import RunConfig, config_to_dict
+from respkd.config import RunConfig, config_to_dict, validate_config
 from respkd.data.datasets import Splits, input_normalization, load_dataset
 from respkd.data.loader import BatchLoader
+from respkd.data.transfer import select_training
 from respkd.distill import Distiller, Supervised
 from respkd.engine import build_optimizer, build_scheduler, evaluate, train_one_epoch, use_bf16
+from respkd.ensemble import load_ensemble
 from respkd.errors import RespkdError
 from respkd.models import build_model, count_macs, count_parameters
-from respkd.teacher_cache import TeacherCache, build_cache, cache_spec, find_cache
+from respkd.teacher_cache import TeacherCache, build_cache, cache_spec, find_cache, selection_digest
 
 CHECKPOINT_NAME = "model.safetensors"
 SUMMARY_NAME = "summary.json"
@@ -106,19 +108,59 @@ class Prepared:
 
 
 def select(data: Splits, cfg: RunConfig) -> Splits:
-    """Apply ``train_limit`` / ``test_limit`` (first N examples)."""
+    """Apply ``train_limit`` / ``test_limit`` (first N examples), the validation hold-out and the transfer filter.
+
+    See :mod:`respkd.data.transfer` for the order and why; the test set is only cut by ``test_limit``.
+    """
     d = cfg.data
+    images, labels = data.train_images[: d.train_limit], data.train_labels[: d.train_limit]
+    sel = select_training(labels, data.num_classes, d)
+    if sel.active:
+        train_images, train_labels, index = images[sel.train], labels[sel.train], sel.train
+    else:
+        train_images, train_labels, index = images, labels, None
     return Splits(
-        data.info, data.train_images[: d.train_limit], data.train_labels[: d.train_limit],
-        data.test_images[: d.test_limit], data.test_labels[: d.test_limit], data.sha256,
+        data.info, train_images, train_labels, data.test_images[: d.test_limit], data.test_labels[: d.test_limit],
+        data.sha256, val_images=images[sel.val], val_labels=labels[sel.val], train_index=index,
     )
 
 
+def teacher_paths(cfg: RunConfig, runs_root: Path) -> list[Path]:
+    """The teacher's checkpoint, or an ensemble's member checkpoints, in the config's order."""
+    t = cfg.teacher
+    assert t is not None
+    if t.run is not None:
+        return [runs_root / t.run / CHECKPOINT_NAME]
+    if t.runs is not None:
+        return [runs_root / r / CHECKPOINT_NAME for r in t.runs]
+    return [Path(c) for c in (t.checkpoints or [t.checkpoint])]
+
+
 def teacher_path(cfg: RunConfig, runs_root: Path) -> Path:
-    assert cfg.teacher is not None
-    if cfg.teacher.run is not None:
-        return runs_root / cfg.teacher.run / CHECKPOINT_NAME
-    return Path(cfg.teacher.checkpoint)
+    """The single teacher's checkpoint (see :func:`teacher_paths` for ensembles)."""
+    return teacher_paths(cfg, runs_root)[0]
+
+
+def describe_teacher(cfg: RunConfig, runs_root: Path) -> str | list[str]:
+    """What summary.json records as the teacher: a path, or the members' paths for an ensemble."""
+    paths = [str(p) for p in teacher_paths(cfg, runs_root)]
+    return paths if cfg.teacher.is_ensemble else paths[0]
+
+
+def is_finished(cfg: RunConfig, runs_root: Path) -> bool:
+    """True when ``cfg``'s run directory holds a summary made from exactly this config.
+
+    The stored config is validated again before comparing, so keys added to respkd later (with defaults that change
+    nothing) do not make an old finished run look different.
+    """
+    path = Path(runs_root) / cfg.name / SUMMARY_NAME
+    if not path.is_file():
+        return False
+    try:
+        stored = json.loads(path.read_text()).get("config")
+        return config_to_dict(validate_config(stored, str(path))) == config_to_dict(cfg)
+    except (json.JSONDecodeError, OSError, RespkdError, TypeError, AttributeError):
+        return False
 
 
 def prepare(cfg: RunConfig, runs_root: Path, force: bool = False) -> Prepared:
@@ -135,7 +177,11 @@ def prepare(cfg: RunConfig, runs_root: Path, force: bool = False) -> Prepared:
         student = student.to(memory_format=torch.channels_last)
     teacher_meta = None
     if cfg.distills:
-        teacher, teacher_meta = load_model(teacher_path(cfg, runs_root), device)
+        if cfg.teacher.is_ensemble:
+            teacher, teacher_meta = load_ensemble(teacher_paths(cfg, runs_root), cfg.teacher.rule,
+                                                  cfg.kd.temperature, device)
+        else:
+            teacher, teacher_meta = load_model(teacher_path(cfg, runs_root), device)
         if teacher_meta["num_classes"] != data.num_classes:
             raise RespkdError(
                 f"teacher has {teacher_meta['num_classes']} classes but the student's dataset "
@@ -173,7 +219,16 @@ def teacher_cache_spec(p: Prepared, loader: BatchLoader, bf16: bool) -> dict[str
         dataset=cfg.data.dataset, data_sha256=p.data.sha256, train_limit=cfg.data.train_limit,
         n_train=len(p.data.train_images), mean=loader_mean, std=loader_std, loader=loader, teacher_bf16=bf16,
         topk=kd.cache_topk, temperature=kd.temperature,
+        train_selection_sha256=None if p.data.train_index is None else selection_digest(p.data.train_index),
     )
+
+
+def _transfer_note(cfg: RunConfig) -> str:
+    t = cfg.data.transfer
+    parts = ([f"without classes {t.drop_classes}"] if t.drop_classes else []) + (
+        [f"only classes {t.keep_classes}"] if t.keep_classes is not None else []) + (
+        [f"{t.fraction:g} of them"] if t.fraction is not None else [])
+    return f" (transfer set: {', '.join(parts)})" if parts else ""
 
 
 class RunLog:
@@ -219,9 +274,17 @@ def run(cfg: RunConfig, runs_root: str | Path = "runs", force: bool = False, qui
     atomic_write_text(p.out_dir / "environment.json", json.dumps(env, indent=2))
     log = RunLog(p.out_dir / "log.txt", quiet)
     params, macs = count_parameters(p.student), count_macs(p.student, data.info.image_shape)
-    what = f"distil from {teacher_path(cfg, runs_root)} at T={cfg.kd.temperature}" if cfg.distills else "train with hard labels"
+    if cfg.distills and cfg.teacher.is_ensemble:
+        what = (f"distil from an ensemble of {len(teacher_paths(cfg, runs_root))} ({cfg.teacher.rule}) "
+                f"at T={cfg.kd.temperature}")
+    elif cfg.distills:
+        what = f"distil from {teacher_path(cfg, runs_root)} at T={cfg.kd.temperature}"
+    else:
+        what = "train with hard labels"
     log(f"[{cfg.name}] {what}: {cfg.model.name} ({params / 1e6:.2f}M params, {macs / 1e6:.2f}M MACs), "
-        f"{len(data.train_images)} train / {len(data.test_images)} test examples of {cfg.data.dataset}, "
+        f"{len(data.train_images)} train{_transfer_note(cfg)}"
+        f"{f' / {len(data.val_labels)} validation' if len(data.val_labels) else ''} / "
+        f"{len(data.test_images)} test examples of {cfg.data.dataset}, "
         f"{tc.epochs} epochs, {'bf16' if bf16 else 'fp32'} on {p.device} ({torch.get_num_threads()} threads)")
 
     cache_info: dict[str, Any] | None = {"used": False} if cfg.distills else None
@@ -231,7 +294,7 @@ def run(cfg: RunConfig, runs_root: str | Path = "runs", force: bool = False, qui
         built = cache is None
         if cache is None:
             cache = build_cache(cfg.kd.cache_dir, spec, p.task.teacher_logits, train_loader, bf16, log=log,
-                                extra_meta={"teacher": str(teacher_path(cfg, runs_root))})
+                                extra_meta={"teacher": describe_teacher(cfg, runs_root)})
         else:
             log(f"reusing teacher cache {cache.folder} (built in {cache.build_time_s:.2f}s)")
         cache_info = {"used": True, "built_now": built, "build_time_s": cache.build_time_s,
@@ -255,6 +318,11 @@ def run(cfg: RunConfig, runs_root: str | Path = "runs", force: bool = False, qui
             log(f"epoch {epoch:>3}/{tc.epochs} {losses} lr={stats['lr']:.4g} test_errors={ev['errors']} "
                 f"top1={ev['top1']:.2f} ({stats['epoch_time_s']:.1f}s)")
     wall = time.perf_counter() - start
+    val_metrics = None
+    if len(data.val_labels):  # once, at the end: the split is for choosing things after training, not during it
+        val_loader = BatchLoader(data.val_images, data.val_labels, 1000, *norm, device=p.device,
+                                 channels_last=tc.channels_last)
+        val_metrics = evaluate(p.student, val_loader, data.num_classes)
 
     summary = {
         "name": cfg.name, "kind": "distill" if cfg.distills else "train",
@@ -262,7 +330,11 @@ def run(cfg: RunConfig, runs_root: str | Path = "runs", force: bool = False, qui
         "metrics": ev, "epochs": tc.epochs, "wall_time_s": round(wall, 1), "train_time_s": round(train_time, 1),
         "seconds_per_epoch": round(train_time / tc.epochs, 3), "precision": "bf16" if bf16 else "fp32",
         "dataset": cfg.data.dataset, "data_sha256": data.sha256, "data_canonical": data.canonical,
-        "n_train": len(data.train_images), "teacher": str(teacher_path(cfg, runs_root)) if cfg.distills else None,
+        "n_train": len(data.train_images),
+        "n_train_per_class": torch.bincount(data.train_labels.cpu(), minlength=data.num_classes).tolist(),
+        "n_val": len(data.val_labels), "val_metrics": val_metrics,
+        "teacher": describe_teacher(cfg, runs_root) if cfg.distills else None,
+        "teacher_combine": cfg.teacher.rule if cfg.distills else None,
         "teacher_cache": cache_info,
         "config": config_to_dict(cfg), "environment": env,
     }
@@ -279,3 +351,36 @@ def run(cfg: RunConfig, runs_root: str | Path = "runs", force: bool = False, qui
         f"wall {wall / 60:.1f} min -> {p.out_dir}")
     log.close()
     return summary
+
+
+def run_many(
+    configs: list[RunConfig], runs_root: str | Path = "runs", force: bool = False, replace_changed: bool = False,
+    quiet: bool = False, log: Callable[[str], None] | None = None, tags: list[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Run several configs in order, skipping those already finished with exactly the same config.
+
+    A run directory finished from a *different* config is an error (checked for every config before the first run)
+    unless ``force`` (rerun everything) or ``replace_changed`` (rerun just those: what plans do). Returns the
+    summaries, read back for skipped runs. ``tags`` prefix each run's progress line (default ``[i/n]``).
+    """
+    runs_root = Path(runs_root)
+    log = log or (lambda line: print(line, flush=True))
+    names = [c.name for c in configs]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise RespkdError(f"two runs share the name '{dup}'")
+    if not (force or replace_changed):
+        for cfg in configs:
+            if (runs_root / cfg.name / SUMMARY_NAME).exists() and not is_finished(cfg, runs_root):
+                raise RespkdError(f"run '{cfg.name}' already finished in {runs_root / cfg.name} with another config; "
+                                  "pass --force to overwrite it")
+    summaries = []
+    tags = tags or [f"[{i}/{len(configs)}]" for i in range(1, len(configs) + 1)]
+    for tag, cfg in zip(tags, configs):
+        if not force and is_finished(cfg, runs_root):
+            log(f"{tag} {cfg.name}: already finished in {runs_root / cfg.name}, skipped")
+            summaries.append(json.loads((runs_root / cfg.name / SUMMARY_NAME).read_text()))
+            continue
+        log(f"{tag} {cfg.name}")
+        summaries.append(run(cfg, runs_root, force=True, quiet=quiet))
+    return summaries

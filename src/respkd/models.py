@@ -30,6 +30,12 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def accepts_option(name: str, option: str) -> bool:
+    """Whether the registered model ``name`` takes ``option`` (e.g. ``hidden``), checked without building it."""
+    factory = _REGISTRY.get(name)
+    return factory is not None and option in inspect.signature(factory).parameters
+
+
 class MaxNormMixin:
     """Max-norm constraint (Srebro & Shraibman; Hinton et al. 2012's dropout recipe, used for the paper's teacher).
 

@@ -21,7 +21,8 @@ rows of a batch are touched, nothing is unpickled):
 
 A cache lives in ``<cache_dir>/<key[:16]>/`` where ``key`` is the SHA-256 of everything that determines its contents
 (:func:`cache_spec`): the teacher's ``weights_sha256`` and recorded response, the dataset's SHA-256 and the transfer
-set's selection (``train_limit``), the normalisation, the jitter (pixels, seed, number of views, and a digest of the
+set's selection (``train_limit``, and a digest of the chosen examples when a validation hold-out or transfer
+filter picked them), the normalisation, the jitter (pixels, seed, number of views, and a digest of the
 offsets themselves, so a change in how the loader draws them is noticed), the teacher's precision, top-k and (with
 top-k) T. ``meta.json`` records all of them plus the files' sizes and SHA-256; a cache whose meta does not match what
 the run needs, or whose files are truncated or altered, is refused with a one-line :class:`RespkdError`, never reused.
@@ -87,11 +88,16 @@ def cache_spec(
     teacher_bf16: bool,
     topk: int | None = None,
     temperature: float | None = None,
+    train_selection_sha256: str | None = None,
 ) -> dict[str, Any]:
     """Everything that determines a cache's contents, as a JSON-ready dict (hashed by :func:`cache_key`).
 
     The seed only matters through the jitter offsets, so without jitter it is left out: runs that differ only in
     their seed share one cache. ``temperature`` is part of the key only with top-k (full logits serve any T).
+    ``teacher_weights_sha256`` is one checkpoint's, or for an ensemble :func:`respkd.ensemble.ensemble_digest`.
+    ``train_selection_sha256`` (:func:`selection_digest`) pins which training examples form the transfer set when a
+    validation hold-out or a transfer filter picked them; it is left out of the spec when None, so caches of
+    unfiltered runs keep the keys they had before transfer sets existed.
     """
     jitter = int(loader.jitter)
     if jitter and not loader.jitter_views:
@@ -118,7 +124,13 @@ def cache_spec(
         "jitter_offsets_sha256": offsets_digest(loader, views),
         "topk": topk,
         "temperature": float(temperature) if topk is not None else None,
+        **({"train_selection_sha256": train_selection_sha256} if train_selection_sha256 is not None else {}),
     }
+
+
+def selection_digest(indices: torch.Tensor) -> str:
+    """SHA-256 of the positions (in the original training set) of the examples a transfer set holds."""
+    return hashlib.sha256(indices.to(torch.int64).contiguous().numpy().tobytes()).hexdigest()
 
 
 def cache_key(spec: dict[str, Any]) -> str:

@@ -65,7 +65,12 @@ FASHION_MNIST_APT_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 @dataclass
 class Splits:
-    """A dataset held in memory: uint8 images ``(N, C, H, W)`` and int64 labels, for train and test."""
+    """A dataset held in memory: uint8 images ``(N, C, H, W)`` and int64 labels, for train and test.
+
+    After :func:`respkd.experiment.select`, ``val_*`` hold the validation split (empty without ``data.val_size``)
+    and ``train_index`` the transfer set's positions in the original training set (None: no selection beyond
+    ``train_limit``), which the teacher cache's key records.
+    """
 
     info: DatasetInfo
     train_images: torch.Tensor
@@ -73,6 +78,9 @@ class Splits:
     test_images: torch.Tensor
     test_labels: torch.Tensor
     sha256: str
+    val_images: torch.Tensor | None = None
+    val_labels: torch.Tensor | None = None
+    train_index: torch.Tensor | None = None
 
     @property
     def num_classes(self) -> int:
