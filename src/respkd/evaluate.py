@@ -9,7 +9,7 @@ import torch
 
 from respkd.checkpoint import read_checkpoint_meta
 from respkd.config import validate_config
-from respkd.data.datasets import input_normalization, load_dataset
+from respkd.data.datasets import Splits, input_normalization, load_dataset
 from respkd.data.loader import BatchLoader
 from respkd.engine import evaluate
 from respkd.errors import RespkdError
@@ -25,14 +25,21 @@ def evaluate_checkpoint(
     ``data_root`` redirect where it is read from.
     """
     model, meta = load_model(checkpoint, device)
+    loader, data = checkpoint_test_loader(meta, checkpoint, data_path, data_root, device)
+    with torch.inference_mode():
+        result = evaluate(model, loader, data.num_classes)
+    return {"checkpoint": str(checkpoint), "dataset": data.info.name, **result}
+
+
+def checkpoint_test_loader(
+    meta: dict[str, Any], checkpoint: str | Path, data_path: str | None, data_root: str | None, device: str
+) -> tuple[BatchLoader, Splits]:
+    """Batches of the test set named in a checkpoint's embedded config, normalised as the model was trained."""
     cfg = validate_config(meta["config"], f"{checkpoint} (embedded config)")
     d = cfg.data
     data = select(load_dataset(d.dataset, data_root or d.root, data_path or d.path, d.source), cfg)
     mean, std = input_normalization(data.info, d.normalize)
-    loader = BatchLoader(data.test_images, data.test_labels, 1000, mean, std, device=device)
-    with torch.inference_mode():
-        result = evaluate(model, loader, data.num_classes)
-    return {"checkpoint": str(checkpoint), "dataset": d.dataset, **result}
+    return BatchLoader(data.test_images, data.test_labels, 1000, mean, std, device=device), data
 
 
 def evaluate_ensemble(
@@ -55,16 +62,12 @@ def evaluate_ensemble(
         raise RespkdError("an ensemble needs at least two checkpoints")
     ensemble, meta = load_ensemble(checkpoints, combine, temperature, device)
     first = read_checkpoint_meta(Path(checkpoints[0]))
-    cfg = validate_config(first["config"], f"{checkpoints[0]} (embedded config)")
-    d = cfg.data
-    data = select(load_dataset(d.dataset, data_root or d.root, data_path or d.path, d.source), cfg)
-    mean, std = input_normalization(data.info, d.normalize)
-    loader = BatchLoader(data.test_images, data.test_labels, 1000, mean, std, device=device)
+    loader, data = checkpoint_test_loader(first, checkpoints[0], data_path, data_root, device)
     with torch.inference_mode():
         members = [{"checkpoint": str(path), "name": m.get("name"), **evaluate(model, loader, data.num_classes)}
                    for path, model, m in zip(checkpoints, ensemble.members, meta["members"])]
         result: dict[str, Any] = {
-            "combine": combine, "temperature": float(temperature), "dataset": d.dataset,
+            "combine": combine, "temperature": float(temperature), "dataset": data.info.name,
             "ensemble": evaluate(ensemble, loader, data.num_classes), "members": members,
             "member_errors_mean": sum(m["errors"] for m in members) / len(members),
             "member_weights_sha256": [m["weights_sha256"] for m in meta["members"]],
