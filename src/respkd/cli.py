@@ -1,4 +1,4 @@
-"""The ``respkd`` command: train, distil, evaluate, adjust biases, sweep temperatures, tabulate, reproduce.
+"""The ``respkd`` command: train, distil, evaluate, adjust biases, sweep temperatures, tabulate, reproduce, specialists.
 
 Every user error (config, data, checkpoint, command line) ends as one line on stderr and exit status 2;
 nothing is written before the input has been checked.
@@ -116,6 +116,81 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_specialists_subsets(args: argparse.Namespace) -> int:
+    from respkd.specialists.config import load_specialists_config
+    from respkd.specialists.train import prepare_run
+
+    cfg = load_specialists_config(args.config, args.overrides)
+    ctx, subsets = prepare_run(cfg, args.runs_root, force=False)
+    names = ctx.data.info.class_names
+    for k, subset in enumerate(subsets):
+        print(f"specialist {k}: {', '.join(names[c] for c in subset)}")
+    print(f"written to {ctx.out_dir}/ (subsets.json, subsets.png)")
+    return 0
+
+
+def cmd_specialists_train(args: argparse.Namespace) -> int:
+    from respkd.specialists.config import load_specialists_config
+    from respkd.specialists.train import prepare_run, train_all, train_specialist
+
+    cfg = load_specialists_config(args.config, args.overrides)
+    if args.threads is not None and args.threads < 1:
+        raise RespkdError(f"--threads must be at least 1, got {args.threads}")
+    if args.only is None:
+        train_all(cfg, args.config, args.overrides, args.runs_root, workers=args.workers, force=args.force)
+        return 0
+    ctx, subsets = prepare_run(cfg, args.runs_root, force=args.force, threads=args.threads)
+    train_specialist(ctx, subsets, args.only, force=args.force)
+    return 0
+
+
+def cmd_specialists_eval(args: argparse.Namespace) -> int:
+    from respkd.specialists.config import load_specialists_config
+    from respkd.specialists.evaluate import evaluate_specialists, markdown_section
+
+    cfg = load_specialists_config(args.config, args.overrides)
+    result = evaluate_specialists(cfg, args.runs_root)
+    print(json.dumps(result) if args.json else markdown_section([result]))
+    return 0
+
+
+def cmd_specialists_table(args: argparse.Namespace) -> int:
+    from respkd.specialists.evaluate import markdown_section, read_eval
+
+    print(markdown_section([read_eval(Path(d)) for d in args.folders]))
+    return 0
+
+
+def _add_specialists_parser(sub) -> None:
+    sp = sub.add_parser("specialists", help="a generalist plus specialists on confusable classes (the paper's section 5)")
+    ss = sp.add_subparsers(dest="action", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("config", help="specialists YAML config")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override one config key, e.g. --set specialist.train.epochs=2 (repeatable)")
+        p.add_argument("--runs-root", default="runs", help="parent folder of run directories (default: runs)")
+
+    p = ss.add_parser("subsets", help="find the confusable subsets on the generalist's validation split; write "
+                                      "subsets.json and the heat map")
+    common(p)
+    p.set_defaults(func=cmd_specialists_subsets)
+    p = ss.add_parser("train", help="train every unfinished specialist, each an independent process (or one: --only)")
+    common(p)
+    p.add_argument("--workers", type=int, default=1, help="specialists trained at the same time (default 1)")
+    p.add_argument("--only", type=int, metavar="K", help="train specialist K alone, in this process (array jobs)")
+    p.add_argument("--threads", type=int, help="torch threads (default: cores // workers, or the config's threads)")
+    p.add_argument("--force", action="store_true", help="retrain specialists that already finished")
+    p.set_defaults(func=cmd_specialists_train)
+    p = ss.add_parser("eval", help="test top-1 of the generalist vs generalist + specialists (writes eval.json)")
+    common(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_specialists_eval)
+    p = ss.add_parser("table", help="markdown tables from finished evaluations (several: mean ± std over runs)")
+    p.add_argument("folders", nargs="+", help="specialists folders holding eval.json (e.g. one per seed)")
+    p.set_defaults(func=cmd_specialists_table)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="respkd", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -177,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a key in every stage's config (repeatable)")
     p.add_argument("--force", action="store_true", help="rerun stages that already finished")
     p.set_defaults(func=cmd_reproduce)
+    _add_specialists_parser(sub)
     return parser
 
 

@@ -202,6 +202,12 @@ class RunConfig(Section):
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     """Read a YAML config, apply ``key.sub=value`` overrides, validate. Errors are one-line RespkdErrors."""
+    return validate_config(read_yaml_mapping(path, overrides), str(path))
+
+
+def read_yaml_mapping(path: str | Path, overrides: list[str] = ()) -> dict[str, Any]:
+    """A YAML file's top-level mapping with ``key.sub=value`` overrides applied (not validated: the caller's model
+    does that). Errors are one-line RespkdErrors."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -217,7 +223,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
         raise RespkdError(f"config {path}: expected a mapping of keys to values at the top level")
     for override in overrides:
         apply_override(raw, override)
-    return validate_config(raw, str(path))
+    return raw
 
 
 def apply_override(raw: dict[str, Any], override: str) -> None:

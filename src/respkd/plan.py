@@ -24,6 +24,9 @@ A plan is a YAML file (data only, validated like configs)::
         config: configs/mnist/student_sweep.yaml
         temperatures: [1, 2, 4, 8, 20]
         hidden: [[300, 300], [30, 30]]
+      - kind: specialists                 # a generalist's specialists, trained in parallel, then combined
+        config: configs/fashion_mnist/specialists.yaml
+        workers: 2
 
 Every stage kind is data; each may carry ``paper`` (numbers from the paper, by measure name: the measures each kind
 reports are listed in ``MEASURES``; an unknown name is an error) and ``note`` (shown in the report). Everything is
@@ -115,6 +118,17 @@ class BiasStage(StageBase):
         return self.name or f"{self.run}-bias"
 
 
+class SpecialistsStage(StageBase):
+    """Train the specialists of a specialists config (``workers`` processes at a time), then evaluate them with the
+    generalist on the test set (see :mod:`respkd.specialists`). Only the stage's own ``set`` applies: the plan's
+    ``--set`` overrides are run-config keys."""
+
+    kind: Literal["specialists"]
+    config: str
+    set: dict[str, Any] = {}
+    workers: int = Field(1, ge=1)
+
+
 class EnsembleEvalStage(StageBase):
     """Test errors of an ensemble of finished runs, of each member, and of a net distilled from it."""
 
@@ -128,6 +142,7 @@ class EnsembleEvalStage(StageBase):
 
 STAGE_TYPES: dict[str, type[StageBase]] = {
     "run": RunStage, "sweep": SweepStage, "bias": BiasStage, "ensemble_eval": EnsembleEvalStage,
+    "specialists": SpecialistsStage,
 }
 
 
@@ -156,6 +171,7 @@ BIAS_MEASURES = ("shift", "test_errors_before", "test_errors_after", "test_error
                  "class_errors_before", "class_errors_after", "class_correct_pct_before", "class_correct_pct_after")
 ENSEMBLE_MEASURES = ("ensemble_errors", "member_errors_mean", "distilled_errors", "gain_fraction",
                      "ensemble_error_pct", "member_error_pct_mean", "distilled_error_pct")
+SPECIALIST_MEASURES = ("generalist_top1", "combined_top1", "generalist_covered_top1", "combined_covered_top1")
 MEASURE_TEXT = {"test_errors": "test errors", "test_error_pct": "test error %"}
 
 
@@ -215,6 +231,7 @@ class Job:
     needs: list[str] = field(default_factory=list)
     cells: list[Cell] = field(default_factory=list)  # sweep stages: (hidden, T, config) of each run
     sweep_base: RunConfig | None = None
+    specialists: Any = None  # specialists stages: the validated SpecialistsConfig
 
     @property
     def label(self) -> str:
@@ -227,12 +244,17 @@ class Job:
             return self.outputs[-1]
         return self.outputs[0]
 
+    def stage_overrides(self) -> list[str]:
+        return [f"{k}={json.dumps(v)}" for k, v in getattr(self.stage, "set", {}).items()]
+
     def allowed_measures(self) -> tuple[str, ...]:
         s = self.stage
         if isinstance(s, BiasStage):
             return BIAS_MEASURES
         if isinstance(s, EnsembleEvalStage):
             return ENSEMBLE_MEASURES
+        if isinstance(s, SpecialistsStage):
+            return SPECIALIST_MEASURES
         if isinstance(s, SweepStage):
             labels = [f"h{width_label(tuple(h))}_" for h in s.hidden] or [""]
             return tuple(f"best_T_{l}".rstrip("_") for l in labels) + tuple(
@@ -268,6 +290,14 @@ def resolve(plan: Plan, overrides: list[str], root: Path) -> list[Job]:
             job.outputs, job.needs = [stage.out_name], [stage.run]
         elif isinstance(stage, EnsembleEvalStage):
             job.outputs, job.needs = [stage.name], [*stage.runs, *([stage.distilled] if stage.distilled else [])]
+        elif isinstance(stage, SpecialistsStage):
+            from respkd.specialists.config import load_specialists_config
+            from respkd.specialists.subsets import check_libraries
+
+            check_libraries()
+            job.specialists = load_specialists_config(stage.config, job.stage_overrides())
+            g = job.specialists.generalist
+            job.outputs, job.needs = [job.specialists.name], [g.run] if g.run is not None else []
         unknown = sorted(set(stage.paper) - set(job.allowed_measures()))
         if unknown:
             raise RespkdError(f"plan stage {i} ({job.label}): unknown paper measure '{unknown[0]}' (known: "
@@ -339,6 +369,17 @@ def execute(job: Job, n_stages: int, root: Path, force: bool) -> None:
         result = adjust_bias(root / s.run / CHECKPOINT_NAME, s.classes, shift=s.shift, search=s.search, low=s.low,
                              high=s.high, step=s.step, out=out_dir / CHECKPOINT_NAME, overwrite_out=True)
         atomic_write_text(out_dir / "bias.json", json.dumps({"spec": spec, "result": result}, indent=2))
+    elif isinstance(s, SpecialistsStage):
+        from respkd.specialists.evaluate import eval_up_to_date, evaluate_specialists
+        from respkd.specialists.train import train_all
+
+        cfg = job.specialists
+        log(f"{tag} {cfg.name}: specialists of {cfg.generalist.run or cfg.generalist.checkpoint}, {s.workers} worker(s)")
+        train_all(cfg, s.config, job.stage_overrides(), root, workers=s.workers, force=force, log=log)
+        if force or not eval_up_to_date(cfg, root):
+            evaluate_specialists(cfg, root)
+        else:
+            log(f"{tag} {cfg.name}: evaluation up to date, skipped")
     elif isinstance(s, EnsembleEvalStage):
         out_dir, spec = root / s.name, ensemble_spec(s, root)
         if not force and _stored_spec(out_dir / "ensemble.json") == spec:
@@ -389,6 +430,11 @@ def measures(job: Job, root: Path) -> dict[str, float | None]:
                 "ensemble_error_pct": 100.0 * r["ensemble"]["errors"] / n,
                 "member_error_pct_mean": 100.0 * r["member_errors_mean"] / n,
                 "distilled_error_pct": 100.0 * d["errors"] / n if d else None}
+    if isinstance(s, SpecialistsStage):
+        r = json.loads((root / job.specialists.name / "eval.json").read_text())
+        return {"generalist_top1": r["overall"]["generalist_top1"], "combined_top1": r["overall"]["combined_top1"],
+                "generalist_covered_top1": r["covered"]["generalist_top1"],
+                "combined_covered_top1": r["covered"]["combined_top1"]}
     if isinstance(s, SweepStage):
         out: dict[str, float | None] = {}
         for cell in job.cells:
@@ -414,6 +460,7 @@ def _shown_measures(job: Job) -> list[str]:
     s = job.stage
     headline = {RunStage: ["test_errors"], BiasStage: ["shift", "test_errors_before", "test_errors_after"],
                 EnsembleEvalStage: ["member_errors_mean", "ensemble_errors", "distilled_errors", "gain_fraction"],
+                SpecialistsStage: list(SPECIALIST_MEASURES),
                 SweepStage: [m for m in job.allowed_measures() if m.startswith("best_T")]}[type(s)]
     return headline + [m for m in s.paper if m not in headline]
 
@@ -480,6 +527,11 @@ def stage_section(job: Job, root: Path) -> list[str]:
                 lines += ["", f"The distilled net kept {100 * r['gain_fraction']:.0f}% of the ensemble's improvement "
                               "over the mean member (the paper, speech: more than 80%)."]
         return lines
+    if isinstance(s, SpecialistsStage):
+        from respkd.specialists.evaluate import markdown_section, read_eval
+
+        cfg = job.specialists
+        return [f"### Specialists: {cfg.name}", "", markdown_section([read_eval(root / cfg.name)])]
     if isinstance(s, SweepStage):
         folder = sweep_folder(root, job.sweep_base)
         result = json.loads((folder / "sweep.json").read_text())

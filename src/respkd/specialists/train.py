@@ -1,0 +1,372 @@
+"""Training specialists: each one an independent job with its own run directory.
+
+``respkd specialists train CONFIG --workers 2`` finds the subsets (once, in the parent), then runs every unfinished
+specialist as its own process, ``respkd specialists train CONFIG --only K``, at most ``workers`` at a time, each with
+``cores // workers`` torch threads. Separate processes rather than a process pool: a specialist that crashes, runs
+out of memory or is killed takes nothing else with it, and ``--only K`` is exactly what a cluster scheduler's array
+job runs (run ``respkd specialists subsets CONFIG`` first there, so every job reads the same ``subsets.json``).
+
+Layout of ``<runs_root>/<name>/``:
+  config.yaml                 the validated specialists config
+  subsets.json, subsets.png   the subsets and the heat map (see respkd.specialists.subsets)
+  specialist-<k>/             one per subset: model.safetensors, summary.json, metrics.jsonl, log.txt
+  worker-<k>.log              what the process of specialist k printed (parallel runs)
+  timings.jsonl               one line per `train` invocation: workers, threads, wall time, each specialist's
+  eval.json, specialists.md   written by `respkd specialists eval`
+A specialist is trained in ``.specialist-<k>.partial-<pid>/`` and renamed to ``specialist-<k>/`` once complete, so a
+crash never leaves a directory that looks finished. One is finished when its ``summary.json`` records the same spec
+(generalist weights, subset, specialist config, seed, data); finished ones are skipped, a directory finished from a
+different spec is an error unless ``--force``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import yaml
+from torch import nn
+
+from respkd.checkpoint import atomic_write_text, save_checkpoint
+from respkd.config import RunConfig, config_to_dict, validate_config
+from respkd.data.datasets import Splits, input_normalization, load_dataset
+from respkd.data.loader import BatchLoader
+from respkd.distill import Distiller, Supervised
+from respkd.engine import build_optimizer, build_scheduler, evaluate, train_one_epoch, use_bf16
+from respkd.errors import RespkdError
+from respkd.experiment import (CHECKPOINT_NAME, SUMMARY_NAME, RunLog, environment, load_model, resolve_device,
+                               seed_everything, select)
+from respkd.models import build_model, count_parameters
+from respkd.specialists.config import SpecialistsConfig
+from respkd.specialists.model import (MappedGeneralist, SubsetBatches, dustbin_correction, label_map, shift_dustbin,
+                                      specialist_from_generalist)
+from respkd.specialists.subsets import check_libraries, generalist_probabilities, subsets_record, write_subsets
+
+SUBSETS_NAME = "subsets.json"
+
+
+@dataclass
+class Context:
+    """Everything the specialists of one config share, loaded and checked before anything is written."""
+
+    cfg: SpecialistsConfig
+    out_dir: Path
+    device: torch.device
+    generalist: nn.Module
+    gen_meta: dict[str, Any]
+    gen_path: Path
+    gen_cfg: RunConfig
+    data: Splits
+    norm: tuple[tuple[float, ...], tuple[float, ...]]
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        return tuple(self.gen_meta["in_shape"])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.gen_meta["num_classes"])
+
+
+def specialist_dir(out_dir: Path, k: int) -> Path:
+    return out_dir / f"specialist-{k}"
+
+
+def generalist_path(cfg: SpecialistsConfig, runs_root: Path) -> Path:
+    g = cfg.generalist
+    return runs_root / g.run / CHECKPOINT_NAME if g.run is not None else Path(g.checkpoint)
+
+
+def prepare(cfg: SpecialistsConfig, runs_root: str | Path, threads: int | None = None) -> Context:
+    """Load the generalist and its data; refuse (one line) what cannot work, before anything is written.
+
+    ``threads``: torch threads for this process (a worker's share), else the config's ``threads``, else torch's.
+    """
+    check_libraries()
+    runs_root = Path(runs_root)
+    if threads or cfg.threads:
+        torch.set_num_threads(threads or cfg.threads)
+    device = resolve_device(cfg.device)
+    path = generalist_path(cfg, runs_root)
+    if not path.is_file():
+        raise RespkdError(f"generalist checkpoint {path} does not exist (train the generalist run first)")
+    generalist, meta = load_model(path, device)
+    generalist.requires_grad_(False).eval()
+    gen_cfg = validate_config(meta["config"], f"{path} (embedded config)")
+    if gen_cfg.data.val_size == 0:
+        raise RespkdError(f"{path}: subsets are found on the generalist run's validation split, but its run had "
+                          "data.val_size 0 (retrain the generalist with data.val_size > 0)")
+    d = gen_cfg.data
+    data = select(load_dataset(d.dataset, d.root, d.path, d.source), gen_cfg)
+    if cfg.specialist.model is not None:  # a fresh net: check its options now, not in a worker an hour later
+        build_model(cfg.specialist.model.name, 2, data.info.image_shape, **cfg.specialist.model.options())
+    return Context(cfg, runs_root / cfg.name, device, generalist, meta, path, gen_cfg, data,
+                   input_normalization(data.info, d.normalize))
+
+
+def subsets_spec(ctx: Context) -> dict[str, Any]:
+    d = ctx.gen_cfg.data
+    return {"generalist_weights_sha256": ctx.gen_meta["weights_sha256"], "subsets": ctx.cfg.subsets.model_dump(),
+            "data_sha256": ctx.data.sha256, "train_limit": d.train_limit, "val_size": d.val_size, "val_seed": d.val_seed}
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def compute_subsets(ctx: Context) -> dict[str, Any]:
+    """The subsets record (see :func:`respkd.specialists.subsets.subsets_record`) from the validation split."""
+    loader = BatchLoader(ctx.data.val_images, ctx.data.val_labels, 1000, *ctx.norm, device=ctx.device)
+    probs = generalist_probabilities(ctx.generalist, loader)
+    return subsets_record(probs, ctx.cfg.subsets, ctx.data.info.class_names, subsets_spec(ctx))
+
+
+def current_subsets(ctx: Context) -> tuple[dict[str, Any], bool]:
+    """``subsets.json`` when it was made from the same spec, else computed now; and whether it must be written."""
+    stored = read_json(ctx.out_dir / SUBSETS_NAME)
+    if stored is not None and stored.get("spec") == subsets_spec(ctx) and "subsets" in stored:
+        return stored, False
+    return compute_subsets(ctx), True
+
+
+def write_common(ctx: Context, record: dict[str, Any], write_record: bool) -> None:
+    """config.yaml (only when it changed: workers and reruns leave it alone) and, when new, the subsets."""
+    text = yaml.safe_dump(ctx.cfg.model_dump(mode="json"), sort_keys=False)
+    path = ctx.out_dir / "config.yaml"
+    if not path.is_file() or path.read_text() != text:
+        atomic_write_text(path, text)
+    if write_record:
+        write_subsets(ctx.out_dir, record)
+
+
+def specialist_spec(ctx: Context, subset: list[int], k: int) -> dict[str, Any]:
+    """What a finished specialist must have been trained from, to be reused."""
+    return {"k": k, "subset": subset, "generalist_weights_sha256": ctx.gen_meta["weights_sha256"],
+            "specialist": ctx.cfg.specialist.model_dump(mode="json"), "seed": ctx.cfg.seed,
+            "data": config_to_dict(ctx.gen_cfg)["data"], "data_sha256": ctx.data.sha256}
+
+
+def finished_spec(out_dir: Path, k: int) -> dict[str, Any] | None:
+    """The spec of a finished specialist k (its summary's), or None when there is none."""
+    summary = read_json(specialist_dir(out_dir, k) / SUMMARY_NAME)
+    return None if summary is None else summary.get("spec")
+
+
+def check_conflicts(ctx: Context, subsets: list[list[int]], force: bool) -> None:
+    """A finished specialist made from another spec is never silently replaced."""
+    if force:
+        return
+    for k, subset in enumerate(subsets):
+        stored = finished_spec(ctx.out_dir, k)
+        if stored is not None and stored != specialist_spec(ctx, subset, k):
+            raise RespkdError(f"{specialist_dir(ctx.out_dir, k)} was finished from another config, generalist or "
+                              "subset; pass --force to retrain it")
+
+
+def train_specialist(ctx: Context, subsets: list[list[int]], k: int, force: bool = False,
+                     quiet: bool = False) -> dict[str, Any]:
+    """Train specialist ``k`` into its own directory (module doc); skipped when finished from the same spec."""
+    if not 0 <= k < len(subsets):
+        raise RespkdError(f"--only {k}: there are {len(subsets)} specialists (0..{len(subsets) - 1})")
+    cfg, sc, data = ctx.cfg, ctx.cfg.specialist, ctx.data
+    subset = list(subsets[k])
+    spec = specialist_spec(ctx, subset, k)
+    final = specialist_dir(ctx.out_dir, k)
+    if final.exists() and not final.is_dir():
+        raise RespkdError(f"{final} exists and is not a directory: remove it")
+    stored = finished_spec(ctx.out_dir, k)
+    if stored is not None and not force:
+        if stored == spec:
+            print(f"specialist {k}: already finished in {final}, skipped", flush=True)
+            return json.loads((final / SUMMARY_NAME).read_text())
+        raise RespkdError(f"{final} was finished from another config, generalist or subset; pass --force to retrain it")
+
+    seed_everything(cfg.seed * 1009 + k)
+    mapping = label_map(subset, ctx.num_classes)
+    inside = torch.isin(data.train_labels, torch.tensor(subset))
+    tc = sc.train
+    jitter = ctx.gen_cfg.data.jitter if sc.jitter is None else sc.jitter
+    base = BatchLoader(data.train_images, mapping[data.train_labels], tc.batch_size, *ctx.norm, shuffle=True,
+                       jitter=jitter, jitter_views=ctx.gen_cfg.data.jitter_views if jitter else None,
+                       seed=cfg.seed * 1009 + k, device=ctx.device, channels_last=tc.channels_last)
+    batches = SubsetBatches(base, inside, tc.batch_size, sc.subset_fraction)
+    correction = dustbin_correction(int(inside.sum()), int((~inside).sum()), batches.n_in, batches.n_out)
+    if sc.model is None:
+        student = specialist_from_generalist(ctx.generalist, dict(ctx.gen_meta["model"]), ctx.in_shape, subset)
+        model_spec = dict(ctx.gen_meta["model"])
+    else:
+        student = build_model(sc.model.name, len(subset) + 1, ctx.in_shape, **sc.model.options()).to(ctx.device)
+        model_spec = {"name": sc.model.name, **sc.model.options()}
+    if tc.channels_last:
+        student = student.to(memory_format=torch.channels_last)
+    if sc.soft_targets is not None:
+        st = sc.soft_targets
+        if tc.channels_last:
+            ctx.generalist.to(memory_format=torch.channels_last)
+        teacher = MappedGeneralist(ctx.generalist, subset, st.temperature, correction)
+        task: nn.Module = Distiller(student, teacher, st.temperature, st.soft_weight, st.hard_weight)
+    else:
+        task = Supervised(student)
+    bf16 = use_bf16(tc.precision, ctx.device)
+    optimizer = build_optimizer(student, tc)
+    scheduler = build_scheduler(optimizer, tc, len(batches))
+    test_loader = BatchLoader(data.test_images, mapping[data.test_labels], 1000, *ctx.norm, device=ctx.device,
+                              channels_last=tc.channels_last)
+    val_loader = BatchLoader(data.val_images, mapping[data.val_labels], 1000, *ctx.norm, device=ctx.device,
+                             channels_last=tc.channels_last)
+
+    ctx.out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ctx.out_dir.glob(f".specialist-{k}.partial-*"):  # left by a crashed attempt at this specialist
+        shutil.rmtree(stale, ignore_errors=True)
+    partial = ctx.out_dir / f".specialist-{k}.partial-{os.getpid()}"
+    partial.mkdir()
+    names = [data.info.class_names[c] for c in subset]
+    log = RunLog(partial / "log.txt", quiet)
+    log(f"[{cfg.name} specialist {k}] {', '.join(names)} + dustbin: "
+        f"{'fine-tuned from the generalist' if sc.model is None else f'fresh {sc.model.name}'}, "
+        f"{'soft targets at T=' + format(sc.soft_targets.temperature, 'g') if sc.soft_targets else 'hard labels'}; "
+        f"{int(inside.sum())} subset / {int((~inside).sum())} other training examples, batches of {batches.n_in} + "
+        f"{batches.n_out}, {len(batches)} batches per epoch, {tc.epochs} epochs ({torch.get_num_threads()} threads)")
+    start = time.perf_counter()
+    train_time = 0.0
+    with open(partial / "metrics.jsonl", "w", buffering=1) as metrics_file:
+        for epoch in range(1, tc.epochs + 1):
+            batches.set_epoch(epoch)
+            stats = train_one_epoch(task, student, batches, optimizer, scheduler, ctx.device, bf16, epoch,
+                                    progress=False)
+            train_time += stats["epoch_time_s"]
+            metrics_file.write(json.dumps({"epoch": epoch, **stats}) + "\n")
+            losses = " ".join(f"{key}={v:.4f}" for key, v in stats.items() if key.endswith("loss"))
+            log(f"epoch {epoch:>3}/{tc.epochs} {losses} ({stats['epoch_time_s']:.1f}s)")
+    shift_dustbin(student, ctx.in_shape, correction)
+    test = evaluate(student, test_loader, len(subset) + 1)
+    val = evaluate(student, val_loader, len(subset) + 1)
+    wall = time.perf_counter() - start
+    steps = tc.epochs * len(batches)
+    summary = {
+        "name": f"{cfg.name}-specialist-{k}", "k": k, "subset": subset, "subset_names": names,
+        "dustbin_correction": correction, "n_subset": int(inside.sum()), "n_other": int((~inside).sum()),
+        "batch_subset": batches.n_in, "batch_other": batches.n_out, "steps": steps,
+        "examples_seen": steps * tc.batch_size,  # forward + backward passes of the specialist
+        "generalist_forward_examples": steps * tc.batch_size if sc.soft_targets else 0,  # its soft targets
+        "params": count_parameters(student), "train_time_s": round(train_time, 2),
+        "wall_time_s": round(wall, 2), "threads": torch.get_num_threads(),
+        "test_metrics": test, "val_metrics": val, "spec": spec, "environment": environment(),
+    }
+    meta = {
+        "model": model_spec, "num_classes": len(subset) + 1, "in_shape": list(ctx.in_shape),
+        "class_names": [*names, "dustbin"], "normalization": dict(zip(("mean", "std"), map(list, ctx.norm))),
+        "name": summary["name"], "dataset": ctx.gen_cfg.data.dataset, "data_sha256": data.sha256,
+        "metrics": test, "config": config_to_dict(ctx.gen_cfg), "specialist": {k2: summary[k2] for k2 in (
+            "k", "subset", "dustbin_correction")} | {"generalist_weights_sha256": ctx.gen_meta["weights_sha256"]},
+    }
+    save_checkpoint(student.state_dict(), partial / CHECKPOINT_NAME, meta)
+    atomic_write_text(partial / SUMMARY_NAME, json.dumps(summary, indent=2))
+    log(f"[{cfg.name} specialist {k}] done: dustbin logit {correction:+.3f}, test top-1 over subset + dustbin "
+        f"{test['top1']:.2f}%, {wall:.1f}s -> {final}")
+    log.close()
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(partial, final)
+    return summary
+
+
+def prepare_run(cfg: SpecialistsConfig, runs_root: str | Path, force: bool,
+                threads: int | None = None) -> tuple[Context, list[list[int]]]:
+    """Load, find (or reuse) the subsets, check conflicts; then write config.yaml and the subsets."""
+    ctx = prepare(cfg, runs_root, threads)
+    record, write = current_subsets(ctx)
+    subsets = [list(s) for s in record["subsets"]]
+    check_conflicts(ctx, subsets, force)
+    write_common(ctx, record, write)
+    return ctx, subsets
+
+
+def worker_threads(cfg: SpecialistsConfig, workers: int) -> int:
+    """torch threads per worker: the config's ``threads``, else the cores this process may use, shared evenly."""
+    if cfg.threads:
+        return cfg.threads
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // workers)
+
+
+def train_all(
+    cfg: SpecialistsConfig, config_path: str | Path, overrides: list[str], runs_root: str | Path = "runs",
+    workers: int = 1, force: bool = False, log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Every unfinished specialist, as ``respkd specialists train CONFIG --only K`` processes, ``workers`` at a time.
+
+    Returns (and appends to ``timings.jsonl``) the wall time and each specialist's outcome. A failed specialist does
+    not stop the others; if any failed, a RespkdError naming them is raised once all have ended.
+    """
+    log = log or (lambda line: print(line, flush=True))
+    if workers < 1:
+        raise RespkdError(f"--workers must be at least 1, got {workers}")
+    ctx, subsets = prepare_run(cfg, runs_root, force)
+    pending = [k for k in range(len(subsets))
+               if force or finished_spec(ctx.out_dir, k) != specialist_spec(ctx, subsets[k], k)]
+    threads = worker_threads(cfg, workers)
+    for k in range(len(subsets)):
+        if k not in pending:
+            log(f"specialist {k}: already finished in {specialist_dir(ctx.out_dir, k)}, skipped")
+    log(f"[{cfg.name}] {len(subsets)} specialists, {len(pending)} to train with {workers} worker(s) x {threads} "
+        f"thread(s)")
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    base = [sys.executable, "-m", "respkd.cli", "specialists", "train", str(config_path), "--runs-root",
+            str(runs_root), "--threads", str(threads), *[a for o in overrides for a in ("--set", o)],
+            *(["--force"] if force else [])]
+    queue, running, outcome = list(pending), {}, {}
+    start = time.perf_counter()
+    try:
+        while queue or running:
+            while queue and len(running) < workers:
+                k = queue.pop(0)
+                out = open(ctx.out_dir / f"worker-{k}.log", "w")
+                proc = subprocess.Popen([*base, "--only", str(k)], stdout=out, stderr=subprocess.STDOUT, env=env)
+                running[k] = (proc, out, time.perf_counter())
+                log(f"specialist {k} ({', '.join(ctx.data.info.class_names[c] for c in subsets[k])}): started")
+            time.sleep(0.2)
+            for k, (proc, out, began) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                out.close()
+                del running[k]
+                took = time.perf_counter() - began
+                ok = proc.returncode == 0 and finished_spec(ctx.out_dir, k) == specialist_spec(ctx, subsets[k], k)
+                outcome[k] = {"k": k, "ok": ok, "returncode": proc.returncode, "wall_s": round(took, 2)}
+                if ok:
+                    log(f"specialist {k}: done in {took:.1f}s")
+                else:
+                    lines = (ctx.out_dir / f"worker-{k}.log").read_text(errors="replace").strip().splitlines()
+                    log(f"specialist {k}: FAILED (exit {proc.returncode}) after {took:.1f}s: "
+                        f"{lines[-1] if lines else ''} (see {ctx.out_dir / f'worker-{k}.log'})")
+    except BaseException:
+        for proc, out, _ in running.values():  # our own children only
+            proc.terminate()
+            proc.wait()
+            out.close()
+        raise
+    wall = time.perf_counter() - start
+    result = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "workers": workers, "threads_per_worker": threads,
+              "trained": len(pending), "wall_s": round(wall, 2),
+              "specialists": [outcome[k] for k in sorted(outcome)]}
+    with open(ctx.out_dir / "timings.jsonl", "a") as f:
+        f.write(json.dumps(result) + "\n")
+    log(f"[{cfg.name}] {len(pending)} specialist(s) trained in {wall:.1f}s wall with {workers} worker(s)")
+    failed = [k for k, o in outcome.items() if not o["ok"]]
+    if failed:
+        raise RespkdError(f"{len(failed)} of {len(pending)} specialists failed ({', '.join(map(str, sorted(failed)))}); "
+                          "the others are kept: fix the cause and rerun, finished ones are skipped")
+    return result
