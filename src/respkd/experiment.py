@@ -77,8 +77,11 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn
 def environment() -> dict[str, Any]:
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5).stdout.strip()
+        # Uncommitted changes mean the commit alone does not reproduce the run: record that.
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                    text=True, timeout=5).stdout.strip()) if commit else None
     except (OSError, subprocess.SubprocessError):
-        commit = ""
+        commit, dirty = "", None
     cpu = platform.processor()
     try:
         cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
@@ -90,7 +93,8 @@ def environment() -> dict[str, Any]:
         "respkd": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
         "python": platform.python_version(), "platform": platform.platform(), "cpu": cpu,
         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "git_commit": commit,
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "git_commit": commit, "git_dirty": dirty,
     }
 
 
