@@ -292,7 +292,7 @@ def build_cache(
     teacher_fn: Callable[[torch.Tensor], torch.Tensor],
     loader: BatchLoader,
     bf16: bool = False,
-    batch_size: int = 1024,
+    batch_size: int | None = None,
     log: Callable[[str], None] | None = None,
     extra_meta: dict[str, Any] | None = None,
 ) -> TeacherCache:
@@ -321,8 +321,11 @@ def build_cache(
         arrays: dict[str, np.ndarray] = {}
         for view in range(views):
             offsets = loader.view_offsets(view) if loader.jitter else None
-            for lo in range(0, n, batch_size):
-                idx = torch.arange(lo, min(lo + batch_size, n))
+            # Batches no larger than training's, so building the cache never needs more memory than training
+            # (a 1024-image batch through a CNN teacher raised peak memory 25% above student-only training).
+            step = batch_size or loader.batch_size
+            for lo in range(0, n, step):
+                idx = torch.arange(lo, min(lo + step, n))
                 inputs, _, _ = loader.make_batch(idx, None if offsets is None else offsets[idx])
                 with torch.inference_mode(), autocast(inputs.device, bf16):
                     out = teacher_fn(inputs)
