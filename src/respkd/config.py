@@ -257,7 +257,7 @@ def format_validation_error(err: ValidationError | list[dict], root: type[BaseMo
     for e in err.errors() if isinstance(err, ValidationError) else err:
         loc = ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":
-            msg = f"unknown key '{loc}'" + (_suggestion(e["loc"], root) if root is not None else "")
+            msg = f"unknown key '{loc}'" + (key_suggestion(e["loc"], root) if root is not None else "")
         elif e["type"] == "missing":
             msg = f"missing key '{loc}'"
         else:
@@ -278,7 +278,7 @@ def _submodel(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def _suggestion(loc: tuple, root: type[BaseModel] = RunConfig) -> str:
+def key_suggestion(loc: tuple, root: type[BaseModel] = RunConfig) -> str:
     model: type[BaseModel] | None = root
     for part in loc[:-1]:
         if isinstance(part, int):  # a list index: the item model was already picked from the list's annotation

@@ -50,7 +50,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, Validatio
 
 from respkd.bias import adjust_bias
 from respkd.checkpoint import atomic_write_text, read_checkpoint_meta
-from respkd.config import RunConfig, _suggestion, format_validation_error, load_config, with_seed
+from respkd.config import RunConfig, key_suggestion, format_validation_error, load_config, with_seed
 from respkd.errors import RespkdError
 from respkd.evaluate import evaluate_ensemble
 from respkd.experiment import CHECKPOINT_NAME, environment, is_finished, run_many  # is_finished: re-exported
@@ -204,7 +204,7 @@ def plan_error(err: ValidationError) -> str:
         if len(loc) >= 3 and loc[0] == "stages" and isinstance(loc[1], int) and loc[2] in STAGE_TYPES:
             kind, loc = loc[2], loc[:2] + loc[3:]
             if e["type"] == "extra_forbidden" and len(loc) == 3:
-                problems.append(f"unknown key '{'.'.join(map(str, loc))}'" + _suggestion(loc[2:], STAGE_TYPES[kind]))
+                problems.append(f"unknown key '{'.'.join(map(str, loc))}'" + key_suggestion(loc[2:], STAGE_TYPES[kind]))
                 continue
             e = {**e, "loc": loc}
         if e["type"] == "union_tag_invalid":
