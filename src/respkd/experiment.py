@@ -289,7 +289,7 @@ def run(cfg: RunConfig, runs_root: str | Path = "runs", force: bool = False, qui
     log(f"[{cfg.name}] {what}: {cfg.model.name} ({params / 1e6:.2f}M params, {macs / 1e6:.2f}M MACs), "
         f"{len(data.train_labels)} train{_transfer_note(cfg)}"
         f"{f' / {len(data.val_labels)} validation' if len(data.val_labels) else ''} / "
-        f"{len(data.test_images)} test examples of {cfg.data.dataset}, "
+        f"{len(data.test_labels)} test examples of {cfg.data.dataset}, "
         f"{tc.epochs} epochs, {'bf16' if bf16 else 'fp32'} on {p.device} ({torch.get_num_threads()} threads)")
 
     cache_info: dict[str, Any] | None = {"used": False} if cfg.distills else None

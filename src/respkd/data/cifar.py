@@ -146,13 +146,13 @@ def _check_labels(path: Path, labels: np.ndarray, num_classes: int, what: str) -
 
 def download(name: str, root: Path) -> Path:
     """Download and unpack the Python release into ``root`` (torchvision's URL and MD5); returns its folder."""
-    import torchvision.datasets as tvd
-    from torchvision.datasets.utils import download_and_extract_archive
-
     r = RELEASES[name]
-    tv = getattr(tvd, r.torchvision_class)
     folder = root / r.python_dir
     if not (folder / r.python_files["train"][0]).is_file():
+        import torchvision.datasets as tvd  # slow to import: only when a download is due
+        from torchvision.datasets.utils import download_and_extract_archive
+
+        tv = getattr(tvd, r.torchvision_class)
         try:
             download_and_extract_archive(tv.url, str(root), filename=tv.filename, md5=tv.tgz_md5)
         except Exception as err:  # network errors come in many types; all mean the same to the user
