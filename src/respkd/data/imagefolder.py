@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Iterator
 
 import torch
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
 from respkd.data.datasets import DatasetInfo
@@ -49,11 +51,11 @@ class FolderSplits:
     def num_classes(self) -> int:
         return len(self.info.class_names)
 
-    @property
+    @cached_property
     def train_labels(self) -> torch.Tensor:
         return torch.tensor([label for _, label in self.train_files], dtype=torch.long)
 
-    @property
+    @cached_property
     def test_labels(self) -> torch.Tensor:
         return torch.tensor([label for _, label in self.test_files], dtype=torch.long)
 
@@ -137,8 +139,6 @@ class IndexedImages(Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
-        from PIL import Image, UnidentifiedImageError
-
         file, label = self.files[index]
         try:
             with Image.open(file) as image:
