@@ -204,17 +204,20 @@ class FolderLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         batches = iter(self._loader())
-        while True:
-            try:
-                images, labels, indices = next(batches)
-            except StopIteration:
-                return
-            except RespkdError as err:  # from a worker: the DataLoader wraps it with the worker's traceback
-                raise RespkdError(_last_line(str(err))) from None
-            x = images.to(self.device, non_blocking=True).float() * self.scale - self.shift
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            yield x, labels.to(self.device, non_blocking=True), indices
+        try:
+            for images, labels, indices in batches:
+                x = images.to(self.device, non_blocking=True).float() * self.scale - self.shift
+                if self.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                yield x, labels.to(self.device, non_blocking=True), indices
+        except RespkdError as err:  # from a worker: the DataLoader wraps it with the worker's traceback
+            raise RespkdError(_last_line(str(err))) from None
+        finally:
+            # Stop the workers now, however the epoch ended (an error, or a caller that stopped early). Otherwise the
+            # iterator waits for the garbage collector, whose shutdown of the workers takes seconds.
+            stop = getattr(batches, "_shutdown_workers", None)
+            if stop is not None:
+                stop()
 
 
 def _last_line(message: str) -> str:
