@@ -229,6 +229,23 @@ def test_hostile_init_checkpoint_via_cli(tmp_path, session_runs, idx_dir, capsys
     assert not marker.exists() and not (tmp_path / "runs").exists()
 
 
+def test_plans_order_a_stage_after_the_run_it_starts_from(tmp_path, session_runs, idx_dir):
+    from respkd.plan import load_plan, resolve
+
+    data_root = session_runs["data_root"]
+    base = write_yaml(tmp_path / "base.yaml", tiny_config("base", idx_dir, data_root))
+    tuned = write_yaml(tmp_path / "tuned.yaml", tiny_config("tuned", idx_dir, data_root, init={"run": "base"}))
+
+    def plan(*configs):
+        return write_yaml(tmp_path / "plan.yaml", {"title": "t", "runs_root": str(tmp_path / "runs"),
+                                                   "stages": [{"config": str(c)} for c in configs]})
+
+    with pytest.raises(RespkdError, match="reads run 'base', which no earlier stage makes"):
+        resolve(load_plan(str(plan(tuned, base))), [], tmp_path / "runs")
+    jobs = resolve(load_plan(str(plan(base, tuned))), [], tmp_path / "runs")
+    assert [j.needs for j in jobs] == [[], ["base"]]
+
+
 @pytest.mark.parametrize("section,message", [
     ({"init": {"strict": True}}, "'init': give exactly one of 'run' or 'checkpoint'"),
     ({"init": {"run": "a", "checkpoint": "b"}}, "'init': give exactly one of 'run' or 'checkpoint'"),
@@ -360,12 +377,13 @@ def test_respkd_teacher_other_normalisation_needs_an_adapter(tmp_path, session_r
     assert not (runs / "raw-student").exists()
 
     raw["teacher"]["input"] = {"mean": [MNIST_MEAN], "std": [MNIST_STD]}
+    raw["kd"]["teacher_response"] = "classifier"  # a submodule of the teacher, found behind the adapter
     p = prepare(validate_config(raw), runs)
     x = torch.rand(3, 1, 28, 28)  # raw pixels: what this student's batches are
     teacher, _ = load_model(session_runs["teacher_dir"] / "model.safetensors")
     torch.testing.assert_close(p.task.teacher_logits(x), teacher.eval()((x - MNIST_MEAN) / MNIST_STD))
 
-    raw["teacher"]["input"] = {"size": 32}
+    raw["teacher"]["input"], raw["kd"]["teacher_response"] = {"size": 32}, None
     with pytest.raises(RespkdError, match=r"teacher expects inputs of shape \[1, 28, 28\], teacher.input gives "
                                           r"\(1, 32, 32\)"):
         prepare(validate_config(raw), runs)
