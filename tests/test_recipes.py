@@ -303,7 +303,17 @@ def test_imagenet_folders_train_distill_and_eval_end_to_end(tmp_path, capsys):
     assert run_cli(capsys, "train", REPO / "configs/imagenet/resnet34.yaml", "--set", "data.workers=0", *tiny) == 0
     assert run_cli(capsys, "distill", REPO / "configs/imagenet/resnet34_resnet18.yaml", "--set", "data.workers=1",
                    *tiny) == 0
+    # The same from a teacher trained elsewhere: a torch.save'd state dict, as the config's comment shows.
+    from respkd.experiment import load_model
+
+    teacher, _ = load_model(runs / "imagenet-resnet34" / "model.safetensors")
+    torch.save(teacher.state_dict(), tmp_path / "teacher.pth")
+    assert run_cli(capsys, "distill", REPO / "configs/imagenet/resnet34_resnet18.yaml", "--set", "data.workers=0",
+                   "--set", f"teacher={{weights: {tmp_path / 'teacher.pth'}, model: {{name: cnn, channels: [4, 8]}}}}",
+                   "--set", "name=kd-from-pth", *tiny) == 0
+    external = json.loads((runs / "kd-from-pth" / "summary.json").read_text())
     summary = json.loads((runs / "imagenet-resnet34-resnet18-kd" / "summary.json").read_text())
+    assert external["metrics"]["n"] == 6 and external["teacher"] == str(tmp_path / "teacher.pth")
     assert (summary["dataset"], summary["n_train"], summary["metrics"]["n"]) == ("imagenet", 12, 6)
     assert summary["n_train_per_class"] == [4, 4, 4]
     metrics = json.loads((runs / summary["name"] / "metrics.jsonl").read_text().splitlines()[0])
