@@ -82,9 +82,15 @@ class BatchLoader:
         self.scale = (1.0 / (255.0 * torch.tensor(std, device=self.device))).view(shape)
         self.shift = (torch.tensor(mean, device=self.device) / torch.tensor(std, device=self.device)).view(shape)
         self.epoch = 0
+        self.skip = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Make the next pass epoch ``epoch``, starting after its first ``skip`` batches (resuming part-way).
+
+        Skipped batches are not built, and skipping draws nothing: the order and offsets depend only on the seed and
+        the epoch, so the batches that follow are exactly those of an uninterrupted epoch.
+        """
+        self.epoch, self.skip = epoch, skip
 
     def __len__(self) -> int:
         n = len(self.images)
@@ -104,7 +110,7 @@ class BatchLoader:
         order_generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 2)
         order = torch.randperm(n, generator=order_generator) if self.shuffle else torch.arange(n)
         offsets = self.view_offsets(self.view_of_epoch(self.epoch)) if self.jitter else None
-        for b in range(len(self)):
+        for b in range(self.skip, len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             yield self.make_batch(idx, None if offsets is None else offsets[idx])
 
