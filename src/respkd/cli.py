@@ -158,9 +158,13 @@ def cmd_specialists_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_specialists_table(args: argparse.Namespace) -> int:
-    from respkd.specialists.evaluate import markdown_section, read_eval
+    from respkd.report import read_summary
+    from respkd.specialists.evaluate import control_section, markdown_section, read_eval
 
-    print(markdown_section([read_eval(Path(d)) for d in args.folders]))
+    results = [read_eval(Path(d)) for d in args.folders]
+    print(markdown_section(results))
+    if args.control:
+        print("\n" + control_section(results, [read_summary(Path(d)) for d in args.control]))
     return 0
 
 
@@ -191,6 +195,8 @@ def _add_specialists_parser(sub) -> None:
     p.set_defaults(func=cmd_specialists_eval)
     p = ss.add_parser("table", help="markdown tables from finished evaluations (several: mean ± std over runs)")
     p.add_argument("folders", nargs="+", help="specialists folders holding eval.json (e.g. one per seed)")
+    p.add_argument("--control", nargs="+", metavar="RUN",
+                   help="compute-matched control runs (the generalist trained further), one per folder, same order")
     p.set_defaults(func=cmd_specialists_table)
 
 
