@@ -320,3 +320,47 @@ def test_state_json_keeps_tuples_and_counters():
     assert isinstance(from_json(encoded)["milestones"], Counter) and isinstance(from_json(encoded)["betas"], tuple)
     with pytest.raises(TypeError):
         to_json({"t": torch.zeros(1)})
+
+
+def test_refuses_a_state_from_another_number_of_processes(interrupted, capsys):
+    """The state records how many processes wrote it; only that many can continue it exactly."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path = interrupted["run_dir"] / STATE_NAME
+    with safe_open(str(path), "pt") as f:
+        tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, json.loads(f.metadata()["respkd"])
+    meta["identity"]["processes"] = 2
+    save_file(tensors, str(path), metadata={"respkd": json.dumps(meta)})
+    line = refused(capsys, interrupted["args"] + ["--resume"], interrupted["runs_root"])
+    assert "another number of processes (processes 2 in the state, 1 now)" in line
+
+
+def _gather_in_process(rank: int, world: int, init: str, out: str) -> None:
+    import torch.distributed as dist
+
+    from respkd.resume import gather_per_process, own_part
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        torch.manual_seed(100 + rank)  # each process its own stream, as under torchrun
+        mine = {"rng.torch": torch.get_rng_state(), "epoch_sums.loss": torch.tensor(float(rank) + 0.5)}
+        gathered = gather_per_process(mine)
+        assert sorted(gathered) == sorted(f"process{r}.{k}" for r in range(world) for k in mine)
+        assert all(torch.equal(own_part(gathered)[k], mine[k]) for k in mine)
+        if rank == 0:
+            torch.save({k: v for k, v in gathered.items()}, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_every_process_keeps_its_own_generator_and_sums(tmp_path):
+    """Under torch.distributed (2 gloo processes) process 0 receives every process's part and each gets its own back."""
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "gathered.pt"
+    mp.spawn(_gather_in_process, args=(2, f"file://{tmp_path / 'store'}", str(out)), nprocs=2)
+    gathered = torch.load(out, weights_only=True)
+    assert gathered["process1.epoch_sums.loss"].item() == 1.5
+    assert torch.equal(gathered["process1.rng.torch"], torch.manual_seed(101).get_state())
+    assert not torch.equal(gathered["process0.rng.torch"], gathered["process1.rng.torch"])

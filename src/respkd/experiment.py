@@ -39,7 +39,7 @@ from respkd.engine import build_optimizer, build_scheduler, evaluate, train_one_
 from respkd.ensemble import load_ensemble
 from respkd.errors import RespkdError
 from respkd.models import build_model, count_macs, count_parameters
-from respkd.resume import STATE_NAME, TrainingState, check_start, has_state, state_problem
+from respkd.resume import STATE_NAME, TrainingState, check_start, has_state, process_rank, state_problem
 from respkd.teacher_cache import TeacherCache, build_cache, cache_spec, find_cache, selection_digest
 
 CHECKPOINT_NAME = "model.safetensors"
@@ -279,7 +279,7 @@ def run(cfg: RunConfig, runs_root: str | Path = "runs", force: bool = False, qui
     cache: TeacherCache | None = None
     if spec is not None:  # a stale or corrupt cache is refused here, before the run directory is touched
         cache = find_cache(cfg.kd.cache_dir, spec)
-    identity = {"n_train": len(data.train_images), "data_sha256": data.sha256,
+    identity = {"n_train": len(data.train_images), "data_sha256": data.sha256, "processes": process_rank()[1],
                 "teacher_weights_sha256": p.teacher_meta["weights_sha256"] if cfg.distills else None}
     state = TrainingState(p.out_dir, cfg, identity, p.student, optimizer, scheduler, len(train_loader), p.device)
     if resume:

@@ -7,8 +7,8 @@ previous state or the new one, never half of one). It is deleted when the run fi
 
 * tensors: the student's weights (``model.*``); the optimizer's state tensors (``optimizer.<param>.<name>``: momentum
   buffers, Adam moments and step counts); the states of the random number generators as uint8 tensors
-  (``rng.torch``, ``rng.cuda``, ``rng.numpy``, ``rng.python``); the running loss sums of the epoch in progress
-  (``epoch_sums.<term>``, float32 as they were summed);
+  (``rng.numpy``, ``rng.python``, and per process ``process<rank>.rng.torch`` and ``process<rank>.rng.cuda``); the
+  running loss sums of the epoch in progress, per process (``process<rank>.epoch_sums.<term>``, float32 as summed);
 * JSON metadata (the safetensors header, key ``respkd``): where training stands (epochs done, batches done in the
   next one, optimizer step), the scheduler's ``state_dict``, the optimizer's parameter groups and non-tensor state,
   the config the state belongs to, what the data and the teacher were (examples, SHA-256s), the times spent so far,
@@ -21,8 +21,9 @@ eval mode, online or cached) answers an input the same way every time; the runni
 tensors they were. That needs the same config, data, teacher, software and number of processes, and the same
 device and threads (another thread count can reorder floating-point sums).
 
-Under ``torch.distributed`` only rank 0 writes the state and every rank loads the same file: exact when the ranks'
-global generators are in the same state (every rank seeded alike), as they are here.
+Under ``torch.distributed`` every process hands its own generator states and running sums to process 0, which alone
+writes the file; every process reads the same file back and takes its own part. The number of processes is part of
+the state's identity: a resume with another number is refused.
 """
 
 from __future__ import annotations
@@ -53,10 +54,40 @@ WHAT = "training state"
 IGNORED_KEYS = ("train.checkpoint_every_steps",)
 
 
+def process_rank() -> tuple[int, int]:
+    """(rank, number of processes): (0, 1) unless torch.distributed is running."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def is_main_process() -> bool:
     """Whether this process writes the state: always, except under torch.distributed, where only rank 0 does."""
+    return process_rank()[0] == 0
+
+
+def gather_per_process(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Every process's copy of each of ``tensors`` (each the same shape in every process), named
+    ``process<rank>.<name>``. One process: no communication. Under torch.distributed every process must call it."""
+    rank, world = process_rank()
+    if world == 1:
+        return {f"process0.{name}": t for name, t in tensors.items()}
     dist = torch.distributed
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    gathered = {}
+    for name in sorted(tensors):  # the same order in every process
+        local = tensors[name].detach().to(device).reshape(-1)
+        parts = [torch.empty_like(local) for _ in range(world)]
+        dist.all_gather(parts, local)
+        gathered.update({f"process{r}.{name}": part.cpu().reshape(tensors[name].shape) for r, part in enumerate(parts)})
+    return gathered
+
+
+def own_part(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """This process's tensors of :func:`gather_per_process`, under their own names."""
+    prefix = f"process{process_rank()[0]}."
+    return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 # ---------------------------------------------------------------- test-only fault injection
@@ -151,19 +182,25 @@ def _uint8(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array).view(np.uint8).copy())
 
 
-def rng_state(device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Every generator a run may draw from: torch's (CPU, and the run's CUDA device), numpy's and Python's."""
+def torch_rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """torch's generators (CPU, and the run's CUDA device): what dropout draws from; one state per process."""
+    states = {"rng.torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        states["rng.cuda"] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def other_rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """numpy's and Python's global generators (respkd draws nothing from them while training; saved so that code that
+    does is exact too). Seeded alike in every process, so process 0's stand for all."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     version, internal, gauss_next = random.getstate()
-    tensors = {"rng.torch": torch.get_rng_state(), "rng.numpy": _uint8(keys.astype("<u4")),
-               "rng.python": _uint8(np.array(internal, dtype="<u4"))}
-    if device.type == "cuda":
-        tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
-    meta = {"numpy": [kind, int(pos), int(has_gauss), float(gauss)], "python": [version, gauss_next]}
-    return tensors, meta
+    tensors = {"rng.numpy": _uint8(keys.astype("<u4")), "rng.python": _uint8(np.array(internal, dtype="<u4"))}
+    return tensors, {"numpy": [kind, int(pos), int(has_gauss), float(gauss)], "python": [version, gauss_next]}
 
 
 def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any], device: torch.device) -> None:
+    """Restore what :func:`torch_rng_state` and :func:`other_rng_state` saved."""
     torch.set_rng_state(tensors["rng.torch"])
     if device.type == "cuda" and "rng.cuda" in tensors:
         torch.cuda.set_rng_state(tensors["rng.cuda"], device)
@@ -256,8 +293,8 @@ class Position:
 
 class TrainingState:
     """The training state of one run: written as it trains (:meth:`after_step`, :meth:`end_epoch`), read back by
-    :meth:`load` and :meth:`begin` when resuming. ``identity`` (examples count, data and teacher digests) must match
-    between the run that wrote the state and the one resuming it."""
+    :meth:`load` and :meth:`begin` when resuming. ``identity`` (examples count, data and teacher digests, number of
+    processes) must match between the run that wrote the state and the one resuming it."""
 
     def __init__(self, out_dir: Path, cfg: RunConfig, identity: dict[str, Any], student: torch.nn.Module,
                  optimizer: torch.optim.Optimizer, scheduler: Any, steps_per_epoch: int, device: torch.device) -> None:
@@ -301,23 +338,26 @@ class TrainingState:
         self.save()
 
     def save(self) -> None:
+        """Write the state (process 0; under torch.distributed every process must call this, at the same step)."""
+        p = self.position
+        # What differs between processes: their generators and the running sums of their shares of the batches.
+        per_process = gather_per_process({**torch_rng_state(self.device), **{
+            f"epoch_sums.{k}": v.detach().float().reshape(()) for k, v in p.epoch.sums.items()}})
         if not is_main_process():
             return
-        p = self.position
         p.wall_time_s = self.wall_time()
         # clone: tied weights share storage, which safetensors refuses, and the copy is what was true at this step
         tensors = {f"model.{k}": v.detach().cpu().clone() for k, v in self.student.state_dict().items()}
         opt_tensors, opt_meta = _split_optimizer(self.optimizer.state_dict())
-        rng_tensors, rng_meta = rng_state(self.device)
+        rng_tensors, rng_meta = other_rng_state()
         tensors.update({k: v.detach().cpu().clone() for k, v in opt_tensors.items()})
         tensors.update(rng_tensors)
-        tensors.update({f"epoch_sums.{k}": v.detach().float().cpu().reshape(()) for k, v in p.epoch.sums.items()})
+        tensors.update(per_process)
         meta = {
             "format": STATE_FORMAT, "config": config_to_dict(self.cfg), "identity": self.identity,
             "position": {"epochs_done": p.epochs_done, "batches_done": p.epoch.batches, "step": self.step,
                          "epoch_seconds": p.epoch.seconds, "epoch_sums": list(p.epoch.sums),  # in their order
-                         "train_time_s": p.train_time_s,
-                         "wall_time_s": p.wall_time_s},
+                         "train_time_s": p.train_time_s, "wall_time_s": p.wall_time_s},
             "resumes": p.resumes, "optimizer": opt_meta, "scheduler": to_json(self.scheduler.state_dict()),
             "rng": rng_meta, "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "weights_sha256": tensors_digest(tensors),
         }
@@ -352,18 +392,20 @@ class TrainingState:
         if diffs:
             shown = ", ".join(f"{k} {json.dumps(stored.get(k))} in the state, {json.dumps(self.identity.get(k))} now"
                               for k in diffs)
-            raise RespkdError(f"cannot resume: the training state in {self.path} was made with other data or another "
-                              f"teacher ({shown}); pass --force to start over")
+            raise RespkdError(f"cannot resume: the training state in {self.path} was made with other data, another "
+                              f"teacher or another number of processes ({shown}); pass --force to start over")
         try:
             model = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
             self.student.load_state_dict(model)
             self.optimizer.load_state_dict(_join_optimizer(tensors, meta["optimizer"]))
             self.scheduler.load_state_dict(from_json(meta["scheduler"]))
             pos = meta["position"]
-            sums = {k: tensors[f"epoch_sums.{k}"].to(self.device) for k in pos["epoch_sums"]}
+            own = own_part(tensors)
+            sums = {k: own[f"epoch_sums.{k}"].to(self.device) for k in pos["epoch_sums"]}
             self.position = Position(pos["epochs_done"], EpochProgress(pos["batches_done"], sums, pos["epoch_seconds"]),
                                      pos["train_time_s"], pos["wall_time_s"], list(meta["resumes"]))
-            self._rng = ({k: v for k, v in tensors.items() if k.startswith("rng.")}, meta["rng"])
+            self._rng = ({**{k: v for k, v in tensors.items() if k.startswith("rng.")},
+                          **{k: v for k, v in own.items() if k.startswith("rng.")}}, meta["rng"])
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise RespkdError(f"cannot resume: {self.path} does not fit this run ({first}); pass --force to start "
