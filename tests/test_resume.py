@@ -137,6 +137,24 @@ def test_several_kills_in_one_run(setup, tmp_path, monkeypatch, kind):
         assert summary["teacher_cache"]["used"]
 
 
+def test_killed_after_the_last_epoch_before_the_summary(setup, tmp_path, monkeypatch):
+    """Every epoch done and saved, the model and summary not yet written: the resume only finishes the run."""
+    import respkd.experiment
+
+    def crash(*args, **kwargs):
+        raise SimulatedCrash("before the model is written")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(respkd.experiment, "save_checkpoint", crash)
+        with pytest.raises(SimulatedCrash):
+            run(validate_config(setup["configs"]["sgd"]), tmp_path / "runs", quiet=True)
+    run(validate_config(setup["configs"]["sgd"]), tmp_path / "runs", quiet=True, resume=True)
+    assert_same_run(setup["reference"]("sgd"), tmp_path / "runs" / NAME)
+    assert json.loads((tmp_path / "runs" / NAME / "summary.json").read_text())["resumes"] == [
+        {"epoch": 4, "batch": 0, "step": 18}]
+    assert "resumed at the end of training (step 18)" in (tmp_path / "runs" / NAME / "log.txt").read_text()
+
+
 def test_resume_may_change_how_often_the_state_is_saved(setup, tmp_path, monkeypatch):
     """checkpoint_every_steps changes nothing that is computed: a resume may use another value."""
     cfg = setup["configs"]["sgd"]

@@ -314,6 +314,8 @@ class TrainingState:
 
     def where(self) -> str:
         p = self.position
+        if p.epochs_done == self.cfg.train.epochs:
+            return f"the end of training (step {self.step})"
         return f"epoch {p.epochs_done + 1}, batch {p.epoch.batches} (step {self.step})"
 
     def wall_time(self) -> float:
