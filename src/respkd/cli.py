@@ -1,4 +1,4 @@
-"""The ``respkd`` command: train, distil, evaluate, adjust biases, sweep temperatures, tabulate, reproduce, specialists.
+"""The ``respkd`` command: train, distil, evaluate, export, adjust biases, sweep, tabulate, reproduce, specialists.
 
 Every user error (config, data, checkpoint, command line) ends as one line on stderr and exit status 2;
 nothing is written before the input has been checked.
@@ -102,6 +102,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         print(f"{args.checkpoint}: test errors {result['errors']}/{result['n']}, top-1 {result['top1']:.2f}%, "
               f"top-5 {result['top5']:.2f}%")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from respkd.weights import export_student
+
+    r = export_student(args.source, args.out, args.format, force=args.force, runs_root=args.runs_root)
+    print(f"wrote {r['out']} ({r['format']}, {r['tensors']} tensors: the student's state dict alone)")
+    print(f"  loads with: {r['constructor']}.load_state_dict(...)")
+    if r["note"]:
+        print(f"  note: {r['note']}")
+    norm = r["normalization"] or {}
+    print(f"  inputs: {'x'.join(map(str, r['in_shape']))}, (pixels / 255 - {norm.get('mean')}) / {norm.get('std')}")
     return 0
 
 
@@ -223,6 +236,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-path", help="read the test set from this folder instead of the checkpoint's source")
     p.add_argument("--data-root", help="cache folder (default: the checkpoint config's data.root)")
     p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("export", help="write a run's student as a plain state dict for its torchvision/timm constructor")
+    p.add_argument("source", help="a checkpoint, a run directory, or a run's name under --runs-root")
+    p.add_argument("out", help="the file to write (never the input; an existing file only with --force)")
+    p.add_argument("--format", choices=["safetensors", "pth"],
+                   help="safetensors, or pth (torch.save of the state dict); default: from OUT's suffix")
+    p.add_argument("--runs-root", default="runs", help="where run names are looked up (default: runs)")
+    p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    p.set_defaults(func=cmd_export)
     p = sub.add_parser("eval-ensemble", help="test accuracy of an ensemble, of each member, and of a distilled net")
     p.add_argument("checkpoints", nargs="+", help="the members' checkpoints (two or more)")
     p.add_argument("--rule", choices=["mean_probs", "mean_logits"], default="mean_probs",
