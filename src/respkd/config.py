@@ -159,6 +159,9 @@ class TrainConfig(Section):
     # AMX, but is several times *slower* on CPUs without them; "auto" picks bf16 only where it is fast.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     channels_last: bool = False
+    # Under torchrun on GPUs: batch-norm statistics over the global batch (torch.nn.SyncBatchNorm) instead of each
+    # process's share. Nothing changes in one process.
+    sync_batchnorm: bool = False
 
 
 class RunConfig(Section):

@@ -27,7 +27,7 @@ import torch
 import yaml
 from torch import nn
 
-from respkd import __version__
+from respkd import __version__, distributed
 from respkd.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from respkd.config import RunConfig, config_to_dict, validate_config
 from respkd.data.datasets import Splits, input_normalization, load_dataset
@@ -59,7 +59,7 @@ def resolve_device(name: str) -> torch.device:
         raise RespkdError(f"unknown device '{name}'") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RespkdError(f"device '{name}' requested but CUDA is not available (use device: cpu or auto)")
-    return device
+    return distributed.process_device(device)  # under torchrun: cuda -> cuda:LOCAL_RANK
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
@@ -236,47 +236,70 @@ def _transfer_note(cfg: RunConfig) -> str:
 
 
 class RunLog:
-    """Prints a line and appends it to ``log.txt``."""
+    """Prints a line and appends it to ``log.txt`` (with ``path=None``, as in processes other than torchrun's 0,
+    neither)."""
 
-    def __init__(self, path: Path, quiet: bool = False) -> None:
-        self.file = open(path, "w", buffering=1)
-        self.quiet = quiet
+    def __init__(self, path: Path | None, quiet: bool = False) -> None:
+        self.file = open(path, "w", buffering=1) if path is not None else None
+        self.quiet = quiet or path is None
 
     def __call__(self, line: str) -> None:
         if not self.quiet:
             print(line, flush=True)
-        self.file.write(line + "\n")
+        if self.file is not None:
+            self.file.write(line + "\n")
 
     def close(self) -> None:
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
+
+
+def eval_loader(images: torch.Tensor, labels: torch.Tensor, norm, device: torch.device,
+                channels_last: bool) -> BatchLoader:
+    """Batches of this process's slice of an evaluation set (all of it in one process; see respkd.distributed)."""
+    part = distributed.shard(len(labels))
+    return BatchLoader(images[part], labels[part], 1000, *norm, device=device, channels_last=channels_last)
 
 
 def run(cfg: RunConfig, runs_root: str | Path = "runs", force: bool = False, quiet: bool = False) -> dict[str, Any]:
     """Train (or distil) as ``cfg`` says; returns the summary also written to ``summary.json``."""
     runs_root = Path(runs_root)
-    p = prepare(cfg, runs_root, force)
-    data, tc = p.data, cfg.train
-    norm = input_normalization(data.info, cfg.data.normalize)
-    train_loader = BatchLoader(data.train_images, data.train_labels, tc.batch_size, *norm, shuffle=True,
-                               jitter=cfg.data.jitter, jitter_views=cfg.data.jitter_views,
-                               drop_last=len(data.train_images) > tc.batch_size, seed=cfg.seed, device=p.device,
-                               channels_last=tc.channels_last)
-    test_loader = BatchLoader(data.test_images, data.test_labels, 1000, *norm, device=p.device,
-                              channels_last=tc.channels_last)
-    bf16 = use_bf16(tc.precision, p.device)
-    optimizer = build_optimizer(p.student, tc)
-    scheduler = build_scheduler(optimizer, tc, len(train_loader))
-    spec = teacher_cache_spec(p, train_loader, bf16) if cfg.distills and cfg.kd.cache else None
-    cache: TeacherCache | None = None
-    if spec is not None:  # a stale or corrupt cache is refused here, before the run directory is touched
-        cache = find_cache(cfg.kd.cache_dir, spec)
+    # torchrun (see respkd.distributed): join the process group; every process then passes every check below, or
+    # all stop. In one process both are no-ops.
+    distributed.setup(resolve_device(cfg.device))
+    with distributed.together():
+        p = prepare(cfg, runs_root, force)
+        data, tc = p.data, cfg.train
+        distributed.check_batch_size(tc.batch_size, len(data.train_images))
+        distributed.check_sync_batchnorm(tc.sync_batchnorm, p.device)
+        norm = input_normalization(data.info, cfg.data.normalize)
+        train_loader = BatchLoader(data.train_images, data.train_labels, tc.batch_size, *norm, shuffle=True,
+                                   jitter=cfg.data.jitter, jitter_views=cfg.data.jitter_views,
+                                   drop_last=len(data.train_images) > tc.batch_size, seed=cfg.seed, device=p.device,
+                                   channels_last=tc.channels_last,
+                                   rank=distributed.rank(), world_size=distributed.world_size())
+        test_loader = eval_loader(data.test_images, data.test_labels, norm, p.device, tc.channels_last)
+        bf16 = use_bf16(tc.precision, p.device)
+        optimizer = build_optimizer(p.student, tc)
+        scheduler = build_scheduler(optimizer, tc, len(train_loader))
+        spec = teacher_cache_spec(p, train_loader, bf16) if cfg.distills and cfg.kd.cache else None
+        cache: TeacherCache | None = None
+        if spec is not None:  # a stale or corrupt cache is refused here, before the run directory is touched
+            cache = find_cache(cfg.kd.cache_dir, spec)
+    # Only the student is wrapped; a student response taken from inside the net can leave its head unused.
+    distributed.wrap_student(p.task, p.student, p.device, tc.sync_batchnorm,
+                             find_unused_parameters=cfg.distills and cfg.kd.student_response is not None)
+    distributed.reseed_per_process(cfg.seed)
+    main = distributed.is_main_process()  # under torchrun only process 0 writes the run folder and prints
 
-    p.out_dir.mkdir(parents=True, exist_ok=True)
-    (p.out_dir / SUMMARY_NAME).unlink(missing_ok=True)  # the run is not finished until a new summary is written
-    atomic_write_text(p.out_dir / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    if main:
+        p.out_dir.mkdir(parents=True, exist_ok=True)
+        (p.out_dir / SUMMARY_NAME).unlink(missing_ok=True)  # the run is not finished until a new summary is written
+        atomic_write_text(p.out_dir / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     env = environment()
-    atomic_write_text(p.out_dir / "environment.json", json.dumps(env, indent=2))
-    log = RunLog(p.out_dir / "log.txt", quiet)
+    if main:
+        atomic_write_text(p.out_dir / "environment.json", json.dumps(env, indent=2))
+    log = RunLog(p.out_dir / "log.txt" if main else None, quiet)
     params, macs = count_parameters(p.student), count_macs(p.student, data.info.image_shape)
     if cfg.distills and cfg.teacher.is_ensemble:
         what = (f"distil from an ensemble of {len(teacher_paths(cfg, runs_root))} ({cfg.teacher.rule}) "
@@ -289,17 +312,20 @@ def run(cfg: RunConfig, runs_root: str | Path = "runs", force: bool = False, qui
         f"{len(data.train_images)} train{_transfer_note(cfg)}"
         f"{f' / {len(data.val_labels)} validation' if len(data.val_labels) else ''} / "
         f"{len(data.test_images)} test examples of {cfg.data.dataset}, "
-        f"{tc.epochs} epochs, {'bf16' if bf16 else 'fp32'} on {p.device} ({torch.get_num_threads()} threads)")
+        f"{tc.epochs} epochs, {'bf16' if bf16 else 'fp32'} on {p.device} ({torch.get_num_threads()} threads)"
+        + (f" x {distributed.world_size()} processes" if distributed.world_size() > 1 else ""))
 
     cache_info: dict[str, Any] | None = {"used": False} if cfg.distills else None
     cached_teacher = None
     if spec is not None:
         cache_start = time.perf_counter()
-        built = cache is None
-        if cache is None:
-            cache = build_cache(cfg.kd.cache_dir, spec, p.task.teacher_logits, train_loader, bf16, log=log,
-                                extra_meta={"teacher": describe_teacher(cfg, runs_root)})
-        else:
+        found = cache
+        # In one process: the cache found above, or built now. Under torchrun process 0 builds it, the others wait.
+        cache, built = distributed.build_once(
+            lambda: found if found is not None else find_cache(cfg.kd.cache_dir, spec),
+            lambda: build_cache(cfg.kd.cache_dir, spec, p.task.teacher_logits, train_loader, bf16, log=log,
+                                extra_meta={"teacher": describe_teacher(cfg, runs_root)}))
+        if not built:
             log(f"reusing teacher cache {cache.folder} (built in {cache.build_time_s:.2f}s)")
         cache_info = {"used": True, "built_now": built, "build_time_s": cache.build_time_s,
                       "setup_time_s": round(time.perf_counter() - cache_start, 3), "folder": str(cache.folder),
@@ -308,13 +334,16 @@ def run(cfg: RunConfig, runs_root: str | Path = "runs", force: bool = False, qui
 
     start = time.perf_counter()
     train_time = 0.0
-    with open(p.out_dir / "metrics.jsonl", "w", buffering=1) as metrics_file:
+    reduce = distributed.all_reduce_sum if distributed.world_size() > 1 else None  # sums over processes
+    average = distributed.all_reduce_mean if distributed.world_size() > 1 else None
+    with open(p.out_dir / "metrics.jsonl" if main else os.devnull, "w", buffering=1) as metrics_file:
         for epoch in range(1, tc.epochs + 1):
             train_loader.set_epoch(epoch)
             stats = train_one_epoch(p.task, p.student, train_loader, optimizer, scheduler, p.device, bf16, epoch,
-                                    teacher_logits=cached_teacher)
+                                    progress=None if main else False, teacher_logits=cached_teacher,
+                                    average=average)
             train_time += stats["epoch_time_s"]
-            ev = evaluate(p.student, test_loader, data.num_classes)
+            ev = evaluate(p.student, test_loader, data.num_classes, reduce)
             record = {"epoch": epoch, **stats, "test_top1": ev["top1"], "test_top5": ev["top5"],
                       "test_errors": ev["errors"], "test_loss": ev["loss"]}
             metrics_file.write(json.dumps(record) + "\n")
@@ -324,9 +353,8 @@ def run(cfg: RunConfig, runs_root: str | Path = "runs", force: bool = False, qui
     wall = time.perf_counter() - start
     val_metrics = None
     if len(data.val_labels):  # once, at the end: the split is for choosing things after training, not during it
-        val_loader = BatchLoader(data.val_images, data.val_labels, 1000, *norm, device=p.device,
-                                 channels_last=tc.channels_last)
-        val_metrics = evaluate(p.student, val_loader, data.num_classes)
+        val_loader = eval_loader(data.val_images, data.val_labels, norm, p.device, tc.channels_last)
+        val_metrics = evaluate(p.student, val_loader, data.num_classes, reduce)
 
     summary = {
         "name": cfg.name, "kind": "distill" if cfg.distills else "train",
@@ -339,7 +367,7 @@ def run(cfg: RunConfig, runs_root: str | Path = "runs", force: bool = False, qui
         "n_val": len(data.val_labels), "val_metrics": val_metrics,
         "teacher": describe_teacher(cfg, runs_root) if cfg.distills else None,
         "teacher_combine": cfg.teacher.rule if cfg.distills else None,
-        "teacher_cache": cache_info,
+        "teacher_cache": cache_info, "processes": distributed.world_size(),
         "config": config_to_dict(cfg), "environment": env,
     }
     meta = {
@@ -349,8 +377,9 @@ def run(cfg: RunConfig, runs_root: str | Path = "runs", force: bool = False, qui
         **{k: summary[k] for k in ("name", "dataset", "data_sha256", "metrics", "config")},
         "versions": {k: env[k] for k in ("respkd", "torch", "torchvision", "python")},
     }
-    save_checkpoint(p.student.state_dict(), p.out_dir / CHECKPOINT_NAME, meta)
-    atomic_write_text(p.out_dir / SUMMARY_NAME, json.dumps(summary, indent=2))
+    if main:
+        save_checkpoint(p.student.state_dict(), p.out_dir / CHECKPOINT_NAME, meta)
+        atomic_write_text(p.out_dir / SUMMARY_NAME, json.dumps(summary, indent=2))
     log(f"[{cfg.name}] done: test errors {ev['errors']}/{ev['n']}, top-1 {ev['top1']:.2f}%, top-5 {ev['top5']:.2f}%, "
         f"wall {wall / 60:.1f} min -> {p.out_dir}")
     log.close()
@@ -368,7 +397,7 @@ def run_many(
     summaries, read back for skipped runs. ``tags`` prefix each run's progress line (default ``[i/n]``).
     """
     runs_root = Path(runs_root)
-    log = log or (lambda line: print(line, flush=True))
+    log = log or distributed.print_main
     names = [c.name for c in configs]
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
