@@ -216,3 +216,15 @@ def test_single_process_commands_are_refused_under_torchrun(monkeypatch, capsys)
     assert err == ["respkd: error: 'respkd table' runs in one process; under torchrun only train, distill, sweep "
                    "run in several"]
     assert not distributed.is_initialized()
+
+
+def test_what_several_processes_refuse(monkeypatch):
+    distributed.check_supported(True, "features", torch.device("cpu"))  # one process: anything goes
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(respkd.errors.RespkdError, match="sync_batchnorm needs CUDA"):
+        distributed.check_supported(True, None, torch.device("cpu"))
+    with pytest.raises(respkd.errors.RespkdError, match="kd.student_response is not supported under torchrun"):
+        distributed.check_supported(False, "features", torch.device("cpu"))
+    distributed.check_supported(False, None, torch.device("cpu"))
+    assert not distributed.is_main_process() and distributed.shard(5) == slice(3, 5)

@@ -187,8 +187,7 @@ def reseed_per_process(seed: int) -> None:
         torch.manual_seed(seed + 1_000_003 * (rank() + 1))
 
 
-def wrap_student(task: nn.Module, student: nn.Module, device: torch.device, sync_batchnorm: bool = False,
-                 find_unused_parameters: bool = False) -> None:
+def wrap_student(task: nn.Module, student: nn.Module, device: torch.device, sync_batchnorm: bool = False) -> None:
     """Put ``task.student`` (only the student, never the teacher) behind DistributedDataParallel.
 
     ``student`` stays the plain module: the optimizer, the max-norm constraint, evaluation and the checkpoint use it
@@ -200,15 +199,21 @@ def wrap_student(task: nn.Module, student: nn.Module, device: torch.device, sync
     if sync_batchnorm:
         converted = nn.SyncBatchNorm.convert_sync_batchnorm(student)
         assert converted is student, "a student that is itself a batch-norm layer"  # children are replaced in place
-    ids = [device.index] if device.type == "cuda" else None
-    task.student = nn.parallel.DistributedDataParallel(student, device_ids=ids,
-                                                       find_unused_parameters=find_unused_parameters)
+    task.student = nn.parallel.DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def check_sync_batchnorm(sync_batchnorm: bool, device: torch.device) -> None:
-    if sync_batchnorm and launch() is not None and device.type != "cuda":
+def check_supported(sync_batchnorm: bool, student_response: str | None, device: torch.device) -> None:
+    """What several processes cannot do, refused before anything is written."""
+    if launch() is None:
+        return
+    if sync_batchnorm and device.type != "cuda":
         raise RespkdError("train.sync_batchnorm needs CUDA (torch's SyncBatchNorm runs on GPUs only); "
                           "set it to false on CPU")
+    if student_response is not None:
+        # DistributedDataParallel averages the gradients of losses computed from the wrapped model's output; a loss
+        # on a hooked inner response bypasses it (measured: the processes' gradients were then not averaged).
+        raise RespkdError("kd.student_response is not supported under torchrun with several processes: "
+                          "distil the student's output, or run in one process")
 
 
 @contextlib.contextmanager

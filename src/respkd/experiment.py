@@ -271,7 +271,7 @@ def run(cfg: RunConfig, runs_root: str | Path = "runs", force: bool = False, qui
         p = prepare(cfg, runs_root, force)
         data, tc = p.data, cfg.train
         distributed.check_batch_size(tc.batch_size, len(data.train_images))
-        distributed.check_sync_batchnorm(tc.sync_batchnorm, p.device)
+        distributed.check_supported(tc.sync_batchnorm, cfg.kd.student_response if cfg.distills else None, p.device)
         norm = input_normalization(data.info, cfg.data.normalize)
         train_loader = BatchLoader(data.train_images, data.train_labels, tc.batch_size, *norm, shuffle=True,
                                    jitter=cfg.data.jitter, jitter_views=cfg.data.jitter_views,
@@ -286,9 +286,7 @@ def run(cfg: RunConfig, runs_root: str | Path = "runs", force: bool = False, qui
         cache: TeacherCache | None = None
         if spec is not None:  # a stale or corrupt cache is refused here, before the run directory is touched
             cache = find_cache(cfg.kd.cache_dir, spec)
-    # Only the student is wrapped; a student response taken from inside the net can leave its head unused.
-    distributed.wrap_student(p.task, p.student, p.device, tc.sync_batchnorm,
-                             find_unused_parameters=cfg.distills and cfg.kd.student_response is not None)
+    distributed.wrap_student(p.task, p.student, p.device, tc.sync_batchnorm)  # only the student, never the teacher
     distributed.reseed_per_process(cfg.seed)
     main = distributed.is_main_process()  # under torchrun only process 0 writes the run folder and prints
 
