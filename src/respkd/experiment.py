@@ -290,12 +290,11 @@ def run(cfg: RunConfig, runs_root: str | Path = "runs", force: bool = False, qui
     distributed.reseed_per_process(cfg.seed)
     main = distributed.is_main_process()  # under torchrun only process 0 writes the run folder and prints
 
+    env = environment()
     if main:
         p.out_dir.mkdir(parents=True, exist_ok=True)
         (p.out_dir / SUMMARY_NAME).unlink(missing_ok=True)  # the run is not finished until a new summary is written
         atomic_write_text(p.out_dir / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-    env = environment()
-    if main:
         atomic_write_text(p.out_dir / "environment.json", json.dumps(env, indent=2))
     log = RunLog(p.out_dir / "log.txt" if main else None, quiet)
     params, macs = count_parameters(p.student), count_macs(p.student, data.info.image_shape)
