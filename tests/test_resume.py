@@ -359,6 +359,7 @@ def _gather_in_process(rank: int, world: int, init: str, out: str) -> None:
 
     from respkd.resume import gather_per_process, own_part
 
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))  # as torchrun sets them
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     try:
         torch.manual_seed(100 + rank)  # each process its own stream, as under torchrun

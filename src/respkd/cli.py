@@ -11,7 +11,10 @@ import json
 import sys
 from pathlib import Path
 
-from respkd.errors import RespkdError
+from respkd.errors import ReportedElsewhere, RespkdError
+
+# What runs under torchrun with several processes (see respkd.distributed); the rest run in one process.
+DISTRIBUTED_COMMANDS = ("train", "distill", "distil", "sweep")
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
@@ -88,8 +91,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     temperatures = parse_list(args.temperatures, "--temperatures", kind=float)
     hiddens = [parse_list(h, "--hidden", unique=False) for h in args.hidden]
     result = run_sweep(cfg, temperatures, hiddens, args.runs_root, force=args.force)
-    print(result["table"])
-    print(f"written to {sweep_folder(Path(args.runs_root), cfg)}/ (sweep.md, sweep.png, sweep.json)")
+    if result is not None:  # None in torchrun's processes other than 0
+        print(result["table"])
+        print(f"written to {sweep_folder(Path(args.runs_root), cfg)}/ (sweep.md, sweep.png, sweep.json)")
     return 0
 
 
@@ -290,16 +294,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_launch(command: str) -> None:
+    """Under torchrun with several processes, refuse commands that would do the same work (and writes) N times."""
+    from respkd import distributed
+
+    if distributed.world_size() > 1 and command not in DISTRIBUTED_COMMANDS:
+        raise RespkdError(f"'respkd {command}' runs in one process; under torchrun only "
+                          f"{', '.join(c for c in DISTRIBUTED_COMMANDS if c != 'distil')} run in several")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        check_launch(args.command)
         return args.func(args)
+    except ReportedElsewhere:  # under torchrun: process 0 printed the error
+        return 2
     except RespkdError as err:
         print(f"respkd: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("respkd: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if "torch.distributed" in sys.modules:  # leave a torchrun process group, also after an error
+            from respkd import distributed
+
+            distributed.cleanup()
 
 
 if __name__ == "__main__":

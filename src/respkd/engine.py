@@ -87,6 +87,7 @@ def train_one_epoch(
     teacher_logits: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
     done: EpochProgress | None = None,
     after_step: Callable[[EpochProgress], None] | None = None,
+    average: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """One pass over ``loader``; returns the mean of every loss term and the epoch's wall time.
 
@@ -96,6 +97,8 @@ def train_one_epoch(
     (e.g. :meth:`respkd.teacher_cache.TeacherCache.for_loader`), handed to the Distiller instead of a teacher pass.
     ``done``: the part of this epoch already trained (resuming); ``loader`` must then yield only the batches after
     it. ``after_step(progress)`` runs after every optimizer step (e.g. to save the training state).
+    ``average``, under torchrun, averages the summed loss terms over the processes
+    (:func:`respkd.distributed.all_reduce_mean`): one collective per epoch, not per step.
     """
     task.train()
     constrain = getattr(student, "apply_constraints", None)
@@ -122,6 +125,8 @@ def train_one_epoch(
         state.seconds = time.perf_counter() - start
         if after_step is not None:
             after_step(state)
+    if average is not None and sums:  # every process ran the same number of equal shares: the mean is exact
+        sums = dict(zip(sums, average(torch.stack(list(sums.values())))))
     stats = {key: float(total) / max(state.batches, 1) for key, total in sums.items()}
     stats["epoch_time_s"] = time.perf_counter() - start
     stats["lr"] = optimizer.param_groups[0]["lr"]
@@ -129,11 +134,13 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable, num_classes: int) -> dict:
+def evaluate(model: nn.Module, loader: Iterable, num_classes: int,
+             reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict:
     """Accuracy over every example of ``loader`` exactly once, in float32.
 
     Returns ``top1`` and ``top5`` (percent), ``errors`` (count of top-1 mistakes), ``n``, mean ``loss`` and
-    ``errors_per_class`` (mistakes on the examples of each true class).
+    ``errors_per_class`` (mistakes on the examples of each true class). Under torchrun each process evaluates its
+    own slice of the examples and ``reduce`` (:func:`respkd.distributed.all_reduce_sum`) sums the counts.
     """
     model.eval()
     n = errors = top5_hits = 0
@@ -149,6 +156,10 @@ def evaluate(model: nn.Module, loader: Iterable, num_classes: int) -> dict:
         top5_hits += int((top == labels[:, None]).any(dim=1).sum())
         errors_per_class += torch.bincount(labels[wrong].cpu(), minlength=num_classes)
         n += len(labels)
+    if reduce is not None:  # float64 holds these counts exactly
+        counts = reduce(torch.tensor([n, errors, top5_hits, loss_sum, *errors_per_class.tolist()], dtype=torch.float64))
+        n, errors, top5_hits, loss_sum = int(counts[0]), int(counts[1]), int(counts[2]), float(counts[3])
+        errors_per_class = counts[4:].long()
     return {
         "top1": 100.0 * (n - errors) / max(n, 1),
         "top5": 100.0 * top5_hits / max(n, 1),

@@ -9,6 +9,10 @@ class RespkdError(Exception):
     """A problem with the user's input (config, data, checkpoint, command line): shown as one line, no traceback."""
 
 
+class ReportedElsewhere(RespkdError):
+    """Another process of a torchrun launch failed and process 0 reports it: exit status 2, nothing printed here."""
+
+
 def closest_name(key: str, names: list[str]) -> str | None:
     """The known name a misspelt ``key`` most likely meant: a shared prefix first (lr_rate -> lr), else difflib."""
     prefixed = [n for n in names if key.startswith(n) or n.startswith(key)]

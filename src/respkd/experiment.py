@@ -28,7 +28,7 @@ import torch
 import yaml
 from torch import nn
 
-from respkd import __version__
+from respkd import __version__, distributed
 from respkd.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from respkd.adapter import AdaptedTeacher, build_adapter
 from respkd.config import RunConfig, config_to_dict, validate_config
@@ -42,7 +42,7 @@ from respkd.engine import build_optimizer, build_scheduler, evaluate, train_one_
 from respkd.ensemble import load_ensemble
 from respkd.errors import RespkdError
 from respkd.models import build_model, count_macs, count_parameters
-from respkd.resume import STATE_NAME, TrainingState, check_start, has_state, process_rank, state_problem
+from respkd.resume import STATE_NAME, TrainingState, check_start, has_state, state_problem
 from respkd.teacher_cache import TeacherCache, build_cache, cache_spec, find_cache, selection_digest
 from respkd.weights import describe_fit, init_student, load_external_teacher
 
@@ -65,7 +65,7 @@ def resolve_device(name: str) -> torch.device:
         raise RespkdError(f"unknown device '{name}'") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RespkdError(f"device '{name}' requested but CUDA is not available (use device: cpu or auto)")
-    return device
+    return distributed.process_device(device)  # under torchrun: cuda -> cuda:LOCAL_RANK
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
@@ -269,19 +269,22 @@ def _transfer_note(cfg: RunConfig) -> str:
 
 
 class RunLog:
-    """Prints a line and appends it to ``log.txt`` (a new one, or with ``append`` the one a resumed run began)."""
+    """Prints a line and appends it to ``log.txt``: a new one, or with ``append`` the one a resumed run began (with
+    ``path=None``, as in processes other than torchrun's 0, neither)."""
 
-    def __init__(self, path: Path, quiet: bool = False, append: bool = False) -> None:
-        self.file = open(path, "a" if append else "w", buffering=1)
-        self.quiet = quiet
+    def __init__(self, path: Path | None, quiet: bool = False, append: bool = False) -> None:
+        self.file = open(path, "a" if append else "w", buffering=1) if path is not None else None
+        self.quiet = quiet or path is None
 
     def __call__(self, line: str) -> None:
         if not self.quiet:
             print(line, flush=True)
-        self.file.write(line + "\n")
+        if self.file is not None:
+            self.file.write(line + "\n")
 
     def close(self) -> None:
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
 
 
 def run(cfg: RunConfig, runs_root: str | Path = "runs", force: bool = False, quiet: bool = False,
@@ -293,33 +296,43 @@ def run(cfg: RunConfig, runs_root: str | Path = "runs", force: bool = False, qui
     """
     runs_root = Path(runs_root)
     out_dir = runs_root / cfg.name
-    check_start(out_dir, cfg, resume=resume, force=force, finished=(out_dir / SUMMARY_NAME).exists())
-    p = prepare(cfg, runs_root, force)
-    data, tc = p.data, cfg.train
-    norm = input_normalization(data.info, cfg.data.normalize)
-    train_loader = make_loader(data, "train", cfg, p.device)
-    test_loader = make_loader(data, "test", cfg, p.device)
-    bf16 = use_bf16(tc.precision, p.device)
-    optimizer = build_optimizer(p.student, tc)
-    scheduler = build_scheduler(optimizer, tc, len(train_loader))
-    spec = teacher_cache_spec(p, train_loader, bf16) if cfg.distills and cfg.kd.cache else None
-    cache: TeacherCache | None = None
-    if spec is not None:  # a stale or corrupt cache is refused here, before the run directory is touched
-        cache = find_cache(cfg.kd.cache_dir, spec)
-    identity = {"n_train": len(data.train_labels), "data_sha256": data.sha256, "processes": process_rank()[1],
-                "teacher_weights_sha256": p.teacher_meta["weights_sha256"] if cfg.distills else None}
-    state = TrainingState(p.out_dir, cfg, identity, p.student, optimizer, scheduler, len(train_loader), p.device)
-    if resume:
-        state.load()  # checked and read before anything is written
+    # torchrun (see respkd.distributed): join the process group; every process then passes every check below, or
+    # all stop. In one process both are no-ops.
+    distributed.setup(resolve_device(cfg.device))
+    with distributed.together():
+        check_start(out_dir, cfg, resume=resume, force=force, finished=(out_dir / SUMMARY_NAME).exists())
+        p = prepare(cfg, runs_root, force)
+        data, tc = p.data, cfg.train
+        distributed.check_batch_size(tc.batch_size, len(data.train_labels))
+        distributed.check_supported(tc.sync_batchnorm, cfg.kd.student_response if cfg.distills else None, p.device)
+        norm = input_normalization(data.info, cfg.data.normalize)
+        train_loader = make_loader(data, "train", cfg, p.device)
+        test_loader = make_loader(data, "test", cfg, p.device)
+        bf16 = use_bf16(tc.precision, p.device)
+        optimizer = build_optimizer(p.student, tc)
+        scheduler = build_scheduler(optimizer, tc, len(train_loader))
+        spec = teacher_cache_spec(p, train_loader, bf16) if cfg.distills and cfg.kd.cache else None
+        cache: TeacherCache | None = None
+        if spec is not None:  # a stale or corrupt cache is refused here, before the run directory is touched
+            cache = find_cache(cfg.kd.cache_dir, spec)
+        identity = {"n_train": len(data.train_labels), "data_sha256": data.sha256,
+                    "processes": distributed.world_size(),
+                    "teacher_weights_sha256": p.teacher_meta["weights_sha256"] if cfg.distills else None}
+        state = TrainingState(p.out_dir, cfg, identity, p.student, optimizer, scheduler, len(train_loader), p.device)
+        if resume:
+            state.load()  # checked and read before anything is written
+    distributed.wrap_student(p.task, p.student, p.device, tc.sync_batchnorm)  # only the student, never the teacher
+    distributed.reseed_per_process(cfg.seed)  # (a resumed run's generators are restored later, by state.begin)
+    main = distributed.is_main_process()  # under torchrun only process 0 writes the run folder and prints
 
     env = environment()
-    if not resume:
+    if main and not resume:
         p.out_dir.mkdir(parents=True, exist_ok=True)
         (p.out_dir / SUMMARY_NAME).unlink(missing_ok=True)  # the run is not finished until a new summary is written
         (p.out_dir / STATE_NAME).unlink(missing_ok=True)  # --force: an interrupted run's state is not this run's
         atomic_write_text(p.out_dir / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
         atomic_write_text(p.out_dir / "environment.json", json.dumps(env, indent=2))
-    log = RunLog(p.out_dir / "log.txt", quiet, append=resume)
+    log = RunLog(p.out_dir / "log.txt" if main else None, quiet, append=resume)
     params, macs = count_parameters(p.student), count_macs(p.student, data.info.image_shape)
     if cfg.distills and cfg.teacher.is_ensemble:
         what = (f"distil from an ensemble of {len(teacher_paths(cfg, runs_root))} ({cfg.teacher.rule}) "
@@ -333,7 +346,8 @@ def run(cfg: RunConfig, runs_root: str | Path = "runs", force: bool = False, qui
         f"{len(data.train_labels)} train{_transfer_note(cfg)}"
         f"{f' / {len(data.val_labels)} validation' if len(data.val_labels) else ''} / "
         f"{len(data.test_labels)} test examples of {cfg.data.dataset}, "
-        f"{tc.epochs} epochs, {'bf16' if bf16 else 'fp32'} on {p.device} ({torch.get_num_threads()} threads)")
+        f"{tc.epochs} epochs, {'bf16' if bf16 else 'fp32'} on {p.device} ({torch.get_num_threads()} threads)"
+        + (f" x {distributed.world_size()} processes" if distributed.world_size() > 1 else ""))
     if p.init is not None:
         log(f"student initialised with {describe_fit(p.init)}")
     if cfg.distills and p.teacher_meta.get("notes"):
@@ -345,11 +359,13 @@ def run(cfg: RunConfig, runs_root: str | Path = "runs", force: bool = False, qui
     cached_teacher = None
     if spec is not None:
         cache_start = time.perf_counter()
-        built = cache is None
-        if cache is None:
-            cache = build_cache(cfg.kd.cache_dir, spec, p.task.teacher_logits, train_loader, bf16, log=log,
-                                extra_meta={"teacher": describe_teacher(cfg, runs_root)})
-        else:
+        found = cache
+        # In one process: the cache found above, or built now. Under torchrun process 0 builds it, the others wait.
+        cache, built = distributed.build_once(
+            lambda: found if found is not None else find_cache(cfg.kd.cache_dir, spec),
+            lambda: build_cache(cfg.kd.cache_dir, spec, p.task.teacher_logits, train_loader, bf16, log=log,
+                                extra_meta={"teacher": describe_teacher(cfg, runs_root)}))
+        if not built:
             log(f"reusing teacher cache {cache.folder} (built in {cache.build_time_s:.2f}s)")
         cache_info = {"used": True, "built_now": built, "build_time_s": cache.build_time_s,
                       "setup_time_s": round(time.perf_counter() - cache_start, 3), "folder": str(cache.folder),
@@ -359,12 +375,12 @@ def run(cfg: RunConfig, runs_root: str | Path = "runs", force: bool = False, qui
     state.begin(log)
     ev = train_epochs(p, train_loader, test_loader, optimizer, scheduler, bf16, cached_teacher, state, log)
     if ev is None:  # resumed after the last epoch's state was saved: only the final steps below were left
-        ev = evaluate(p.student, test_loader, data.num_classes)
+        ev = evaluate(p.student, test_loader, data.num_classes, distributed.all_reduce_sum)
     wall, train_time = state.wall_time(), state.position.train_time_s
     val_metrics = None
     if len(data.val_labels):  # once, at the end: the split is for choosing things after training, not during it
         val_loader = make_loader(data, "val", cfg, p.device)
-        val_metrics = evaluate(p.student, val_loader, data.num_classes)
+        val_metrics = evaluate(p.student, val_loader, data.num_classes, distributed.all_reduce_sum)
 
     summary = {
         "name": cfg.name, "kind": "distill" if cfg.distills else "train",
@@ -377,7 +393,7 @@ def run(cfg: RunConfig, runs_root: str | Path = "runs", force: bool = False, qui
         "n_val": len(data.val_labels), "val_metrics": val_metrics,
         "teacher": describe_teacher(cfg, runs_root) if cfg.distills else None,
         "teacher_combine": cfg.teacher.rule if cfg.distills else None,
-        "teacher_cache": cache_info, "resumes": state.position.resumes,
+        "teacher_cache": cache_info, "resumes": state.position.resumes, "processes": distributed.world_size(),
         "teacher_input": p.teacher_input, "init": p.init,
         "config": config_to_dict(cfg), "environment": env,
     }
@@ -388,8 +404,9 @@ def run(cfg: RunConfig, runs_root: str | Path = "runs", force: bool = False, qui
         **{k: summary[k] for k in ("name", "dataset", "data_sha256", "metrics", "config")},
         "versions": {k: env[k] for k in ("respkd", "torch", "torchvision", "python")},
     }
-    save_checkpoint(p.student.state_dict(), p.out_dir / CHECKPOINT_NAME, meta)
-    atomic_write_text(p.out_dir / SUMMARY_NAME, json.dumps(summary, indent=2))
+    if main:
+        save_checkpoint(p.student.state_dict(), p.out_dir / CHECKPOINT_NAME, meta)
+        atomic_write_text(p.out_dir / SUMMARY_NAME, json.dumps(summary, indent=2))
     state.finish()
     log(f"[{cfg.name}] done: test errors {ev['errors']}/{ev['n']}, top-1 {ev['top1']:.2f}%, top-5 {ev['top5']:.2f}%, "
         f"wall {wall / 60:.1f} min -> {p.out_dir}")
@@ -404,13 +421,17 @@ def train_epochs(
     """Train the epochs after ``state``'s position (all of them, unless resuming), writing one metrics line per
     epoch and the training state as it goes. Returns the last epoch's test metrics (None if no epoch was left)."""
     tc, ev = p.cfg.train, None
-    with open_metrics(p.out_dir / "metrics.jsonl", state.position.epochs_done) as metrics_file:
+    main = distributed.is_main_process()  # under torchrun the others train and evaluate but write nothing
+    metrics = open_metrics(p.out_dir / "metrics.jsonl", state.position.epochs_done) if main else open(os.devnull, "w")
+    with metrics as metrics_file:
         for epoch in range(state.position.epochs_done + 1, tc.epochs + 1):
             done = state.position.epoch  # the part of this epoch trained before a resume (usually nothing)
             train_loader.set_epoch(epoch, skip=done.batches)
             stats = train_one_epoch(p.task, p.student, train_loader, optimizer, scheduler, p.device, bf16, epoch,
-                                    teacher_logits=cached_teacher, done=done, after_step=state.after_step)
-            ev = evaluate(p.student, test_loader, p.data.num_classes)
+                                    progress=None if main else False, teacher_logits=cached_teacher, done=done,
+                                    after_step=state.after_step,
+                                    average=distributed.all_reduce_mean)
+            ev = evaluate(p.student, test_loader, p.data.num_classes, distributed.all_reduce_sum)
             record = {"epoch": epoch, **stats, "test_top1": ev["top1"], "test_top5": ev["top5"],
                       "test_errors": ev["errors"], "test_loss": ev["loss"]}
             metrics_file.write(json.dumps(record) + "\n")
@@ -441,7 +462,7 @@ def run_many(
     summaries, read back for skipped runs. ``tags`` prefix each run's progress line (default ``[i/n]``).
     """
     runs_root = Path(runs_root)
-    log = log or (lambda line: print(line, flush=True))
+    log = log or distributed.print_main
     names = [c.name for c in configs]
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)

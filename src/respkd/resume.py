@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from respkd import distributed
 from respkd.checkpoint import atomic_write, load_checkpoint, read_checkpoint_meta, tensors_digest
 from respkd.config import RunConfig, config_to_dict, validate_config
 from respkd.engine import EpochProgress
@@ -54,27 +55,14 @@ WHAT = "training state"
 IGNORED_KEYS = ("train.checkpoint_every_steps",)
 
 
-def process_rank() -> tuple[int, int]:
-    """(rank, number of processes): (0, 1) unless torch.distributed is running."""
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def is_main_process() -> bool:
-    """Whether this process writes the state: always, except under torch.distributed, where only rank 0 does."""
-    return process_rank()[0] == 0
-
-
 def gather_per_process(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Every process's copy of each of ``tensors`` (each the same shape in every process), named
     ``process<rank>.<name>``. One process: no communication. Under torch.distributed every process must call it."""
-    rank, world = process_rank()
+    rank, world = distributed.rank(), distributed.world_size()
     if world == 1:
         return {f"process0.{name}": t for name, t in tensors.items()}
     dist = torch.distributed
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    device = distributed.group_device()
     gathered = {}
     for name in sorted(tensors):  # the same order in every process
         local = tensors[name].detach().to(device).reshape(-1)
@@ -86,7 +74,7 @@ def gather_per_process(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tens
 
 def own_part(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """This process's tensors of :func:`gather_per_process`, under their own names."""
-    prefix = f"process{process_rank()[0]}."
+    prefix = f"process{distributed.rank()}."
     return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
 
 
@@ -349,7 +337,7 @@ class TrainingState:
         # What differs between processes: their generators and the running sums of their shares of the batches.
         per_process = gather_per_process({**torch_rng_state(self.device), **{
             f"epoch_sums.{k}": v.detach().float().reshape(()) for k, v in p.epoch.sums.items()}})
-        if not is_main_process():
+        if not distributed.is_main_process():
             return
         p.wall_time_s = self.wall_time()
         # clone: tied weights share storage, which safetensors refuses, and the copy is what was true at this step;
@@ -379,7 +367,7 @@ class TrainingState:
 
     def finish(self) -> None:
         """The run is finished (its summary written): the state has nothing left to resume."""
-        if is_main_process():
+        if distributed.is_main_process():
             self.path.unlink(missing_ok=True)
 
     # ------------------------------------------------ reading
@@ -424,7 +412,7 @@ class TrainingState:
     def begin(self, log: Callable[[str], None]) -> None:
         """Right before the first step: restore the generators of a loaded state, or save the state of step 0 (so a
         run killed at any point after this can resume)."""
-        if is_main_process():
+        if distributed.is_main_process():
             for stale in self.path.parent.glob(f".{STATE_NAME}.*.tmp"):  # left by a kill in the middle of a write
                 stale.unlink(missing_ok=True)
         if self._rng is None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from respkd import distributed
 from respkd.checkpoint import atomic_write, atomic_write_text
 from respkd.config import RunConfig, config_to_dict, validate_config
 from respkd.errors import RespkdError
@@ -81,12 +82,17 @@ def run_sweep(
     base: RunConfig, temperatures: list[float], hiddens: list[list[int]], runs_root: str | Path = "runs",
     force: bool = False, replace_changed: bool = False, log: Callable[[str], None] | None = None,
     tag: str = "",
-) -> dict[str, Any]:
-    """Run every unfinished cell (see :func:`respkd.experiment.run_many`), then write the table and the plot."""
+) -> dict[str, Any] | None:
+    """Run every unfinished cell (see :func:`respkd.experiment.run_many`), then write the table and the plot.
+
+    Under torchrun every process trains the cells; process 0 alone writes the outputs, the others return None.
+    """
     check_plotting()
     cells = sweep_cells(base, temperatures, hiddens)
     tags = [f"{tag}[{i}/{len(cells)}]" for i in range(1, len(cells) + 1)]
     run_many([c.cfg for c in cells], runs_root, force=force, replace_changed=replace_changed, log=log, tags=tags)
+    if not distributed.is_main_process():
+        return None
     return write_sweep_outputs(sweep_folder(Path(runs_root), base), base, cells, Path(runs_root))
 
 

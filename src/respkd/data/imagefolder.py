@@ -174,8 +174,12 @@ class FolderLoader:
         seed: int = 0,
         device: torch.device | str = "cpu",
         channels_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         self.dataset = IndexedImages(files, reference_transform(train, image_size))
+        # Under torchrun: this process's contiguous share of every global batch (see respkd.distributed).
+        self.rank, self.world_size = rank, world_size
         self.batch_size, self.train, self.workers, self.seed = batch_size, train, workers, seed
         self.drop_last = train and len(files) > batch_size
         self.device = torch.device(device)
@@ -204,8 +208,14 @@ class FolderLoader:
         n = len(self.dataset)
         order = torch.randperm(n, generator=generator) if self.train else torch.arange(n)
         order = order[: len(self) * self.batch_size] if self.drop_last else order  # whole batches, as drop_last
+        order = order[self.skip * self.batch_size:]
+        share = self.batch_size
+        if self.world_size > 1:  # every global batch is whole (drop_last, or one batch of all) and splits evenly
+            whole = min(self.batch_size, len(self.dataset))
+            share = whole // self.world_size
+            order = order.view(-1, whole).tensor_split(self.world_size, dim=1)[self.rank].reshape(-1)
         return DataLoader(
-            self.dataset, batch_size=self.batch_size, sampler=order[self.skip * self.batch_size:].tolist(),
+            self.dataset, batch_size=share, sampler=order.tolist(),
             num_workers=self.workers, pin_memory=self.device.type == "cuda", generator=generator,
             worker_init_fn=_seed_worker, prefetch_factor=4 if self.workers else None,
         )

@@ -59,6 +59,8 @@ class BatchLoader:
         drop_last: drop the last incomplete batch (training); evaluation keeps it so every example counts once.
         device: where batches are produced; the data are moved there once.
         channels_last: return batches in channels-last memory format (faster convolutions on CPU).
+        rank, world_size: under torchrun, yield only process ``rank``'s contiguous share of every batch (the batches
+            themselves, their order and the jitter stay those of one process; see :mod:`respkd.distributed`).
     """
 
     def __init__(
@@ -76,6 +78,8 @@ class BatchLoader:
         seed: int = 0,
         device: torch.device | str = "cpu",
         channels_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
@@ -87,6 +91,7 @@ class BatchLoader:
         self.jitter_views = jitter_views
         self.flip = flip
         self.channels_last = channels_last
+        self.rank, self.world_size = rank, world_size
         shape = (1, -1, 1, 1)
         self.scale = (1.0 / (255.0 * torch.tensor(std, device=self.device))).view(shape)
         self.shift = (torch.tensor(mean, device=self.device) / torch.tensor(std, device=self.device)).view(shape)
@@ -128,6 +133,8 @@ class BatchLoader:
         flips = self.view_flips(view) if self.flip else None
         for b in range(self.skip, len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            if self.world_size > 1:
+                idx = idx.tensor_split(self.world_size)[self.rank]
             yield self.make_batch(idx, None if offsets is None else offsets[idx], None if flips is None else flips[idx])
 
     def make_batch(

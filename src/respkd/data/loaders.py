@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from respkd import distributed
 from respkd.config import RunConfig
 from respkd.data.datasets import Splits, dataset_info, input_normalization, load_dataset
 from respkd.data.imagefolder import FolderLoader, FolderSplits, load_image_folders
@@ -32,16 +33,22 @@ def make_loader(
     d, tc = cfg.data, cfg.train
     mean, std = input_normalization(data.info, d.normalize)
     train = split == "train"
+    # Under torchrun (respkd.distributed) a training loader yields this process's share of every global batch, and an
+    # evaluation loader this process's slice of the examples (counts are summed afterwards); in one process, all.
+    rank, world = distributed.rank(), distributed.world_size()
     if isinstance(data, FolderSplits):
         if split == "val":
             raise ValueError("streamed datasets have no validation split")
-        files = data.train_files if train else data.test_files
+        files = data.train_files if train else data.test_files[distributed.shard(len(data.test_files))]
         return FolderLoader(files, tc.batch_size, mean, std, data.info.image_shape[-1], train=train,
-                            workers=d.workers, seed=cfg.seed, device=device, channels_last=tc.channels_last)
+                            workers=d.workers, seed=cfg.seed, device=device, channels_last=tc.channels_last,
+                            rank=rank if train else 0, world_size=world if train else 1)
     images, labels = {"train": (data.train_images, data.train_labels), "test": (data.test_images, data.test_labels),
                       "val": (data.val_images, data.val_labels)}[split]
     if not train:
-        return BatchLoader(images, labels, EVAL_BATCH, mean, std, device=device, channels_last=tc.channels_last)
+        part = distributed.shard(len(labels))
+        return BatchLoader(images[part], labels[part], EVAL_BATCH, mean, std, device=device,
+                           channels_last=tc.channels_last)
     return BatchLoader(images, labels, tc.batch_size, mean, std, shuffle=True, jitter=d.jitter,
                        jitter_views=d.jitter_views, flip=d.flip, drop_last=len(images) > tc.batch_size, seed=cfg.seed,
-                       device=device, channels_last=tc.channels_last)
+                       device=device, channels_last=tc.channels_last, rank=rank, world_size=world)

@@ -1,0 +1,230 @@
+"""Training under torchrun: 2 processes (gloo, CPU) against the same configs in one process.
+
+The claim checked: with the same global batch, a 2-process run is the 1-process run up to float rounding (the same
+loss curve, weights and test errors), evaluation counts every test example exactly once (199 test examples, an odd
+number, so a padding sampler would show), and only process 0 writes files or prints. Two torchrun launches (each
+costs seconds of imports): tests/ddp_worker.py (the helpers, hard labels, online distillation, a refused batch
+size) and the CLI distilling from a cached teacher with jitter views.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import respkd
+from respkd import distributed
+from respkd.cli import main
+from respkd.data.loader import BatchLoader
+
+from conftest import make_idx_folder, tiny_config, write_yaml
+
+N_TRAIN, N_TEST, N_VAL = 600, 199, 50
+RUN_FILES = {"config.yaml", "environment.json", "metrics.jsonl", "log.txt", "model.safetensors", "summary.json"}
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+KD = {"temperature": 4.0, "soft_weight": 1.0, "hard_weight": 0.5}
+
+
+def torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node 2 ARGS`` importing this checkout's respkd, one thread per process."""
+    src = str(Path(respkd.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    return subprocess.run(TORCHRUN + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=240)
+
+
+def configs(base: Path, idx: Path, teacher: Path, root: str) -> dict[str, Path]:
+    """The three compared runs; ``root`` names the folder for this side's data and teacher caches."""
+    data_root = base / root / "data"
+    return {
+        "hard": write_yaml(base / root / "hard.yaml",
+                           tiny_config("hard", idx, data_root, data={"val_size": N_VAL})),
+        "kd": write_yaml(base / root / "kd.yaml",
+                         tiny_config("kd", idx, data_root, teacher={"checkpoint": str(teacher)}, kd=KD)),
+        "kd-cached": write_yaml(base / root / "kd-cached.yaml", tiny_config(
+            "kd-cached", idx, data_root, teacher={"checkpoint": str(teacher)}, data={"jitter": 1, "jitter_views": 2},
+            kd={**KD, "cache": True, "cache_dir": str(base / root / "cache")})),
+    }
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory) -> dict:
+    """Every run once in one process (in this process) and once under torchrun with 2 processes."""
+    base = tmp_path_factory.mktemp("ddp")
+    idx = make_idx_folder(base / "idx", N_TRAIN, N_TEST)
+    teacher_cfg = write_yaml(base / "teacher.yaml", tiny_config("teacher", idx, base / "data"))
+    assert main(["train", str(teacher_cfg), "--runs-root", str(base / "teachers")]) == 0
+    teacher = base / "teachers" / "teacher" / "model.safetensors"
+    one, two = configs(base, idx, teacher, "one"), configs(base, idx, teacher, "two")
+    for name, cfg in one.items():
+        assert main(["train" if name == "hard" else "distill", str(cfg), "--runs-root", str(base / "runs1")]) == 0
+
+    bad = write_yaml(base / "two" / "bad.yaml", tiny_config("bad", idx, base / "two" / "data"))
+    (base / "worker").mkdir()
+    worker = torchrun([str(Path(__file__).with_name("ddp_worker.py")), str(base / "worker"), str(base / "runs2"),
+                       str(bad), str(two["hard"]), str(two["kd"])], base)
+    cli = torchrun(["-m", "respkd.cli", "distill", str(two["kd-cached"]), "--runs-root", str(base / "runs2")], base)
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    return {"base": base, "worker": worker, "cli": cli}
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("name", ["hard", "kd", "kd-cached"])
+def test_two_processes_match_one(compared, name):
+    base = compared["base"]
+    one, two = base / "runs1" / name, base / "runs2" / name
+    m1, m2 = metrics(one), metrics(two)
+    assert [m["epoch"] for m in m2] == [1, 2]
+    for a, b in zip(m1, m2):
+        losses = [k for k in a if k.endswith("loss")]
+        assert {"loss", "hard_loss", "test_loss"} <= set(losses)
+        assert [b[k] for k in losses] == pytest.approx([a[k] for k in losses], rel=1e-4)
+        assert b["lr"] == pytest.approx(a["lr"], rel=1e-9)
+        assert (b["test_errors"], b["test_top5"]) == (a["test_errors"], a["test_top5"])
+    if name != "hard":
+        assert "soft_loss" in m1[0]
+
+    s1, s2 = (json.loads((d / "summary.json").read_text()) for d in (one, two))
+    assert (s1["processes"], s2["processes"]) == (1, 2)
+    assert s2["metrics"]["n"] == s1["metrics"]["n"] == N_TEST  # every test example once: no padded duplicates
+    for key in ("errors", "errors_per_class", "top5"):
+        assert s2["metrics"][key] == s1["metrics"][key]
+    if name == "hard":
+        assert s2["val_metrics"]["n"] == N_VAL and s2["val_metrics"]["errors"] == s1["val_metrics"]["errors"]
+
+    w1, w2 = (load_file(str(d / "model.safetensors")) for d in (one, two))
+    assert w1.keys() == w2.keys()  # no "module." prefix from DistributedDataParallel
+    for key in w1:
+        torch.testing.assert_close(w2[key], w1[key], rtol=1e-4, atol=1e-5)
+    assert "x 2 processes" in (two / "log.txt").read_text()
+
+
+def test_only_process_zero_writes(compared):
+    base = compared["base"]
+    written = {str(p.relative_to(base / "runs2")) for p in (base / "runs2").rglob("*") if p.is_file()}
+    assert written == {f"{run}/{f}" for run in ("hard", "kd", "kd-cached") for f in RUN_FILES}  # nothing of "bad"
+    # One teacher cache, built by process 0, identical to the one a single process builds.
+    caches = [p for p in (base / "two" / "cache").iterdir()]
+    assert len(caches) == 1 and not caches[0].name.endswith(".tmp")
+    ref = next((base / "one" / "cache").iterdir())
+    assert caches[0].name == ref.name
+    assert (caches[0] / "logits.npy").read_bytes() == (ref / "logits.npy").read_bytes()
+
+
+def test_only_process_zero_prints(compared):
+    worker, cli = compared["worker"], compared["cli"]
+    assert worker.stdout.count("epoch   1/2") == 2 and worker.stdout.count("] done: test errors") == 2  # hard, kd
+    assert cli.stdout.count("epoch   1/2") == 1 and cli.stdout.count("building teacher cache") == 1
+    assert "x 2 processes" in cli.stdout
+
+
+def test_agreement_and_reductions(compared):
+    worker = compared["worker"]
+    results = {r["rank"]: r for r in (json.loads(line[len("RESULT "):]) for line in worker.stdout.splitlines()
+                                      if line.startswith("RESULT "))}
+    assert set(results) == {0, 1}, worker.stderr[-3000:]
+    r0, r1 = results[0], results[1]
+    assert r0["all_pass"] == r1["all_pass"] == "ok"
+    # A failure in one process stops both; process 0 reports it, the other stays silent.
+    assert r0["user_error_on_1"] == "error: process 1 of 2: bad input seen by process 1 only"
+    assert r1["user_error_on_1"].startswith("elsewhere: ")
+    assert r0["bug_on_1"] == "error: process 1 of 2: ValueError: a bug in process 1"
+    assert r1["bug_on_1"] == "raised ValueError: a bug in process 1"  # its own traceback, in its own process
+    assert r0["user_error_on_0"] == "error: bad input seen by process 0 only"
+    assert r1["user_error_on_0"].startswith("elsewhere: ")
+    assert r0["sum"] == r1["sum"] == [3.0, 20.0] and r0["mean"] == r1["mean"] == [0.5]
+    assert (r0["shard"], r1["shard"]) == ([0, 100], [100, 199])
+    assert (r0["built"], r1["built"]) == (True, False)
+    assert r0["value"] == r1["value"] == "built by process 0"
+
+
+def test_refused_batch_size_is_one_line(compared):
+    worker = compared["worker"]
+    assert worker.returncode != 0
+    errors = [line for line in worker.stderr.splitlines() if line.startswith("respkd: error:")]
+    assert errors == ["respkd: error: train.batch_size 127 does not split evenly over 2 processes: it is the global "
+                      "batch, so make it a multiple of 2"]
+    assert not (compared["base"] / "runs2" / "bad").exists()
+
+
+# ---------------------------------------------------------------- in this process: no torchrun needed
+
+
+def test_batches_are_split_into_contiguous_shares():
+    images = torch.randint(0, 256, (70, 1, 8, 8), dtype=torch.uint8)
+    labels = torch.arange(70) % 10
+
+    def loader(rank: int, world: int) -> BatchLoader:
+        return BatchLoader(images, labels, 16, (0.5,), (0.25,), shuffle=True, jitter=2, jitter_views=3,
+                           drop_last=True, seed=3, rank=rank, world_size=world)
+
+    for epoch in (1, 2):
+        whole, halves = loader(0, 1), [loader(0, 2), loader(1, 2)]
+        for lo in (whole, *halves):
+            lo.set_epoch(epoch)
+        assert len(whole) == len(halves[0]) == len(halves[1]) == 4
+        for full, first, second in zip(whole, *halves):
+            for k in range(3):  # inputs (with the same jitter), labels, example ids
+                assert torch.equal(torch.cat([first[k], second[k]]), full[k])
+            assert len(first[0]) == len(second[0]) == 8
+
+
+def test_one_process_is_untouched():
+    assert distributed.launch() is None and distributed.world_size() == 1 and distributed.is_main_process()
+    t = torch.tensor([1.0, 2.0])
+    assert distributed.all_reduce_sum(t) is t and distributed.all_reduce_mean(t) is t
+    assert distributed.shard(199) == slice(0, 199)
+    distributed.check_batch_size(127, 600)  # any batch size
+    with pytest.raises(respkd.errors.RespkdError, match="as is"):
+        with distributed.together():
+            raise respkd.errors.RespkdError("as is")
+    assert distributed.build_once(lambda: None, lambda: "new") == ("new", True)
+    assert distributed.build_once(lambda: "old", lambda: "new") == ("old", False)
+
+
+def test_shards_cover_every_example_once(monkeypatch):
+    for world in (2, 3, 8):
+        parts = []
+        for r in range(world):
+            monkeypatch.setenv("WORLD_SIZE", str(world))
+            monkeypatch.setenv("RANK", str(r))
+            parts.append(distributed.shard(199))
+        covered = [i for p in parts for i in range(p.start, p.stop)]
+        assert covered == list(range(199))
+        assert max(p.stop - p.start for p in parts) - min(p.stop - p.start for p in parts) <= 1
+        with pytest.raises(respkd.errors.RespkdError, match="one batch, smaller than train.batch_size"):
+            distributed.check_batch_size(256, 199)
+        distributed.check_batch_size(world * 16, 600)
+
+
+def test_single_process_commands_are_refused_under_torchrun(monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    assert main(["table", "runs/x"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["respkd: error: 'respkd table' runs in one process; under torchrun only train, distill, sweep "
+                   "run in several"]
+    assert not distributed.is_initialized()
+
+
+def test_what_several_processes_refuse(monkeypatch):
+    distributed.check_supported(True, "features", torch.device("cpu"))  # one process: anything goes
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(respkd.errors.RespkdError, match="sync_batchnorm needs CUDA"):
+        distributed.check_supported(True, None, torch.device("cpu"))
+    with pytest.raises(respkd.errors.RespkdError, match="kd.student_response is not supported under torchrun"):
+        distributed.check_supported(False, "features", torch.device("cpu"))
+    distributed.check_supported(False, None, torch.device("cpu"))
+    assert not distributed.is_main_process() and distributed.shard(5) == slice(3, 5)
