@@ -77,7 +77,7 @@ def read_checkpoint_meta(path: Path) -> dict[str, Any]:
     """The JSON metadata of a checkpoint, without reading its weights."""
     path = Path(path)
     if not path.is_file():
-        raise RespkdError(f"checkpoint {path} does not exist")
+        raise RespkdError(f"checkpoint {path} {'is not a file' if path.exists() else 'does not exist'}")
     try:
         with safe_open(str(path), "pt") as f:
             raw = (f.metadata() or {}).get("respkd")

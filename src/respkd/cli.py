@@ -10,8 +10,21 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from respkd.errors import RespkdError
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with its usage errors on one line, like every other respkd error (exit status 2 as argparse's).
+
+    argparse would print the whole usage block first; the one line names the subcommand whose ``--help`` has it.
+    Subparsers inherit this class (``add_subparsers`` builds them with the parent's type).
+    """
+
+    def error(self, message: str) -> NoReturn:
+        help_command = " ".join([self.prog, "--help"])  # e.g. "respkd train --help"
+        self.exit(2, f"respkd: error: {' '.join(message.split())} (see '{help_command}')\n")
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
@@ -192,7 +205,7 @@ def _add_specialists_parser(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="respkd", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="respkd", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     seeds_help = ("one independent run per seed, named <name>-seed<k> (e.g. 0,1,2,3,4: the members of an ensemble); "
                   "finished ones are skipped")
@@ -261,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except RespkdError as err:
-        print(f"respkd: error: {err}", file=sys.stderr)
+        print(f"respkd: error: {' '.join(str(err).split())}", file=sys.stderr)  # one line, whatever the message held
         return 2
     except KeyboardInterrupt:
         print("respkd: interrupted", file=sys.stderr)

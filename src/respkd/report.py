@@ -10,6 +10,9 @@ from typing import Any
 from respkd.errors import RespkdError
 
 COLUMNS = ("Model", "Params(M)", "Flops(G)", "Top-1 (%)", "Top-5 (%)", "Test errors", "Config", "Download")
+# what the table and the seed statistics read; anything else in summary.json is optional here
+SUMMARY_KEYS = {"name": str, "params": int, "macs": int, "metrics": dict, "config": dict}
+METRIC_KEYS = ("top1", "top5", "errors", "n")
 
 
 def read_summary(run_dir: Path) -> dict[str, Any]:
@@ -17,9 +20,18 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise RespkdError(f"{run_dir}: no summary.json (the run has not finished)")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+        summary = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise RespkdError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(summary, dict):
+        raise RespkdError(f"{path}: not a respkd run summary (expected a JSON object)")
+    for key, kind in SUMMARY_KEYS.items():
+        if not isinstance(summary.get(key), kind):
+            raise RespkdError(f"{path}: not a respkd run summary ('{key}' missing or not a {kind.__name__})")
+    missing = [k for k in METRIC_KEYS if not isinstance(summary["metrics"].get(k), (int, float))]
+    if missing:
+        raise RespkdError(f"{path}: not a respkd run summary (no metrics.{missing[0]})")
+    return summary
 
 
 def table_row(run_dir: Path, link_root: Path | None = None) -> list[str]:
