@@ -180,9 +180,21 @@ IDX_NAMES = {"train_images": "train-images-idx3-ubyte.gz", "train_labels": "trai
              "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte.gz"}
 
 
+class _Booby:
+    """Unpickling this creates a file named ``pwned`` (in the working directory, inside the snapshot)."""
+
+    def __reduce__(self):
+        return (open, ("pwned", "w"))
+
+
 def pickle_checkpoint(w: World) -> str:
-    """A torch.save pickle under a .safetensors name (what a careless rename or a hostile upload looks like)."""
-    path = w.root / "inputs" / "pickled.safetensors"
+    """A plain pickle whose loading would run code, under a .safetensors name (a hostile upload)."""
+    return w.file("pickled.safetensors", pickle.dumps({"weight": _Booby()}))
+
+
+def torch_save_checkpoint(w: World) -> str:
+    """A torch.save file (a zip holding a pickle) under a .safetensors name (a careless rename)."""
+    path = w.root / "inputs" / "torch_save.safetensors"
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"weight": torch.zeros(3)}, path)
     return str(path)
@@ -330,6 +342,10 @@ CASES: dict[str, Case] = {
                                             ("not a readable safetensors",)),
     "checkpoint-pickle-renamed": Case(lambda w: ["eval", pickle_checkpoint(w)], ("not a readable safetensors",),
                                       subprocess=True),
+    "checkpoint-torch-save-renamed": Case(lambda w: ["eval", torch_save_checkpoint(w)], ("not a readable safetensors",)),
+    "teacher-checkpoint-is-a-pickle": Case(lambda w: ["distill", w.config(
+        "tiny-student-kd", distil=True, teacher={"checkpoint": pickle_checkpoint(w)}), *w.run_args("--force")],
+        ("not a readable safetensors",)),
     "checkpoint-without-respkd-metadata": Case(lambda w: ["eval", w.file("nometa.safetensors", rewrite_metadata(
         w.ckpt, lambda m: None))], ("not a respkd checkpoint",)),
     "checkpoint-metadata-json-broken": Case(lambda w: ["eval", w.file("json.safetensors", rewrite_metadata(
@@ -372,6 +388,7 @@ CASES: dict[str, Case] = {
     "seeds-negative": Case(lambda w: ["train", w.config(), "--seeds", "0,-1", *w.run_args()], ("with seed -1",)),
     "seeds-duplicate": Case(lambda w: ["train", w.config(), "--seeds", "1,1", *w.run_args()], ("repeats",)),
     "seeds-empty": Case(lambda w: ["train", w.config(), "--seeds", ",", *w.run_args()], ("at least one",)),
+    "seeds-huge": Case(lambda w: ["train", w.config(), "--seeds", str(2**64), *w.run_args()], ("'seed'",)),
     "seeds-fractional": Case(lambda w: ["train", w.config(), "--seeds", "1.5", *w.run_args()], ("--seeds",)),
     "run-directory-is-a-file": Case(lambda w: ["train", w.config("fresh-run"), "--runs-root",
                                                str(Path(w.file("runs2/fresh-run", "x")).parent)], ("not a folder",)),
@@ -407,6 +424,8 @@ CASES: dict[str, Case] = {
                                  ("not valid JSON",)),
     "table-summary-not-a-run": Case(lambda w: ["table", str(Path(w.file("r/summary.json", "[1, 2]")).parent)],
                                     ("summary.json",)),
+    "table-summary-without-metrics": Case(lambda w: ["table", "--json", str(Path(w.file("r/summary.json", json.dumps(
+        {"name": "r", "params": 1, "macs": 1, "config": {}, "metrics": {"top1": 9.0}}))).parent)], ("metrics.top5",)),
     "reproduce-plan-yaml-error": Case(lambda w: ["reproduce", w.file("plan.yaml", "title: [x\n")],
                                       ("invalid YAML",)),
     "reproduce-plan-duplicate-key": Case(lambda w: ["reproduce", w.file("plan.yaml", "title: a\ntitle: b\nstages: []\n")],

@@ -38,6 +38,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 def cmd_train(args: argparse.Namespace, distil: bool) -> int:
     from respkd.config import load_config, parse_list, with_seed
     from respkd.experiment import run, run_many
+    from respkd.seeds import report_seeds
 
     cfg = load_config(args.config, args.overrides)
     if distil and not cfg.distills:
@@ -50,7 +51,9 @@ def cmd_train(args: argparse.Namespace, distil: bool) -> int:
     # One independent run per seed, named <name>-seed<k>: the members of a seed ensemble. Finished members are
     # skipped, so the command resumes; `--seeds 3` alone trains one member (array jobs, separate processes).
     seeds = parse_list(args.seeds, "--seeds")
-    run_many([with_seed(cfg, k) for k in seeds], args.runs_root, force=args.force)
+    configs = [with_seed(cfg, k) for k in seeds]
+    summaries = run_many(configs, args.runs_root, force=args.force)
+    report_seeds(cfg.name, Path(args.runs_root), [Path(args.runs_root) / c.name for c in configs], summaries)
     return 0
 
 
@@ -116,9 +119,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    from respkd.report import results_table
+    from respkd.report import results_json, results_table
 
-    print(results_table([Path(d) for d in args.runs], link_root=Path(args.link_root) if args.link_root else None))
+    runs = [Path(d) for d in args.runs]
+    if args.json:
+        print(json.dumps(results_json(runs, per_run=args.per_run)))
+    else:
+        print(results_table(runs, link_root=Path(args.link_root) if args.link_root else None,
+                            group_seeds=not args.per_run))
     return 0
 
 
@@ -254,9 +262,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden", action="append", default=[], metavar="W,W,...",
                    help="a model.hidden to sweep, e.g. 300,300 (repeatable; default: the config's)")
     p.set_defaults(func=cmd_sweep)
-    p = sub.add_parser("table", help="print the results table (markdown) of finished runs")
+    p = sub.add_parser("table", help="print the results table (markdown) of finished runs; runs that differ only "
+                                     "by seed share one row: mean ± sample std (n=K)")
     p.add_argument("runs", nargs="+", help="run directories")
     p.add_argument("--link-root", help="write Config/Download links relative to this folder")
+    p.add_argument("--per-run", action="store_true", help="one row per run, seeds not grouped")
+    p.add_argument("--json", action="store_true",
+                   help="print the numbers as JSON: per row n, seeds, mean and std of top1/top5/errors, per-run values")
     p.set_defaults(func=cmd_table)
     p = sub.add_parser("reproduce", help="run a plan of experiments in order, skipping finished ones, then tabulate")
     p.add_argument("plan", help="a plan YAML, or the name of one under configs/plans/ (e.g. mnist_table)")
