@@ -341,3 +341,29 @@ def test_shipped_specialists_configs_and_plan_validate(tmp_path):
     jobs = resolve(load_plan("specialists_fashion"), [], tmp_path / "runs")
     assert [j.needs for j in jobs[1:]] == [[f"{gen.name}-seed{k}"] for k in range(3)]
     assert not (tmp_path / "runs").exists()
+
+
+def test_control_table_compares_per_run_and_gives_the_one_sd_verdict(tmp_path, capsys):
+    """`specialists table --control`: per-run differences and the verdict, against hand-computed numbers."""
+    folders, controls = [], []
+    for k, (gen, comb, ctrl) in enumerate([(90.0, 90.5, 90.1), (90.2, 90.9, 90.3), (90.4, 91.0, 90.5)]):
+        folder = tmp_path / f"spec-seed{k}"
+        folder.mkdir()
+        part = {"n": 100, "generalist_correct": 0, "combined_correct": 0, "generalist_top1": gen, "combined_top1": comb}
+        (folder / "eval.json").write_text(json.dumps({
+            "overall": part, "covered": part, "active": part, "subsets": [[0, 1]], "by_covering": [],
+            "dataset": "mnist", "rule": "correlation", "subset_names": [["0", "1"]], "combine": {"top_n": 1},
+            "compute": {"generalist_epochs_equivalent": 8.0}}))
+        run = tmp_path / f"control-seed{k}"
+        run.mkdir()
+        (run / "summary.json").write_text(json.dumps({"metrics": {"top1": ctrl}, "epochs": 11}))
+        folders.append(str(folder))
+        controls.append(str(run))
+    assert main(["specialists", "table", *folders, "--control", *controls]) == 0
+    out = capsys.readouterr().out
+    # differences +0.40, +0.60, +0.50: mean +0.50 > max(sd 0.26 of 90.5/90.9/91.0, sd 0.20 of 90.1/90.3/90.5)
+    assert "| specialists minus control | 0.50 ± 0.10 | +0.40, +0.60, +0.50 |" in out
+    assert "are above the control by more than one standard deviation" in out and "standard deviation 0.26)" in out
+    assert "The control trained 11 more epochs" in out
+    assert main(["specialists", "table", *folders, "--control", *controls[:2]]) == 2
+    assert "2 control run(s) for 3 specialists run(s)" in capsys.readouterr().err

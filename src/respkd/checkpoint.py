@@ -4,14 +4,22 @@ A checkpoint is one ``.safetensors`` file. Its header's ``__metadata__`` holds o
 JSON object: the model spec needed to rebuild the network (``model``, ``num_classes``, ``in_shape``), the run's
 config, metrics, the dataset checksum, library versions, and ``weights_sha256``, the SHA-256 of the tensors, which
 :func:`load_checkpoint` verifies, so a file damaged in the middle of its data is refused, not silently used.
+
+Weights from elsewhere (a plain safetensors file, a torchvision/timm ``.pth`` state dict) are read by
+:func:`load_weights`, which never unpickles more than tensors and plain containers.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
+import pickle
+import re
 import tempfile
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -107,3 +115,113 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
 
 def _first_line(err: BaseException) -> str:
     return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+# ---------------------------------------------------------------- weights from anywhere: respkd, safetensors, torch
+
+TORCH_SUFFIXES = (".pth", ".pt", ".bin")  # torch.save files: torchvision/timm state dicts, HF pytorch_model.bin
+# Where training scripts keep the state dict inside a saved dict: timm's train.py ("state_dict"), many scripts
+# ("model_state_dict"), torchvision's reference scripts ("model"). The first one holding tensors wins.
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
+# Key prefixes added by wrappers that are not part of the model: DDP / DataParallel ("module.") and torch.compile
+# ("_orig_mod."). Removed only when every key carries them.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+@dataclass
+class Weights:
+    """A state dict read by :func:`load_weights`, with where it came from.
+
+    ``kind`` is ``respkd`` (a respkd checkpoint: ``meta`` holds its metadata), ``safetensors`` or ``torch``;
+    ``notes`` says what was done to reach a plain state dict (which wrapper entry was taken, which prefix removed);
+    ``sha256`` is :func:`tensors_digest` of ``state``, the weights' identity (e.g. in a teacher cache's key).
+    """
+
+    path: Path
+    kind: str
+    state: dict[str, torch.Tensor]
+    sha256: str
+    notes: list[str]
+    meta: dict[str, Any] | None = None
+
+
+def load_weights(path: str | Path) -> Weights:
+    """Read a state dict from a respkd checkpoint, a plain ``.safetensors`` file or a ``torch.save`` file.
+
+    Nothing is unpickled beyond tensors and plain containers: ``.pth``/``.pt``/``.bin`` files go through
+    ``torch.load(weights_only=True)`` (which also allows ``argparse.Namespace``, as torchvision's reference scripts
+    store their arguments beside the weights). A file that would need anything else (a whole pickled model, a
+    ``__reduce__`` payload) is refused with a one-line :class:`RespkdError` before any of it runs. A saved dict that
+    wraps the state dict (``{"state_dict": ...}``, ``{"model": ...}``) is unwrapped, and a ``module.`` (DDP) or
+    ``_orig_mod.`` (torch.compile) prefix on every key is removed; ``notes`` records both.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise RespkdError(f"weights file {path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        try:
+            with safe_open(str(path), "pt") as f:
+                is_respkd = "respkd" in (f.metadata() or {})
+        except (SafetensorError, OSError) as err:
+            raise RespkdError(f"{path}: not a readable safetensors file ({_first_line(err)})") from None
+        if is_respkd:
+            state, meta = load_checkpoint(path)
+            return Weights(path, "respkd", state, meta["weights_sha256"], [], meta)
+        try:
+            with safe_open(str(path), "pt") as f:
+                raw = {k: f.get_tensor(k) for k in f.keys()}
+        except (SafetensorError, OSError, RuntimeError) as err:
+            raise RespkdError(f"{path}: corrupt or truncated safetensors file ({_first_line(err)})") from None
+        kind = "safetensors"
+    elif suffix in TORCH_SUFFIXES:
+        raw, kind = _torch_load_safely(path), "torch"
+    else:
+        raise RespkdError(f"{path}: unknown weights format '{suffix}' (use .safetensors, or a torch.save state dict "
+                          f"as {', '.join(TORCH_SUFFIXES)})")
+    state, notes = _plain_state_dict(raw, path)
+    return Weights(path, kind, state, tensors_digest(state), notes)
+
+
+def _torch_load_safely(path: Path) -> Any:
+    try:
+        with warnings.catch_warnings(), torch.serialization.safe_globals([argparse.Namespace]):
+            warnings.filterwarnings("ignore", message=".*pickle protocol.*")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        if found is None:  # no object refused: the bytes are not a torch.save file at all ("Unsupported operand")
+            detail = re.search(r"WeightsUnpickler error:\s*(.+)", str(err))
+            raise RespkdError(f"{path}: not a readable torch.save file "
+                              f"({detail.group(1).strip() if detail else _first_line(err)})") from None
+        raise RespkdError(
+            f"{path}: refused: it holds pickled Python objects ({found.group(1)}) beyond tensors and plain "
+            "containers, and reading them could run code; save model.state_dict() instead, or convert to safetensors"
+        ) from None
+    except Exception as err:  # noqa: BLE001 - a damaged file can make torch.load raise almost anything
+        raise RespkdError(f"{path}: not a readable torch.save file ({type(err).__name__}: {_first_line(err)})") from None
+
+
+def _plain_state_dict(raw: Any, path: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """``raw`` itself if it maps names to tensors, else its first wrapper entry that does; prefixes stripped."""
+    notes = []
+    if isinstance(raw, dict) and not _is_state_dict(raw):
+        key = next((k for k in WRAPPER_KEYS if _is_state_dict(raw.get(k))), None)
+        if key is None:
+            shown = ", ".join(map(repr, list(raw)[:6])) if raw else "none"
+            raise RespkdError(f"{path}: no state dict found (a mapping of names to tensors, directly or under "
+                              f"{' / '.join(map(repr, WRAPPER_KEYS))}; top-level keys: {shown})")
+        raw = raw[key]
+        notes.append(f"took the state dict under '{key}'")
+    if not _is_state_dict(raw):
+        raise RespkdError(f"{path}: holds a {type(raw).__name__}, not a state dict (a mapping of names to tensors)")
+    state = dict(raw)
+    while prefix := next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in state)), None):
+        state = {k[len(prefix):]: v for k, v in state.items()}
+        notes.append(f"removed the '{prefix}' prefix of every key")
+    return state, notes
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return (isinstance(obj, dict) and bool(obj) and all(isinstance(k, str) for k in obj)
+            and all(isinstance(v, torch.Tensor) for v in obj.values()))

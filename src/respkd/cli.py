@@ -1,4 +1,4 @@
-"""The ``respkd`` command: train, distil, evaluate, adjust biases, sweep temperatures, tabulate, reproduce, specialists.
+"""The ``respkd`` command: train, distil, evaluate, export, adjust biases, sweep, tabulate, reproduce, specialists.
 
 Every user error (config, data, checkpoint, command line) ends as one line on stderr and exit status 2;
 nothing is written before the input has been checked.
@@ -118,6 +118,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from respkd.weights import export_student
+
+    r = export_student(args.source, args.out, args.format, force=args.force, runs_root=args.runs_root)
+    print(f"wrote {r['out']} ({r['format']}, {r['tensors']} tensors: the student's state dict alone)")
+    print(f"  loads with: {r['constructor']}.load_state_dict(...)")
+    if r["note"]:
+        print(f"  note: {r['note']}")
+    norm = r["normalization"] or {}
+    print(f"  inputs: {'x'.join(map(str, r['in_shape']))}, (pixels / 255 - {norm.get('mean')}) / {norm.get('std')}")
+    return 0
+
+
 def cmd_table(args: argparse.Namespace) -> int:
     from respkd.report import results_json, results_table
 
@@ -176,9 +189,13 @@ def cmd_specialists_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_specialists_table(args: argparse.Namespace) -> int:
-    from respkd.specialists.evaluate import markdown_section, read_eval
+    from respkd.report import read_summary
+    from respkd.specialists.evaluate import control_section, markdown_section, read_eval
 
-    print(markdown_section([read_eval(Path(d)) for d in args.folders]))
+    results = [read_eval(Path(d)) for d in args.folders]
+    print(markdown_section(results))
+    if args.control:
+        print("\n" + control_section(results, [read_summary(Path(d)) for d in args.control]))
     return 0
 
 
@@ -209,6 +226,8 @@ def _add_specialists_parser(sub) -> None:
     p.set_defaults(func=cmd_specialists_eval)
     p = ss.add_parser("table", help="markdown tables from finished evaluations (several: mean ± std over runs)")
     p.add_argument("folders", nargs="+", help="specialists folders holding eval.json (e.g. one per seed)")
+    p.add_argument("--control", nargs="+", metavar="RUN",
+                   help="compute-matched control runs (the generalist trained further), one per folder, same order")
     p.set_defaults(func=cmd_specialists_table)
 
 
@@ -231,6 +250,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-path", help="read the test set from this folder instead of the checkpoint's source")
     p.add_argument("--data-root", help="cache folder (default: the checkpoint config's data.root)")
     p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("export", help="write a run's student as a plain state dict for its torchvision/timm constructor")
+    p.add_argument("source", help="a checkpoint, a run directory, or a run's name under --runs-root")
+    p.add_argument("out", help="the file to write (never the input; an existing file only with --force)")
+    p.add_argument("--format", choices=["safetensors", "pth"],
+                   help="safetensors, or pth (torch.save of the state dict); default: from OUT's suffix")
+    p.add_argument("--runs-root", default="runs", help="where run names are looked up (default: runs)")
+    p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    p.set_defaults(func=cmd_export)
     p = sub.add_parser("eval-ensemble", help="test accuracy of an ensemble, of each member, and of a distilled net")
     p.add_argument("checkpoints", nargs="+", help="the members' checkpoints (two or more)")
     p.add_argument("--rule", choices=["mean_probs", "mean_logits"], default="mean_probs",

@@ -105,25 +105,63 @@ class ModelConfig(BaseModel):
 COMBINE_RULES = ("mean_probs", "mean_logits")
 
 
+class TeacherInputConfig(Section):
+    """The inputs a teacher expects when they differ from the student's batches (see :mod:`respkd.adapter`).
+
+    ``mean``/``std``: the teacher's per-channel normalisation of ``pixels / 255`` (three values for an RGB teacher
+    of a grey student: the grey channel is repeated); ``size``: its input resolution, one number for a square or
+    ``[height, width]``. What is left out stays as the student's.
+    """
+
+    mean: list[float] | None = Field(None, min_length=1)
+    std: list[float] | None = Field(None, min_length=1)
+    size: int | list[int] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TeacherInputConfig":
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("give 'mean' and 'std' together")
+        if self.mean is not None and len(self.mean) != len(self.std):
+            raise ValueError(f"'mean' has {len(self.mean)} values but 'std' has {len(self.std)}")
+        if self.std is not None and any(s <= 0 for s in self.std):
+            raise ValueError("'std' values must be > 0")
+        sizes = [self.size] if isinstance(self.size, int) else self.size or []
+        if isinstance(self.size, list) and len(self.size) != 2:
+            raise ValueError("'size' is one number or [height, width]")
+        if any(v < 1 for v in sizes):
+            raise ValueError("'size' must be at least 1")
+        return self
+
+
 class TeacherConfig(Section):
-    """The teacher: a checkpoint file or an earlier run's name, or an ensemble of several (``checkpoints`` / ``runs``).
+    """The teacher: a checkpoint file or an earlier run's name, or an ensemble of several (``checkpoints`` / ``runs``),
+    or weights from elsewhere: ``model`` (an architecture, as the student's ``model``) plus ``weights`` (a state dict
+    file: safetensors, or a torchvision/timm ``.pth``; see :func:`respkd.checkpoint.load_weights`).
 
     An ensemble's members are combined by ``combine`` (see :mod:`respkd.ensemble`): ``mean_probs`` (default, the
     paper's rule) averages the members' probabilities at the distillation temperature, ``mean_logits`` takes their
-    geometric mean.
+    geometric mean. ``input`` converts the student's batches into what the teacher expects (another normalisation
+    or resolution, grey to RGB; see :mod:`respkd.adapter`).
     """
 
     checkpoint: str | None = None
     run: str | None = None
     checkpoints: list[str] | None = Field(None, min_length=2)
     runs: list[str] | None = Field(None, min_length=2)
+    weights: str | None = None
+    model: ModelConfig | None = None
     combine: Literal["mean_probs", "mean_logits"] | None = None
+    input: TeacherInputConfig | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> "TeacherConfig":
-        given = [k for k in ("checkpoint", "run", "checkpoints", "runs") if getattr(self, k) is not None]
+        given = [k for k in ("checkpoint", "run", "checkpoints", "runs", "weights") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError("give exactly one of 'checkpoint' or 'run' (one teacher), 'checkpoints' or 'runs' (an ensemble)")
+            raise ValueError("give exactly one of 'checkpoint' or 'run' (one teacher), 'checkpoints' or 'runs' (an "
+                             "ensemble), or 'weights' with 'model' (a state dict for an architecture)")
+        if (self.weights is None) != (self.model is None):
+            raise ValueError("'weights' and 'model' go together: 'model' names the architecture of the 'weights' file "
+                             "(a respkd checkpoint or run already records its own)")
         members = self.checkpoints or self.runs
         if members is None and self.combine is not None:
             raise ValueError("'combine' is for an ensemble ('runs' or 'checkpoints'), not one teacher")
@@ -182,6 +220,22 @@ class TrainConfig(Section):
     channels_last: bool = False
 
 
+class InitConfig(Section):
+    """Start the student from existing weights (fine-tuning, or training on): an earlier ``run``'s model or a
+    ``checkpoint`` file (respkd, safetensors or a ``.pth`` state dict). With ``strict`` every key must fit the
+    student exactly; without, what fits is loaded and the rest is logged and recorded in ``summary.json``."""
+
+    run: str | None = None
+    checkpoint: str | None = None
+    strict: bool = True
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "InitConfig":
+        if (self.run is None) == (self.checkpoint is None):
+            raise ValueError("give exactly one of 'run' or 'checkpoint'")
+        return self
+
+
 class RunConfig(Section):
     name: str = Field(..., pattern=NAME_PATTERN)
     seed: Seed = 0
@@ -189,6 +243,7 @@ class RunConfig(Section):
     threads: int | None = Field(None, ge=1, le=4096)  # the bound keeps torch.set_num_threads from overflowing
     data: DataConfig = DataConfig()
     model: ModelConfig
+    init: InitConfig | None = None
     teacher: TeacherConfig | None = None
     kd: KDConfig | None = None
     train: TrainConfig

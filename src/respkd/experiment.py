@@ -29,6 +29,7 @@ from torch import nn
 
 from respkd import __version__
 from respkd.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from respkd.adapter import AdaptedTeacher, build_adapter
 from respkd.config import RunConfig, config_to_dict, validate_config
 from respkd.data.datasets import Splits, input_normalization, load_dataset
 from respkd.data.loader import BatchLoader
@@ -39,6 +40,7 @@ from respkd.ensemble import load_ensemble
 from respkd.errors import RespkdError
 from respkd.models import build_model, count_macs, count_parameters
 from respkd.teacher_cache import TeacherCache, build_cache, cache_spec, find_cache, selection_digest
+from respkd.weights import describe_fit, init_student, load_external_teacher
 
 CHECKPOINT_NAME = "model.safetensors"
 SUMMARY_NAME = "summary.json"
@@ -126,6 +128,8 @@ class Prepared:
     student: nn.Module
     task: nn.Module
     teacher_meta: dict[str, Any] | None
+    init: dict[str, Any] | None = None  # what `init` loaded into the student (respkd.weights.fit_weights)
+    teacher_input: dict[str, Any] | None = None  # the teacher input adapter's settings (respkd.adapter)
 
 
 def select(data: Splits, cfg: RunConfig) -> Splits:
@@ -154,6 +158,8 @@ def teacher_paths(cfg: RunConfig, runs_root: Path) -> list[Path]:
         return [runs_root / t.run / CHECKPOINT_NAME]
     if t.runs is not None:
         return [runs_root / r / CHECKPOINT_NAME for r in t.runs]
+    if t.weights is not None:
+        return [Path(t.weights)]
     return [Path(c) for c in (t.checkpoints or [t.checkpoint])]
 
 
@@ -205,13 +211,26 @@ def prepare(cfg: RunConfig, runs_root: Path, force: bool = False) -> Prepared:
     data = select(load_dataset(cfg.data.dataset, cfg.data.root, cfg.data.path, cfg.data.source), cfg)
     seed_everything(cfg.seed)
     student = build_model(cfg.model.name, data.num_classes, data.info.image_shape, **cfg.model.options()).to(device)
+    init = None
+    if cfg.init is not None:
+        source = runs_root / cfg.init.run / CHECKPOINT_NAME if cfg.init.run is not None else Path(cfg.init.checkpoint)
+        init = init_student(student, source, cfg.init.strict)
     if cfg.train.channels_last:
         student = student.to(memory_format=torch.channels_last)
-    teacher_meta = None
+    teacher_meta, teacher_input = None, None
     if cfg.distills:
+        student_mean, student_std = input_normalization(data.info, cfg.data.normalize)
+        # The teacher's inputs: the student's batches, or what the adapter makes of them (teacher.input).
+        adapter = None if cfg.teacher.input is None else build_adapter(cfg.teacher.input, student_mean, student_std)
+        in_shape = data.info.image_shape if adapter is None else adapter.out_shape(data.info.image_shape)
+        norm = {"mean": list(student_mean), "std": list(student_std)} if adapter is None else {
+            "mean": adapter.teacher_mean, "std": adapter.teacher_std}
         if cfg.teacher.is_ensemble:
             teacher, teacher_meta = load_ensemble(teacher_paths(cfg, runs_root), cfg.teacher.rule,
                                                   cfg.kd.temperature, device)
+        elif cfg.teacher.weights is not None:
+            teacher, teacher_meta = load_external_teacher(cfg.teacher.model, Path(cfg.teacher.weights),
+                                                          data.num_classes, in_shape, norm, device)
         else:
             teacher, teacher_meta = load_model(teacher_path(cfg, runs_root), device)
         if teacher_meta["num_classes"] != data.num_classes:
@@ -219,23 +238,28 @@ def prepare(cfg: RunConfig, runs_root: Path, force: bool = False) -> Prepared:
                 f"teacher has {teacher_meta['num_classes']} classes but the student's dataset "
                 f"({cfg.data.dataset}) has {data.num_classes}"
             )
-        if tuple(teacher_meta["in_shape"]) != data.info.image_shape:
-            raise RespkdError(f"teacher expects inputs of shape {teacher_meta['in_shape']}, the data are {data.info.image_shape}")
-        student_norm = dict(zip(("mean", "std"), map(list, input_normalization(data.info, cfg.data.normalize))))
-        if teacher_meta.get("normalization") != student_norm:
-            raise RespkdError(
-                f"teacher was trained on inputs normalised as {teacher_meta.get('normalization')}, the student's are "
-                f"{student_norm}: set data.normalize to match the teacher's run"
-            )
+        given = "the student's are" if adapter is None else "teacher.input gives"
+        fix = "" if adapter is not None else "; set teacher.input to convert the student's batches for the teacher"
+        if tuple(teacher_meta["in_shape"]) != in_shape:
+            raise RespkdError(f"teacher expects inputs of shape {teacher_meta['in_shape']}, {given} {in_shape}{fix}")
+        if teacher_meta.get("normalization") != norm:
+            fix = fix and "; set data.normalize to match the teacher's run, or teacher.input to convert the batches"
+            raise RespkdError(f"teacher was trained on inputs normalised as {teacher_meta.get('normalization')}, "
+                              f"{given} {norm}{fix}")
         if cfg.train.channels_last:
             teacher = teacher.to(memory_format=torch.channels_last)
         kd = cfg.kd
+        teacher_response = kd.teacher_response
+        if adapter is not None:
+            teacher = AdaptedTeacher(adapter.to(device), teacher)
+            teacher_input = adapter.spec()
+            teacher_response = None if teacher_response is None else f"model.{teacher_response}"
         task: nn.Module = Distiller(student, teacher, kd.temperature, kd.soft_weight, kd.hard_weight,
-                                    kd.student_response, kd.teacher_response)
+                                    kd.student_response, teacher_response)
         task.check_response_shapes(data.info.image_shape, device)
     else:
         task = Supervised(student)
-    return Prepared(cfg, out_dir, device, data, student, task, teacher_meta)
+    return Prepared(cfg, out_dir, device, data, student, task, teacher_meta, init, teacher_input)
 
 
 def teacher_cache_spec(p: Prepared, loader: BatchLoader, bf16: bool) -> dict[str, Any]:
@@ -252,6 +276,8 @@ def teacher_cache_spec(p: Prepared, loader: BatchLoader, bf16: bool) -> dict[str
         n_train=len(p.data.train_images), mean=loader_mean, std=loader_std, loader=loader, teacher_bf16=bf16,
         topk=kd.cache_topk, temperature=kd.temperature,
         train_selection_sha256=None if p.data.train_index is None else selection_digest(p.data.train_index),
+        teacher_input=p.teacher_input,
+        teacher_model=p.teacher_meta["model"] if p.cfg.teacher.weights is not None else None,
     )
 
 
@@ -310,7 +336,8 @@ def run(cfg: RunConfig, runs_root: str | Path = "runs", force: bool = False, qui
         what = (f"distil from an ensemble of {len(teacher_paths(cfg, runs_root))} ({cfg.teacher.rule}) "
                 f"at T={cfg.kd.temperature}")
     elif cfg.distills:
-        what = f"distil from {teacher_path(cfg, runs_root)} at T={cfg.kd.temperature}"
+        what = (f"distil from {cfg.teacher.model.name + ' weights ' if cfg.teacher.weights else ''}"
+                f"{teacher_path(cfg, runs_root)} at T={cfg.kd.temperature}")
     else:
         what = "train with hard labels"
     log(f"[{cfg.name}] {what}: {cfg.model.name} ({params / 1e6:.2f}M params, {macs / 1e6:.2f}M MACs), "
@@ -318,6 +345,12 @@ def run(cfg: RunConfig, runs_root: str | Path = "runs", force: bool = False, qui
         f"{f' / {len(data.val_labels)} validation' if len(data.val_labels) else ''} / "
         f"{len(data.test_images)} test examples of {cfg.data.dataset}, "
         f"{tc.epochs} epochs, {'bf16' if bf16 else 'fp32'} on {p.device} ({torch.get_num_threads()} threads)")
+    if p.init is not None:
+        log(f"student initialised with {describe_fit(p.init)}")
+    if cfg.distills and p.teacher_meta.get("notes"):
+        log(f"teacher weights: {'; '.join(p.teacher_meta['notes'])}")
+    if p.teacher_input is not None:
+        log(f"teacher input adapter: {p.task.teacher.adapter.extra_repr()}")
 
     cache_info: dict[str, Any] | None = {"used": False} if cfg.distills else None
     cached_teacher = None
@@ -368,6 +401,7 @@ def run(cfg: RunConfig, runs_root: str | Path = "runs", force: bool = False, qui
         "teacher": describe_teacher(cfg, runs_root) if cfg.distills else None,
         "teacher_combine": cfg.teacher.rule if cfg.distills else None,
         "teacher_cache": cache_info,
+        "teacher_input": p.teacher_input, "init": p.init,
         "config": config_to_dict(cfg), "environment": env,
     }
     meta = {

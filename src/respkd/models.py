@@ -2,7 +2,8 @@
 
 ``build_model("mlp", num_classes=10, in_shape=(1, 28, 28), hidden=[1200, 1200])`` builds our own nets, registered
 with :func:`register_model`; ``"torchvision.resnet18"`` and ``"timm.resnet18"`` build those libraries' models
-(random init: no pretrained weights are downloaded; load local weights through a checkpoint instead).
+(random init: no pretrained weights are downloaded; local weights go in through a config's ``init`` or
+``teacher.weights``, see :mod:`respkd.weights`).
 """
 
 from __future__ import annotations

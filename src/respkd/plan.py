@@ -259,11 +259,11 @@ class Job:
         return RUN_MEASURES
 
 
-def teacher_runs(cfg: RunConfig) -> list[str]:
-    t = cfg.teacher
-    if t is None:
-        return []
-    return [t.run] if t.run is not None else list(t.runs or [])
+def needed_runs(cfg: RunConfig) -> list[str]:
+    """The earlier runs a config reads: its teacher(s) and the run its student starts from (``init.run``)."""
+    t, init = cfg.teacher, cfg.init
+    teachers = [] if t is None else [t.run] if t.run is not None else list(t.runs or [])
+    return teachers + ([init.run] if init is not None and init.run is not None else [])
 
 
 def resolve(plan: Plan, overrides: list[str], root: Path) -> list[Job]:
@@ -282,7 +282,7 @@ def resolve(plan: Plan, overrides: list[str], root: Path) -> list[Job]:
         job.outputs = [c.name for c in job.configs]
         if isinstance(stage, SweepStage):
             job.outputs.append(sweep_folder(Path(), job.sweep_base).name)
-        job.needs = sorted({r for c in job.configs for r in teacher_runs(c)})
+        job.needs = sorted({r for c in job.configs for r in needed_runs(c)})
         if isinstance(stage, BiasStage):
             job.outputs, job.needs = [stage.out_name], [stage.run]
         elif isinstance(stage, EnsembleEvalStage):

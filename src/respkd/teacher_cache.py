@@ -89,6 +89,8 @@ def cache_spec(
     topk: int | None = None,
     temperature: float | None = None,
     train_selection_sha256: str | None = None,
+    teacher_input: dict[str, Any] | None = None,
+    teacher_model: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Everything that determines a cache's contents, as a JSON-ready dict (hashed by :func:`cache_key`).
 
@@ -97,7 +99,10 @@ def cache_spec(
     ``teacher_weights_sha256`` is one checkpoint's, or for an ensemble :func:`respkd.ensemble.ensemble_digest`.
     ``train_selection_sha256`` (:func:`selection_digest`) pins which training examples form the transfer set when a
     validation hold-out or a transfer filter picked them; it is left out of the spec when None, so caches of
-    unfiltered runs keep the keys they had before transfer sets existed.
+    unfiltered runs keep the keys they had before transfer sets existed. Likewise ``teacher_input`` (the settings of
+    a teacher input adapter, :meth:`respkd.adapter.TeacherInputAdapter.spec`: it changes what the teacher sees) and
+    ``teacher_model`` (the architecture of a teacher given as ``model`` + ``weights``, whose state dict alone does not
+    pin it) enter the spec only when given.
     """
     jitter = int(loader.jitter)
     if jitter and not loader.jitter_views:
@@ -125,6 +130,8 @@ def cache_spec(
         "topk": topk,
         "temperature": float(temperature) if topk is not None else None,
         **({"train_selection_sha256": train_selection_sha256} if train_selection_sha256 is not None else {}),
+        **({"teacher_input": teacher_input} if teacher_input is not None else {}),
+        **({"teacher_model": teacher_model} if teacher_model is not None else {}),
     }
 
 

@@ -181,6 +181,39 @@ def markdown_section(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def control_section(results: list[dict[str, Any]], controls: list[dict[str, Any]]) -> str:
+    """Generalist + specialists against a compute-matched control, one control run per specialists run (same order,
+    e.g. the same seeds): the generalist trained further, from its own weights, for about the specialists' compute.
+
+    The verdict asks whether the combination beats the control by more than one standard deviation of the seeds (the
+    larger of the two rows' sample standard deviations): a gain smaller than that is not told apart from noise.
+    """
+    if len(controls) != len(results):
+        raise RespkdError(f"{len(controls)} control run(s) for {len(results)} specialists run(s): give one control per "
+                          "specialists folder, in the same order")
+    combined = [r["overall"]["combined_top1"] for r in results]
+    control = [c["metrics"]["top1"] for c in controls]
+    diffs = [a - b for a, b in zip(combined, control)]
+    lines = ["| model | test top-1 (%) | per run |", "|---|---:|---|",
+             f"| generalist | {_mean_std([r['overall']['generalist_top1'] for r in results])} | "
+             + ", ".join(f"{r['overall']['generalist_top1']:.2f}" for r in results) + " |",
+             f"| generalist + specialists | {_mean_std(combined)} | " + ", ".join(f"{v:.2f}" for v in combined) + " |",
+             f"| compute-matched control | {_mean_std(control)} | " + ", ".join(f"{v:.2f}" for v in control) + " |",
+             f"| specialists minus control | {_mean_std(diffs)} | " + ", ".join(f"{v:+.2f}" for v in diffs) + " |"]
+    gap = statistics.mean(diffs)
+    if len(results) > 1:
+        sd = max(statistics.stdev(combined), statistics.stdev(control))
+        verdict = "above" if gap > sd else "not above"
+        lines += ["", f"Generalist + specialists are {verdict} the control by more than one standard deviation of the "
+                      f"seeds (mean difference {gap:+.2f} points, standard deviation {sd:.2f})."]
+    epochs = [c.get("epochs") for c in controls]
+    spent = [r["compute"]["generalist_epochs_equivalent"] for r in results]
+    lines += ["", f"The control trained {'/'.join(str(e) for e in sorted(set(epochs)))} more epochs; the specialists "
+                  f"processed {_mean_std(spent)} epochs' worth of examples (plus a generalist forward pass per example "
+                  "when they learn from its soft targets)."]
+    return "\n".join(lines)
+
+
 def read_eval(folder: Path) -> dict[str, Any]:
     value = read_json(Path(folder) / EVAL_NAME)
     if value is None:

@@ -1,0 +1,168 @@
+"""Weights in and out: a student started from existing weights, a teacher built from a state dict file, and a
+trained student exported as a plain state dict for the library constructor it came from.
+
+Reading goes through :func:`respkd.checkpoint.load_weights` (respkd checkpoints, safetensors, ``.pth`` state dicts
+read with ``torch.load(weights_only=True)``); loading into a model through :func:`fit_weights`, which either
+demands an exact fit (every key, every shape) or loads what fits and says what it skipped.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from respkd.checkpoint import Weights, atomic_save_safetensors, atomic_write, load_checkpoint, load_weights
+from respkd.config import ModelConfig
+from respkd.errors import RespkdError
+from respkd.models import build_model
+
+EXPORT_FORMATS = ("safetensors", "pth")
+
+
+def _few(keys: list[str], n: int = 3) -> str:
+    return ", ".join(keys[:n]) + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
+
+
+def fit_weights(model: nn.Module, weights: Weights, strict: bool, what: str) -> dict[str, Any]:
+    """Load ``weights`` into ``model``; returns what was loaded and skipped (for logs and summary.json).
+
+    ``strict``: every key of the model must be in the file with the same shape and the file must hold nothing else,
+    otherwise a one-line :class:`RespkdError` names a few offending keys. Not strict: the tensors whose name and
+    shape match are loaded, the rest listed under ``missing`` (in the model, not in the file), ``unexpected`` (in
+    the file only) and ``shape_mismatch``; loading nothing at all is still an error.
+    """
+    own, given = model.state_dict(), weights.state
+    missing = [k for k in own if k not in given]
+    unexpected = [k for k in given if k not in own]
+    mismatch = [k for k in own if k in given and tuple(given[k].shape) != tuple(own[k].shape)]
+    problems = ([f"missing {_few(missing)}"] if missing else []) + (
+        [f"unexpected {_few(unexpected)}"] if unexpected else []) + (
+        [f"shape mismatch {_few([f'{k} {list(given[k].shape)} vs {list(own[k].shape)}' for k in mismatch])}"]
+        if mismatch else [])
+    fitting = {k: given[k] for k in own if k in given and k not in mismatch}
+    if problems and (strict or not fitting):
+        hint = "; with strict: false what fits is loaded" if strict else "; nothing fits"
+        raise RespkdError(f"{weights.path} does not fit {what}: {'; '.join(problems)}{hint}")
+    try:
+        model.load_state_dict(fitting, strict=not problems)
+    except RuntimeError as err:
+        raise RespkdError(f"{weights.path} does not fit {what} ({str(err).strip().splitlines()[0]})") from None
+    return {"source": str(weights.path), "kind": weights.kind, "weights_sha256": weights.sha256, "strict": strict,
+            "loaded": len(fitting), "of": len(own), "notes": weights.notes, "missing": missing,
+            "unexpected": unexpected, "shape_mismatch": mismatch}
+
+
+def describe_fit(info: dict[str, Any]) -> str:
+    """One log line for :func:`fit_weights`'s result."""
+    notes = f" ({'; '.join(info['notes'])})" if info["notes"] else ""
+    line = f"{info['loaded']}/{info['of']} tensors from {info['source']} [{info['kind']}]{notes}"
+    skipped = [f"{len(info[k])} {k.replace('_', ' ')} ({_few(info[k])})"
+               for k in ("missing", "unexpected", "shape_mismatch") if info[k]]
+    return line + (f"; skipped: {'; '.join(skipped)}" if skipped else "")
+
+
+def init_student(student: nn.Module, path: Path, strict: bool) -> dict[str, Any]:
+    """The config's ``init``: start the student from the weights in ``path``."""
+    return fit_weights(student, load_weights(path), strict, "the student")
+
+
+def load_external_teacher(
+    model_cfg: ModelConfig, path: Path, num_classes: int, in_shape: tuple[int, ...], normalization: dict[str, list],
+    device: torch.device | str = "cpu",
+) -> tuple[nn.Module, dict[str, Any]]:
+    """A teacher from ``teacher: {model: ..., weights: PATH}``: the architecture built as a student would be, the
+    state dict loaded strictly. Its metadata looks like a checkpoint's, so the checks and the teacher cache treat it
+    alike; ``normalization`` is what the config says its inputs are (the teacher file cannot say).
+    """
+    weights = load_weights(path)
+    spec = {"name": model_cfg.name, **model_cfg.options()}
+    model = build_model(model_cfg.name, num_classes, in_shape, **model_cfg.options())
+    fit = fit_weights(model, weights, strict=True, what=f"the teacher {model_cfg.name} ({num_classes} classes)")
+    meta = {"model": spec, "num_classes": num_classes, "in_shape": list(in_shape), "normalization": normalization,
+            "weights_sha256": weights.sha256, "weights": str(path), "notes": fit["notes"]}
+    return model.to(device), meta
+
+
+# ---------------------------------------------------------------- export
+
+
+def checkpoint_of(source: str | Path, runs_root: str | Path = "runs") -> Path:
+    """The checkpoint named by ``source``: a checkpoint file, a run directory, or a run's name under ``runs_root``."""
+    from respkd.experiment import CHECKPOINT_NAME  # experiment imports this module
+
+    path = Path(source)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    elif not path.exists() and (Path(runs_root) / str(source)).is_dir():
+        path = Path(runs_root) / str(source) / CHECKPOINT_NAME
+    if not path.is_file():
+        raise RespkdError(f"{source}: no such checkpoint, run directory, or run under {runs_root}/")
+    return path
+
+
+def export_student(
+    source: str | Path, out: str | Path, fmt: str | None = None, force: bool = False, runs_root: str | Path = "runs"
+) -> dict[str, Any]:
+    """Write the student of a respkd run or checkpoint as a plain state dict (nothing but the model's tensors).
+
+    ``fmt`` is ``safetensors`` or ``pth`` (a ``torch.save`` of the state dict); by default taken from ``out``'s
+    suffix (``.pth``/``.pt``: pth, anything else: safetensors). ``out`` is never the input and never overwritten
+    without ``force``. Returns what was written and the constructor call that the state dict loads into.
+    """
+    path = checkpoint_of(source, runs_root)
+    out = Path(out)
+    fmt = fmt or ("pth" if out.suffix.lower() in (".pth", ".pt") else "safetensors")
+    if fmt not in EXPORT_FORMATS:
+        raise RespkdError(f"unknown export format '{fmt}': use {' or '.join(EXPORT_FORMATS)}")
+    if out.exists() and out.resolve() == path.resolve():
+        raise RespkdError(f"{out} is the input checkpoint: export writes a new file")
+    if out.is_dir():
+        raise RespkdError(f"{out} is a directory: give the file to write")
+    if out.exists() and not force:
+        raise RespkdError(f"{out} already exists; pass --force to overwrite it")
+    state, meta = load_checkpoint(path)
+    model = dict(meta["model"])
+    name, options = model.pop("name"), model
+    in_shape, num_classes = tuple(meta["in_shape"]), meta["num_classes"]
+    state = {k: v.detach().cpu().clone().contiguous() for k, v in state.items()}
+    if fmt == "safetensors":
+        # The model's inputs go in the header as strings (safetensors metadata is str -> str); loaders ignore them.
+        info = {"format": "pt", "respkd_model": json.dumps(meta["model"]), "num_classes": str(num_classes),
+                "in_shape": json.dumps(list(in_shape)), "normalization": json.dumps(meta.get("normalization"))}
+        atomic_save_safetensors(state, out, info)
+    else:
+        atomic_write(out, lambda tmp: torch.save(state, tmp))
+    return {"checkpoint": str(path), "out": str(out), "format": fmt, "tensors": len(state),
+            "constructor": constructor_call(name, num_classes, in_shape, options),
+            "note": first_conv_note(name, num_classes, in_shape, options, state),
+            "in_shape": list(in_shape), "normalization": meta.get("normalization")}
+
+
+def constructor_call(name: str, num_classes: int, in_shape: tuple[int, ...], options: dict[str, Any]) -> str:
+    """The plain library call building the architecture an exported state dict loads into."""
+    library, _, arch = name.partition(".")
+    opts = "".join(f", {k}={v!r}" for k, v in options.items())
+    if library == "torchvision" and arch:
+        return f"torchvision.models.{arch}(num_classes={num_classes}{opts})"
+    if library == "timm" and arch:
+        return f"timm.create_model({arch!r}, num_classes={num_classes}, in_chans={in_shape[0]}{opts})"
+    return f"respkd.models.build_model({name!r}, {num_classes}, {tuple(in_shape)}{opts})"
+
+
+def first_conv_note(
+    name: str, num_classes: int, in_shape: tuple[int, ...], options: dict[str, Any], state: dict[str, torch.Tensor]
+) -> str | None:
+    """torchvision models take RGB; respkd gives a grey student a first conv of 1 input channel. Name the tensor
+    that differs from the plain constructor's, found by building that constructor's model and comparing shapes."""
+    if not name.startswith("torchvision.") or in_shape[0] == 3:
+        return None
+    plain = build_model(name, num_classes, (3, *in_shape[1:]), **options).state_dict()
+    differ = [k for k in state if k in plain and plain[k].shape != state[k].shape]
+    if not differ:
+        return None
+    return (f"{', '.join(differ)} takes {in_shape[0]} input channel(s) (respkd adapted the first conv): replace that "
+            f"conv with nn.Conv2d({in_shape[0]}, ...) of the same other settings before load_state_dict")
