@@ -366,6 +366,22 @@ CASES: dict[str, Case] = {
     "teacher-checkpoint-corrupt": Case(lambda w: ["distill", w.config(
         "tiny-student-kd", distil=True, teacher={"checkpoint": w.file("flip.safetensors", flip_weight_byte(w.ckpt))}),
         *w.run_args("--force")], ("checksum",)),
+    "teacher-weights-pickle-pth": Case(lambda w: ["distill", w.config(
+        "tiny-student-kd", distil=True, teacher={"weights": w.file("evil.pth", pickle.dumps({"w": _Booby()})),
+                                                 "model": {"name": "mlp", "hidden": [32]}}), *w.run_args("--force")],
+        ("evil.pth",)),
+    "teacher-weights-without-model": Case(distill(teacher={"weights": "x.safetensors"}),
+                                          ("'weights' and 'model' go together",)),
+    "init-run-and-checkpoint": Case(train(init={"run": "tiny-teacher", "checkpoint": "x.safetensors"}),
+                                    ("exactly one of 'run' or 'checkpoint'",)),
+    "init-weights-do-not-fit": Case(lambda w: ["train", w.config(init={"checkpoint": other_model_checkpoint(w)}),
+                                               *w.run_args("--force")], ("does not fit",)),
+    "export-out-is-input": Case(lambda w: ["export", str(w.ckpt), str(w.ckpt), "--force"], ("input checkpoint",)),
+    "export-out-exists": Case(lambda w: ["export", str(w.ckpt), w.file("out.safetensors", "keep me")],
+                              ("already exists",)),
+    "export-unknown-run": Case(lambda w: ["export", "no-such-run", "out.pth", *w.run_args()], ("no-such-run",)),
+    "export-unknown-format": Case(lambda w: ["export", str(w.ckpt), "out.onnx", "--format", "onnx"],
+                                  ("invalid choice", "onnx"), usage=True),
     # ---- command lines
     "no-arguments": Case(lambda w: [], ("required",), usage=True, subprocess=True),
     "unknown-subcommand": Case(lambda w: ["frobnicate"], ("invalid choice", "frobnicate"), usage=True,
