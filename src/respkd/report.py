@@ -28,14 +28,21 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
         summary = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise RespkdError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(summary, dict):
-        raise RespkdError(f"{path}: not a respkd run summary (expected a JSON object)")
+    if not isinstance(summary, dict) or not isinstance(summary.get("metrics"), dict):
+        raise RespkdError(f"{path}: not a respkd run summary (expected a JSON object with 'metrics')")
+    return summary
+
+
+def read_table_summary(run_dir: Path) -> dict[str, Any]:
+    """A summary with everything a table row and the seed statistics read (one line naming what is missing)."""
+    summary = read_summary(run_dir)
     for key, kind in SUMMARY_KEYS.items():
         if not isinstance(summary.get(key), kind):
-            raise RespkdError(f"{path}: not a respkd run summary ('{key}' missing or not a {kind.__name__})")
+            raise RespkdError(f"{run_dir / 'summary.json'}: not a respkd run summary ('{key}' missing or not a "
+                              f"{kind.__name__})")
     missing = [k for k in METRIC_KEYS if not isinstance(summary["metrics"].get(k), (int, float))]
     if missing:
-        raise RespkdError(f"{path}: not a respkd run summary (no metrics.{missing[0]})")
+        raise RespkdError(f"{run_dir / 'summary.json'}: not a respkd run summary (no metrics.{missing[0]})")
     return summary
 
 
@@ -46,7 +53,7 @@ def _link(run_dir: Path, target: str, text: str, link_root: Path | None) -> str:
 
 
 def table_row(run_dir: Path, link_root: Path | None = None, summary: dict[str, Any] | None = None) -> list[str]:
-    s = summary or read_summary(run_dir)
+    s = summary or read_table_summary(run_dir)
     m = s["metrics"]
     return [
         s["name"], f"{s['params'] / 1e6:.2f}", f"{s['macs'] / 1e9:.4f}", f"{m['top1']:.2f}", f"{m['top5']:.2f}",
@@ -74,7 +81,7 @@ def run_groups(run_dirs: list[Path], per_run: bool = False) -> list[tuple[list[P
     A folder named twice counts once; rows come in the order their first run was named.
     """
     run_dirs = list(dict.fromkeys(run_dirs))
-    summaries = [read_summary(d) for d in run_dirs]
+    summaries = [read_table_summary(d) for d in run_dirs]
     groups = [[i] for i in range(len(run_dirs))] if per_run else group_runs(summaries)
     return [([run_dirs[i] for i in g], [summaries[i] for i in g]) for g in groups]
 
