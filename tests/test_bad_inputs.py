@@ -16,7 +16,7 @@ import shutil
 import struct
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -63,7 +63,7 @@ class World:
         if distil:
             cfg.update(teacher={"run": "tiny-teacher"}, kd={"temperature": 4.0})
         for dotted, value in changes.items():
-            *parents, leaf = dotted.split("__") if "__" in dotted else dotted.split(".")
+            *parents, leaf = dotted.split(".")
             node = cfg
             for part in parents:
                 node = node.setdefault(part, {})
@@ -461,20 +461,21 @@ def world(tmp_path, session_runs, idx_dir, monkeypatch) -> World:
     return World(root, idx, runs)
 
 
-def run_cli(argv: list[str], in_subprocess: bool, capsys) -> tuple[int, str, str]:
+def run_cli(argv: list[str], in_subprocess: bool, capsys) -> tuple[int, str, str, bool | None]:
+    """Exit status, stdout, stderr, and whether argparse ended it (SystemExit; None: not known from a subprocess)."""
     if in_subprocess:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])),
                "OMP_NUM_THREADS": "1"}
         done = subprocess.run([sys.executable, "-m", "respkd.cli", *argv], capture_output=True, text=True, env=env,
                               timeout=120)
-        return done.returncode, done.stdout, done.stderr
+        return done.returncode, done.stdout, done.stderr, None
     capsys.readouterr()
     try:
-        code = main(argv)
+        code, by_argparse = main(argv), False
     except SystemExit as exit_:  # argparse's usage errors
-        code = exit_.code
+        code, by_argparse = exit_.code, True
     out, err = capsys.readouterr()
-    return code, out, err
+    return code, out, err, by_argparse
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -482,8 +483,9 @@ def test_bad_input(case, world, capsys):
     spec = CASES[case]
     argv = spec.argv(world)  # builds the inputs; the snapshot is taken after, so only the command is judged
     before = snapshot(world.root)
-    code, out, err = run_cli(argv, spec.subprocess, capsys)
+    code, out, err, by_argparse = run_cli(argv, spec.subprocess, capsys)
     assert "Traceback" not in out + err, err
+    assert by_argparse in (None, spec.usage), "refused by argparse" if by_argparse else "expected argparse to refuse it"
     lines = err.splitlines()
     assert code == 2, (code, err)
     assert len(lines) == 1, err
