@@ -117,7 +117,7 @@ def test_lr_rate_suggests_lr():
         (("train", "epochs"), 1.5, "'train.epochs'"),
         (("train", "lr"), "0.1", "'train.lr'"),
         (("train", "epochs"), 0, "'train.epochs'"),
-        (("data", "dataset"), "cifar10", "'data.dataset'"),
+        (("data", "dataset"), "svhn", "'data.dataset'"),
         (("data", "jitter"), 9, "'data.jitter'"),
         (("train", "nesterov"), "yes", "'train.nesterov'"),
         (("name",), "has space", "'name'"),

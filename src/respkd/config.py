@@ -59,17 +59,35 @@ class TransferConfig(Section):
         return bool(self.drop_classes) or self.keep_classes is not None or self.fraction is not None
 
 
+# Which data.source values each dataset's reader understands ("auto" and "download" apply to all in-memory ones).
+DATA_SOURCES = {
+    "mnist": ("auto", "idx", "csv", "download"),
+    "fashion_mnist": ("auto", "idx", "csv", "download"),
+    "cifar10": ("auto", "python", "binary", "download"),
+    "cifar100": ("auto", "python", "binary", "download"),
+    "imagenet": ("auto",),
+}
+STREAMED_DATASETS = ("imagenet",)  # read from disk batch by batch with torchvision's transforms, not held in memory
+
+
 class DataConfig(Section):
-    dataset: Literal["mnist", "fashion_mnist"] = "mnist"
+    dataset: Literal["mnist", "fashion_mnist", "cifar10", "cifar100", "imagenet"] = "mnist"
     root: str = "data"  # where the checksummed cache lives
-    path: str | None = None  # a folder of IDX or CSV files; None: the offline copy, else torchvision's download
-    source: Literal["auto", "idx", "csv", "download"] = "auto"
+    # MNIST: a folder of IDX or CSV files; CIFAR: its binary or Python release; ImageNet: the folder holding train/
+    # and val/ class folders (required). None: the cache or offline copy, else torchvision's download.
+    path: str | None = None
+    source: Literal["auto", "idx", "csv", "python", "binary", "download"] = "auto"
     # Standardise inputs with the dataset's mean/std; false feeds raw pixels / 255 in [0, 1] (the paper's MLPs).
     normalize: bool = True
     jitter: int = Field(0, ge=0, le=8)  # random translation of training inputs by up to this many pixels
     # Cycle through this many fixed jitter draws (epoch e uses view e mod V) instead of a new draw every epoch:
     # what lets kd.cache store the teacher's outputs for every view the student will see.
     jitter_views: int | None = Field(None, ge=1)
+    # Mirror training inputs left-right at random (each example with probability 1/2). With jitter: 4 it is CIFAR's
+    # standard augmentation (RandomCrop(32, padding=4) + RandomHorizontalFlip).
+    flip: bool = False
+    # Processes decoding images for streamed datasets (imagenet); in-memory datasets need none and ignore it.
+    workers: int = Field(8, ge=0)
     train_limit: int | None = Field(None, ge=1)  # keep only the first N training examples (quick runs)
     test_limit: int | None = Field(None, ge=1)  # evaluate on the first N test examples only
     # A validation split held out of the training set (stratified by class, seeded by val_seed) BEFORE the transfer
@@ -78,6 +96,21 @@ class DataConfig(Section):
     val_size: int = Field(0, ge=0)
     val_seed: Seed = 0
     transfer: TransferConfig = TransferConfig()
+
+    @model_validator(mode="after")
+    def _fits_dataset(self) -> "DataConfig":
+        if self.source not in DATA_SOURCES[self.dataset]:
+            raise ValueError(f"'source' {self.source} does not apply to {self.dataset}: choose "
+                             f"{', '.join(DATA_SOURCES[self.dataset])}")
+        if self.dataset in STREAMED_DATASETS:
+            # Its augmentation is torchvision's reference recipe, and it is never held in memory to be split.
+            given = [k for k in ("jitter", "jitter_views", "flip", "val_size") if getattr(self, k)]
+            if self.transfer.active:
+                given.append("transfer")
+            if given:
+                raise ValueError(f"'{given[0]}' is for in-memory datasets; {self.dataset} is streamed with "
+                                 "torchvision's reference augmentation (RandomResizedCrop + flip)")
+        return self
 
 
 class ModelConfig(BaseModel):
@@ -263,6 +296,10 @@ class RunConfig(Section):
                 "'kd.cache' with 'data.jitter' needs 'data.jitter_views' (the cache stores the teacher's outputs for a "
                 "fixed number of jittered views; a new draw every epoch cannot be cached)"
             )
+        if self.kd is not None and self.kd.cache and (self.data.flip or self.data.dataset in STREAMED_DATASETS):
+            why = "'data.flip'" if self.data.flip else f"a streamed dataset ({self.data.dataset})"
+            raise ValueError(f"'kd.cache' cannot be used with {why}: the cache stores fixed views, these inputs change "
+                             "every epoch; distil from the online teacher (kd.cache: false)")
         return self
 
     @model_validator(mode="after")

