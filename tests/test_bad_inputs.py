@@ -31,6 +31,7 @@ from respkd.data.datasets import write_cache
 from respkd.models import build_model
 
 from conftest import synthetic_digits, tiny_config, write_idx
+from test_recipes import write_cifar, write_image_folders
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -78,8 +79,9 @@ class World:
         shutil.copytree(self.idx, dst)
         return dst
 
-    def run_args(self, *more: str) -> list[str]:
-        return ["--runs-root", str(self.runs), *more]
+    def run_args(self) -> list[str]:
+        """The runs root, and --force: even told to overwrite the finished runs, a bad input must not touch them."""
+        return ["--runs-root", str(self.runs), "--force"]
 
 
 DROP = object()
@@ -180,6 +182,23 @@ IDX_NAMES = {"train_images": "train-images-idx3-ubyte.gz", "train_labels": "trai
              "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte.gz"}
 
 
+def cifar_with(w: World, kind: str, file: str, content: bytes) -> str:
+    """A tiny CIFAR-10 release (test_recipes.write_cifar) with one file replaced by ``content``."""
+    folder = write_cifar(w.root / "inputs" / "cifar", "cifar10", kind, n_train=20, n_test=10)
+    (folder / file).write_bytes(content)
+    return str(folder)
+
+
+def image_folders(w: World, drop: str | None = None, rename: tuple[str, str] | None = None) -> str:
+    """Tiny ImageNet-style class folders (test_recipes.write_image_folders), with a split dropped or a class renamed."""
+    root = write_image_folders(w.root / "inputs" / "imagenet", n_train=1, n_val=1)
+    if drop:
+        shutil.rmtree(root / drop)
+    if rename:
+        (root / rename[0]).rename(root / rename[1])
+    return str(root)
+
+
 class _Booby:
     """Unpickling this creates a file named ``pwned`` (in the working directory, inside the snapshot)."""
 
@@ -221,11 +240,11 @@ class Case:
 
 
 def train(**changes) -> Callable[[World], list[str]]:
-    return lambda w: ["train", w.config(**changes), *w.run_args("--force")]
+    return lambda w: ["train", w.config(**changes), *w.run_args()]
 
 
 def distill(**changes) -> Callable[[World], list[str]]:
-    return lambda w: ["distill", w.config("tiny-student-kd", distil=True, **changes), *w.run_args("--force")]
+    return lambda w: ["distill", w.config("tiny-student-kd", distil=True, **changes), *w.run_args()]
 
 
 def train_file(content: str | bytes) -> Callable[[World], list[str]]:
@@ -293,44 +312,54 @@ CASES: dict[str, Case] = {
     "distill-without-teacher": Case(lambda w: ["distill", w.config(), *w.run_args()], ("needs 'teacher' and 'kd'",)),
     "missing-teacher-run": Case(distill(teacher={"run": "no-such-run"}), ("no-such-run",)),
     "teacher-checkpoint-is-a-folder": Case(lambda w: ["distill", w.config(
-        "tiny-student-kd", distil=True, teacher={"checkpoint": str(w.runs)}), *w.run_args("--force")], ("not a file",)),
+        "tiny-student-kd", distil=True, teacher={"checkpoint": str(w.runs)}), *w.run_args()], ("not a file",)),
     "cache-topk-without-cache": Case(distill(**{"kd.cache_topk": 3}), ("'cache_topk' needs 'cache: true'",)),
     "cache-topk-above-classes": Case(distill(**{"kd.cache": True, "kd.cache_topk": 50}), ("cache_topk is 50",)),
     # ---- data folders
     "data-folder-missing": Case(train(**{"data.path": "/nonexistent/mnist"}), ("does not exist",)),
     "data-folder-empty": Case(lambda w: ["train", w.config(**{"data.path": str(w.root / "inputs")}),
-                                         *w.run_args("--force")], ("holds no mnist dataset",)),
+                                         *w.run_args()], ("holds no mnist dataset",)),
     "data-path-is-a-file": Case(lambda w: ["train", w.config(**{"data.path": w.file("f.txt", "x")}),
-                                           *w.run_args("--force")], ("not a folder",)),
+                                           *w.run_args()], ("not a folder",)),
     "idx-truncated": Case(lambda w: ["train", w.config(**{"data.path": idx_with(
-        w, "trunc", test_images=(w.idx / "t10k-images-idx3-ubyte").read_bytes()[:-100])}), *w.run_args("--force")],
+        w, "trunc", test_images=(w.idx / "t10k-images-idx3-ubyte").read_bytes()[:-100])}), *w.run_args()],
                           ("truncated",)),
     "idx-wrong-magic": Case(lambda w: ["train", w.config(**{"data.path": idx_with(
-        w, "magic", train_labels=b"\x12\x34\x08\x01" + bytes(604))}), *w.run_args("--force")], ("bad magic",)),
+        w, "magic", train_labels=b"\x12\x34\x08\x01" + bytes(604))}), *w.run_args()], ("bad magic",)),
     "idx-absurd-dims": Case(lambda w: ["train", w.config(**{"data.path": idx_with(
         w, "dims", test_images=idx_header(0x08, (0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF)) + bytes(64))}),
-        *w.run_args("--force")], ("header promises",)),
+        *w.run_args()], ("header promises",)),
     "idx-gz-not-gzip": Case(lambda w: ["train", w.config(**{"data.path": idx_with(
-        w, "gz", train_images=b"not gzip at all" * 10)}), *w.run_args("--force")], ("cannot read IDX",)),
+        w, "gz", train_images=b"not gzip at all" * 10)}), *w.run_args()], ("cannot read IDX",)),
     "idx-label-count-mismatch": Case(lambda w: ["train", w.config(**{"data.path": idx_with(
-        w, "count", test_labels=synthetic_digits(150, seed=2)[1])}), *w.run_args("--force")],
+        w, "count", test_labels=synthetic_digits(150, seed=2)[1])}), *w.run_args()],
         ("200 test images but 150 test labels",)),
     "idx-labels-out-of-range": Case(lambda w: ["train", w.config(**{"data.path": idx_with(
-        w, "labels", test_labels=np.full(200, 12, dtype=np.uint8))}), *w.run_args("--force")], ("labels outside",)),
+        w, "labels", test_labels=np.full(200, 12, dtype=np.uint8))}), *w.run_args()], ("labels outside",)),
     "idx-images-wrong-size": Case(lambda w: ["train", w.config(**{"data.path": idx_with(
-        w, "size", test_images=np.zeros((200, 32, 32), dtype=np.uint8))}), *w.run_args("--force")], ("shape",)),
+        w, "size", test_images=np.zeros((200, 32, 32), dtype=np.uint8))}), *w.run_args()], ("shape",)),
     "csv-wrong-columns": Case(lambda w: ["train", w.config(**{"data.path": csv_folder(w, "1,2,3\n4,5,6\n")}),
-                                         *w.run_args("--force")], ("columns",)),
+                                         *w.run_args()], ("columns",)),
     "csv-not-numbers": Case(lambda w: ["train", w.config(**{"data.path": csv_folder(w, "label,a\nx,y\nz,w\n")}),
-                                       *w.run_args("--force")], ("cannot read",)),
-    "csv-empty": Case(lambda w: ["train", w.config(**{"data.path": csv_folder(w, "")}), *w.run_args("--force")],
+                                       *w.run_args()], ("cannot read",)),
+    "csv-empty": Case(lambda w: ["train", w.config(**{"data.path": csv_folder(w, "")}), *w.run_args()],
                       ("mnist_train.csv",), subprocess=True),
     "csv-without-test-file": Case(lambda w: ["train", w.config(**{"data.path": csv_folder(w, "0" + ",0" * 784, None)}),
-                                             *w.run_args("--force")], ("no mnist_test.csv",)),
+                                             *w.run_args()], ("no mnist_test.csv",)),
     "dataset-cache-corrupt": Case(lambda w: ["train", w.config(**{"data.path": None, "data.root": str(
-        corrupt_dataset_cache(w))}), *w.run_args("--force")], ("checksum mismatch",)),
+        corrupt_dataset_cache(w))}), *w.run_args()], ("checksum mismatch",)),
     "dataset-cache-garbage": Case(lambda w: ["train", w.config(**{"data.path": None, "data.root": str(Path(w.file(
-        "garbage_root/mnist.safetensors", b"\x00" * 50)).parent)}), *w.run_args("--force")], ("unreadable dataset cache",)),
+        "garbage_root/mnist.safetensors", b"\x00" * 50)).parent)}), *w.run_args()], ("unreadable dataset cache",)),
+    "cifar-pickle-runs-code": Case(lambda w: ["train", w.config(**{"data.dataset": "cifar10", "data.path": cifar_with(
+        w, "python", "data_batch_2", pickle.dumps({"data": _Booby(), "labels": [0]}, protocol=2))}), *w.run_args()],
+        ("refused to unpickle",)),
+    "cifar-binary-truncated": Case(lambda w: ["train", w.config(**{"data.dataset": "cifar10", "data.path": cifar_with(
+        w, "binary", "test_batch.bin", bytes(3073 * 3 + 100))}), *w.run_args()], ("CIFAR records",)),
+    "imagenet-without-val": Case(lambda w: ["train", w.config(**{"data.dataset": "imagenet", "data.path": image_folders(
+        w, drop="val")}), *w.run_args()], ("no val/ folder",)),
+    "imagenet-class-folders-differ": Case(lambda w: ["train", w.config(**{
+        "data.dataset": "imagenet", "data.path": image_folders(w, rename=("val/n01440764", "val/n99999999"))}),
+        *w.run_args()], ("different class folders",)),
     # ---- checkpoints
     "checkpoint-missing": Case(lambda w: ["eval", str(w.root / "none.safetensors")], ("does not exist",)),
     "checkpoint-empty": Case(lambda w: ["eval", w.file("empty.safetensors", b"")], ("not a readable safetensors",)),
@@ -344,7 +373,7 @@ CASES: dict[str, Case] = {
                                       subprocess=True),
     "checkpoint-torch-save-renamed": Case(lambda w: ["eval", torch_save_checkpoint(w)], ("not a readable safetensors",)),
     "teacher-checkpoint-is-a-pickle": Case(lambda w: ["distill", w.config(
-        "tiny-student-kd", distil=True, teacher={"checkpoint": pickle_checkpoint(w)}), *w.run_args("--force")],
+        "tiny-student-kd", distil=True, teacher={"checkpoint": pickle_checkpoint(w)}), *w.run_args()],
         ("not a readable safetensors",)),
     "checkpoint-without-respkd-metadata": Case(lambda w: ["eval", w.file("nometa.safetensors", rewrite_metadata(
         w.ckpt, lambda m: None))], ("not a respkd checkpoint",)),
@@ -365,17 +394,17 @@ CASES: dict[str, Case] = {
     "checkpoint-is-a-folder": Case(lambda w: ["eval", str(w.runs / "tiny-teacher")], ("not a file",)),
     "teacher-checkpoint-corrupt": Case(lambda w: ["distill", w.config(
         "tiny-student-kd", distil=True, teacher={"checkpoint": w.file("flip.safetensors", flip_weight_byte(w.ckpt))}),
-        *w.run_args("--force")], ("checksum",)),
+        *w.run_args()], ("checksum",)),
     "teacher-weights-pickle-pth": Case(lambda w: ["distill", w.config(
         "tiny-student-kd", distil=True, teacher={"weights": w.file("evil.pth", pickle.dumps({"w": _Booby()})),
-                                                 "model": {"name": "mlp", "hidden": [32]}}), *w.run_args("--force")],
+                                                 "model": {"name": "mlp", "hidden": [32]}}), *w.run_args()],
         ("evil.pth",)),
     "teacher-weights-without-model": Case(distill(teacher={"weights": "x.safetensors"}),
                                           ("'weights' and 'model' go together",)),
     "init-run-and-checkpoint": Case(train(init={"run": "tiny-teacher", "checkpoint": "x.safetensors"}),
                                     ("exactly one of 'run' or 'checkpoint'",)),
     "init-weights-do-not-fit": Case(lambda w: ["train", w.config(init={"checkpoint": other_model_checkpoint(w)}),
-                                               *w.run_args("--force")], ("does not fit",)),
+                                               *w.run_args()], ("does not fit",)),
     "export-out-is-input": Case(lambda w: ["export", str(w.ckpt), str(w.ckpt), "--force"], ("input checkpoint",)),
     "export-out-exists": Case(lambda w: ["export", str(w.ckpt), w.file("out.safetensors", "keep me")],
                               ("already exists",)),
@@ -392,7 +421,7 @@ CASES: dict[str, Case] = {
     "set-without-equals": Case(lambda w: ["train", w.config(), "--set", "train.epochs", *w.run_args()],
                                ("expected KEY=VALUE",)),
     "set-empty-key": Case(lambda w: ["train", w.config(), "--set", "=3", *w.run_args()], ("expected KEY=VALUE",)),
-    "set-unknown-key": Case(lambda w: ["train", w.config(), "--set", "train.epocs=3", *w.run_args("--force")],
+    "set-unknown-key": Case(lambda w: ["train", w.config(), "--set", "train.epocs=3", *w.run_args()],
                             ("unknown key 'train.epocs'", "did you mean 'epochs'")),
     "set-into-a-value": Case(lambda w: ["train", w.config(), "--set", "train.lr.x=1", *w.run_args()],
                              ("'lr' is not a section",)),
