@@ -199,6 +199,14 @@ def image_folders(w: World, drop: str | None = None, rename: tuple[str, str] | N
     return str(root)
 
 
+def interrupted_run(w: World) -> str:
+    """A run 'broken' left with a (garbage) training state and no summary; returns its config."""
+    state = w.runs / "broken" / "resume.safetensors"
+    state.parent.mkdir()
+    state.write_bytes(b"\x00" * 64)
+    return w.config("broken")
+
+
 class _Booby:
     """Unpickling this creates a file named ``pwned`` (in the working directory, inside the snapshot)."""
 
@@ -411,6 +419,16 @@ CASES: dict[str, Case] = {
     "export-unknown-run": Case(lambda w: ["export", "no-such-run", "out.pth", *w.run_args()], ("no-such-run",)),
     "export-unknown-format": Case(lambda w: ["export", str(w.ckpt), "out.onnx", "--format", "onnx"],
                                   ("invalid choice", "onnx"), usage=True),
+    # ---- resume (the runs root's own files: --force would answer differently, so it is left out)
+    "resume-with-nothing-to-resume": Case(lambda w: ["train", w.config("fresh-run"), "--runs-root", str(w.runs),
+                                                     "--resume"], ("no training state",)),
+    "resume-a-finished-run": Case(lambda w: ["train", w.config(), "--runs-root", str(w.runs), "--resume"],
+                                  ("nothing to resume",)),
+    "resume-and-force": Case(lambda w: ["train", w.config(), *w.run_args(), "--resume"], ("give only one",)),
+    "resume-state-garbage": Case(lambda w: ["train", interrupted_run(w), "--runs-root", str(w.runs), "--resume"],
+                                 ("cannot resume",)),
+    "interrupted-run-without-resume": Case(lambda w: ["train", interrupted_run(w), "--runs-root", str(w.runs)],
+                                           ("was interrupted", "--resume")),
     # ---- command lines
     "no-arguments": Case(lambda w: [], ("required",), usage=True, subprocess=True),
     "unknown-subcommand": Case(lambda w: ["frobnicate"], ("invalid choice", "frobnicate"), usage=True,

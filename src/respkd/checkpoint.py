@@ -81,35 +81,41 @@ def save_checkpoint(state_dict: dict[str, torch.Tensor], path: Path, meta: dict[
     atomic_save_safetensors(tensors, path, {"respkd": json.dumps(meta)})
 
 
-def read_checkpoint_meta(path: Path) -> dict[str, Any]:
-    """The JSON metadata of a checkpoint, without reading its weights."""
+def read_checkpoint_meta(path: Path, fmt: str = CHECKPOINT_FORMAT, what: str = "checkpoint") -> dict[str, Any]:
+    """The JSON metadata of a checkpoint, without reading its weights.
+
+    ``fmt`` and ``what`` (the noun in messages) let other respkd files of the same layout reuse this: the training
+    state of :mod:`respkd.resume` is one.
+    """
     path = Path(path)
     if not path.is_file():
-        raise RespkdError(f"checkpoint {path} {'is not a file' if path.exists() else 'does not exist'}")
+        raise RespkdError(f"{what} {path} {'is not a file' if path.exists() else 'does not exist'}")
     try:
         with safe_open(str(path), "pt") as f:
             raw = (f.metadata() or {}).get("respkd")
     except (SafetensorError, OSError) as err:
-        raise RespkdError(f"{path}: not a readable safetensors checkpoint ({_first_line(err)})") from None
+        raise RespkdError(f"{path}: not a readable safetensors {what} ({_first_line(err)})") from None
     try:
         meta = json.loads(raw) if raw else None
     except json.JSONDecodeError:
         meta = None
-    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
-        raise RespkdError(f"{path}: a safetensors file, but not a respkd checkpoint (no respkd metadata)")
+    if not isinstance(meta, dict) or meta.get("format") != fmt:
+        raise RespkdError(f"{path}: a safetensors file, but not a respkd {what} (no respkd metadata)")
     return meta
 
 
-def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def load_checkpoint(
+    path: Path, fmt: str = CHECKPOINT_FORMAT, what: str = "checkpoint"
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read weights and metadata; refuse a truncated or corrupted file with a one-line :class:`RespkdError`."""
-    meta = read_checkpoint_meta(path)
+    meta = read_checkpoint_meta(path, fmt, what)
     try:
         with safe_open(str(path), "pt") as f:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, RuntimeError) as err:
-        raise RespkdError(f"{path}: corrupt or truncated checkpoint ({_first_line(err)})") from None
+        raise RespkdError(f"{path}: corrupt or truncated {what} ({_first_line(err)})") from None
     if tensors_digest(tensors) != meta.get("weights_sha256"):
-        raise RespkdError(f"{path}: checksum of the weights does not match the metadata (corrupt checkpoint)")
+        raise RespkdError(f"{path}: checksum of the weights does not match the metadata (corrupt {what})")
     return tensors, meta
 
 

@@ -46,10 +46,13 @@ def cmd_train(args: argparse.Namespace, distil: bool) -> int:
     if not distil and cfg.distills:
         raise RespkdError(f"{args.config}: has a teacher; use 'respkd distill'")
     if args.seeds is None:
-        run(cfg, args.runs_root, force=args.force)
+        run(cfg, args.runs_root, force=args.force, resume=args.resume)
         return 0
     # One independent run per seed, named <name>-seed<k>: the members of a seed ensemble. Finished members are
-    # skipped, so the command resumes; `--seeds 3` alone trains one member (array jobs, separate processes).
+    # skipped and interrupted ones resume by themselves (--resume changes nothing here); `--seeds 3` alone trains
+    # one member (array jobs, separate processes).
+    if args.resume and args.force:
+        raise RespkdError("--resume continues an interrupted run and --force starts it over: give only one")
     seeds = parse_list(args.seeds, "--seeds")
     configs = [with_seed(cfg, k) for k in seeds]
     summaries = run_many(configs, args.runs_root, force=args.force)
@@ -235,14 +238,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="respkd", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     seeds_help = ("one independent run per seed, named <name>-seed<k> (e.g. 0,1,2,3,4: the members of an ensemble); "
-                  "finished ones are skipped")
+                  "finished ones are skipped, interrupted ones resume")
+    resume_help = ("continue the interrupted run in its run folder from its training state (resume.safetensors); "
+                   "the result is bitwise that of an uninterrupted run")
     p = sub.add_parser("train", help="train a model with hard labels")
     _add_run_args(p)
     p.add_argument("--seeds", metavar="K,K,...", help=seeds_help)
+    p.add_argument("--resume", action="store_true", help=resume_help)
     p.set_defaults(func=lambda a: cmd_train(a, distil=False))
     p = sub.add_parser("distill", aliases=["distil"], help="distil a teacher into a student")
     _add_run_args(p)
     p.add_argument("--seeds", metavar="K,K,...", help=seeds_help)
+    p.add_argument("--resume", action="store_true", help=resume_help)
     p.set_defaults(func=lambda a: cmd_train(a, distil=True))
     p = sub.add_parser("eval", help="evaluate a checkpoint on its dataset's test set")
     p.add_argument("checkpoint")

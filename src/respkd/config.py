@@ -251,6 +251,9 @@ class TrainConfig(Section):
     # AMX, but is several times *slower* on CPUs without them; "auto" picks bf16 only where it is fast.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     channels_last: bool = False
+    # Also write the training state (<run>/resume.safetensors, see respkd.resume) every this many optimizer steps,
+    # besides every epoch end; 0: at epoch ends only. Changing it does not change the run, so a resume ignores it.
+    checkpoint_every_steps: int = Field(0, ge=0)
 
 
 class InitConfig(Section):

@@ -6,6 +6,7 @@ import contextlib
 import math
 import sys
 import time
+from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import torch
@@ -60,6 +61,19 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_pe
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
 
 
+@dataclass
+class EpochProgress:
+    """How far an epoch has got: batches trained, the running sums of its loss terms, and seconds spent on it.
+
+    The training state of :mod:`respkd.resume` saves it, so an epoch interrupted part-way continues from its next
+    batch with the same sums, and so reports exactly the statistics of an uninterrupted epoch.
+    """
+
+    batches: int = 0
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
 def train_one_epoch(
     task: nn.Module,
     student: nn.Module,
@@ -71,6 +85,8 @@ def train_one_epoch(
     epoch: int,
     progress: bool | None = None,
     teacher_logits: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+    done: EpochProgress | None = None,
+    after_step: Callable[[EpochProgress], None] | None = None,
 ) -> dict[str, float]:
     """One pass over ``loader``; returns the mean of every loss term and the epoch's wall time.
 
@@ -78,14 +94,17 @@ def train_one_epoch(
     trained model, whose ``apply_constraints()`` (max-norm) runs after every step when it has one.
     ``teacher_logits(indices, epoch)``, when given, returns the teacher's outputs for the batch's example ids
     (e.g. :meth:`respkd.teacher_cache.TeacherCache.for_loader`), handed to the Distiller instead of a teacher pass.
+    ``done``: the part of this epoch already trained (resuming); ``loader`` must then yield only the batches after
+    it. ``after_step(progress)`` runs after every optimizer step (e.g. to save the training state).
     """
     task.train()
     constrain = getattr(student, "apply_constraints", None)
     show = sys.stderr.isatty() if progress is None else progress
-    sums: dict[str, torch.Tensor] = {}
-    start = time.perf_counter()
-    batches = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not show, dynamic_ncols=True)
-    count = 0
+    state = done or EpochProgress()
+    sums = state.sums
+    start = time.perf_counter() - state.seconds
+    batches = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not show, dynamic_ncols=True,
+                   initial=state.batches)
     for inputs, labels, indices in batches:
         cached = {} if teacher_logits is None else {"teacher_logits": teacher_logits(indices, epoch)}
         with autocast(device, bf16):
@@ -99,8 +118,11 @@ def train_one_epoch(
         for key, value in out.items():
             if key.endswith("loss"):
                 sums[key] = sums.get(key, 0.0) + value.detach().float()  # summed on device: no sync per step
-        count += 1
-    stats = {key: float(total) / max(count, 1) for key, total in sums.items()}
+        state.batches += 1
+        state.seconds = time.perf_counter() - start
+        if after_step is not None:
+            after_step(state)
+    stats = {key: float(total) / max(state.batches, 1) for key, total in sums.items()}
     stats["epoch_time_s"] = time.perf_counter() - start
     stats["lr"] = optimizer.param_groups[0]["lr"]
     return stats

@@ -7,6 +7,7 @@ A run directory ``<runs_root>/<name>/`` holds:
   log.txt         the human-readable log
   model.safetensors  the trained student with its metadata (see respkd.checkpoint)
   summary.json    final metrics, parameter count, multiply-adds, wall time: what the results table reads
+  resume.safetensors  while training: the state a killed run resumes from (see respkd.resume); gone once finished
 Everything that can be wrong with the input is checked before the directory is touched.
 """
 
@@ -41,6 +42,7 @@ from respkd.engine import build_optimizer, build_scheduler, evaluate, train_one_
 from respkd.ensemble import load_ensemble
 from respkd.errors import RespkdError
 from respkd.models import build_model, count_macs, count_parameters
+from respkd.resume import STATE_NAME, TrainingState, check_start, has_state, process_rank, state_problem
 from respkd.teacher_cache import TeacherCache, build_cache, cache_spec, find_cache, selection_digest
 from respkd.weights import describe_fit, init_student, load_external_teacher
 
@@ -295,10 +297,10 @@ def _transfer_note(cfg: RunConfig) -> str:
 
 
 class RunLog:
-    """Prints a line and appends it to ``log.txt``."""
+    """Prints a line and appends it to ``log.txt`` (a new one, or with ``append`` the one a resumed run began)."""
 
-    def __init__(self, path: Path, quiet: bool = False) -> None:
-        self.file = open(path, "w", buffering=1)
+    def __init__(self, path: Path, quiet: bool = False, append: bool = False) -> None:
+        self.file = open(path, "a" if append else "w", buffering=1)
         self.quiet = quiet
 
     def __call__(self, line: str) -> None:
@@ -310,9 +312,16 @@ class RunLog:
         self.file.close()
 
 
-def run(cfg: RunConfig, runs_root: str | Path = "runs", force: bool = False, quiet: bool = False) -> dict[str, Any]:
-    """Train (or distil) as ``cfg`` says; returns the summary also written to ``summary.json``."""
+def run(cfg: RunConfig, runs_root: str | Path = "runs", force: bool = False, quiet: bool = False,
+        resume: bool = False) -> dict[str, Any]:
+    """Train (or distil) as ``cfg`` says; returns the summary also written to ``summary.json``.
+
+    ``resume`` continues an interrupted run from its training state (see :mod:`respkd.resume`) instead of starting
+    over; the result is bitwise the same as an uninterrupted run's.
+    """
     runs_root = Path(runs_root)
+    out_dir = runs_root / cfg.name
+    check_start(out_dir, cfg, resume=resume, force=force, finished=(out_dir / SUMMARY_NAME).exists())
     p = prepare(cfg, runs_root, force)
     data, tc = p.data, cfg.train
     norm = input_normalization(data.info, cfg.data.normalize)
@@ -325,13 +334,20 @@ def run(cfg: RunConfig, runs_root: str | Path = "runs", force: bool = False, qui
     cache: TeacherCache | None = None
     if spec is not None:  # a stale or corrupt cache is refused here, before the run directory is touched
         cache = find_cache(cfg.kd.cache_dir, spec)
+    identity = {"n_train": len(data.train_labels), "data_sha256": data.sha256, "processes": process_rank()[1],
+                "teacher_weights_sha256": p.teacher_meta["weights_sha256"] if cfg.distills else None}
+    state = TrainingState(p.out_dir, cfg, identity, p.student, optimizer, scheduler, len(train_loader), p.device)
+    if resume:
+        state.load()  # checked and read before anything is written
 
-    p.out_dir.mkdir(parents=True, exist_ok=True)
-    (p.out_dir / SUMMARY_NAME).unlink(missing_ok=True)  # the run is not finished until a new summary is written
-    atomic_write_text(p.out_dir / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     env = environment()
-    atomic_write_text(p.out_dir / "environment.json", json.dumps(env, indent=2))
-    log = RunLog(p.out_dir / "log.txt", quiet)
+    if not resume:
+        p.out_dir.mkdir(parents=True, exist_ok=True)
+        (p.out_dir / SUMMARY_NAME).unlink(missing_ok=True)  # the run is not finished until a new summary is written
+        (p.out_dir / STATE_NAME).unlink(missing_ok=True)  # --force: an interrupted run's state is not this run's
+        atomic_write_text(p.out_dir / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        atomic_write_text(p.out_dir / "environment.json", json.dumps(env, indent=2))
+    log = RunLog(p.out_dir / "log.txt", quiet, append=resume)
     params, macs = count_parameters(p.student), count_macs(p.student, data.info.image_shape)
     if cfg.distills and cfg.teacher.is_ensemble:
         what = (f"distil from an ensemble of {len(teacher_paths(cfg, runs_root))} ({cfg.teacher.rule}) "
@@ -368,22 +384,11 @@ def run(cfg: RunConfig, runs_root: str | Path = "runs", force: bool = False, qui
                       "key": cache.meta["key"], "views": cache.views, "topk": cfg.kd.cache_topk}
         cached_teacher = cache.for_loader(train_loader, p.device)
 
-    start = time.perf_counter()
-    train_time = 0.0
-    with open(p.out_dir / "metrics.jsonl", "w", buffering=1) as metrics_file:
-        for epoch in range(1, tc.epochs + 1):
-            train_loader.set_epoch(epoch)
-            stats = train_one_epoch(p.task, p.student, train_loader, optimizer, scheduler, p.device, bf16, epoch,
-                                    teacher_logits=cached_teacher)
-            train_time += stats["epoch_time_s"]
-            ev = evaluate(p.student, test_loader, data.num_classes)
-            record = {"epoch": epoch, **stats, "test_top1": ev["top1"], "test_top5": ev["top5"],
-                      "test_errors": ev["errors"], "test_loss": ev["loss"]}
-            metrics_file.write(json.dumps(record) + "\n")
-            losses = " ".join(f"{k}={v:.4f}" for k, v in stats.items() if k.endswith("loss"))
-            log(f"epoch {epoch:>3}/{tc.epochs} {losses} lr={stats['lr']:.4g} test_errors={ev['errors']} "
-                f"top1={ev['top1']:.2f} ({stats['epoch_time_s']:.1f}s)")
-    wall = time.perf_counter() - start
+    state.begin(log)
+    ev = train_epochs(p, train_loader, test_loader, optimizer, scheduler, bf16, cached_teacher, state, log)
+    if ev is None:  # resumed after the last epoch's state was saved: only the final steps below were left
+        ev = evaluate(p.student, test_loader, data.num_classes)
+    wall, train_time = state.wall_time(), state.position.train_time_s
     val_metrics = None
     if len(data.val_labels):  # once, at the end: the split is for choosing things after training, not during it
         val_loader = make_loader(data, "val", cfg, p.device)
@@ -400,7 +405,7 @@ def run(cfg: RunConfig, runs_root: str | Path = "runs", force: bool = False, qui
         "n_val": len(data.val_labels), "val_metrics": val_metrics,
         "teacher": describe_teacher(cfg, runs_root) if cfg.distills else None,
         "teacher_combine": cfg.teacher.rule if cfg.distills else None,
-        "teacher_cache": cache_info,
+        "teacher_cache": cache_info, "resumes": state.position.resumes,
         "teacher_input": p.teacher_input, "init": p.init,
         "config": config_to_dict(cfg), "environment": env,
     }
@@ -413,17 +418,51 @@ def run(cfg: RunConfig, runs_root: str | Path = "runs", force: bool = False, qui
     }
     save_checkpoint(p.student.state_dict(), p.out_dir / CHECKPOINT_NAME, meta)
     atomic_write_text(p.out_dir / SUMMARY_NAME, json.dumps(summary, indent=2))
+    state.finish()
     log(f"[{cfg.name}] done: test errors {ev['errors']}/{ev['n']}, top-1 {ev['top1']:.2f}%, top-5 {ev['top5']:.2f}%, "
         f"wall {wall / 60:.1f} min -> {p.out_dir}")
     log.close()
     return summary
 
 
+def train_epochs(
+    p: Prepared, train_loader: BatchLoader, test_loader: BatchLoader, optimizer: torch.optim.Optimizer, scheduler: Any,
+    bf16: bool, cached_teacher: Callable | None, state: TrainingState, log: Callable[[str], None],
+) -> dict[str, Any] | None:
+    """Train the epochs after ``state``'s position (all of them, unless resuming), writing one metrics line per
+    epoch and the training state as it goes. Returns the last epoch's test metrics (None if no epoch was left)."""
+    tc, ev = p.cfg.train, None
+    with open_metrics(p.out_dir / "metrics.jsonl", state.position.epochs_done) as metrics_file:
+        for epoch in range(state.position.epochs_done + 1, tc.epochs + 1):
+            done = state.position.epoch  # the part of this epoch trained before a resume (usually nothing)
+            train_loader.set_epoch(epoch, skip=done.batches)
+            stats = train_one_epoch(p.task, p.student, train_loader, optimizer, scheduler, p.device, bf16, epoch,
+                                    teacher_logits=cached_teacher, done=done, after_step=state.after_step)
+            ev = evaluate(p.student, test_loader, p.data.num_classes)
+            record = {"epoch": epoch, **stats, "test_top1": ev["top1"], "test_top5": ev["top5"],
+                      "test_errors": ev["errors"], "test_loss": ev["loss"]}
+            metrics_file.write(json.dumps(record) + "\n")
+            losses = " ".join(f"{k}={v:.4f}" for k, v in stats.items() if k.endswith("loss"))
+            log(f"epoch {epoch:>3}/{tc.epochs} {losses} lr={stats['lr']:.4g} test_errors={ev['errors']} "
+                f"top1={ev['top1']:.2f} ({stats['epoch_time_s']:.1f}s)")
+            state.end_epoch(stats["epoch_time_s"])
+    return ev
+
+
+def open_metrics(path: Path, epochs_done: int):
+    """``metrics.jsonl`` opened for appending, holding only the lines of the first ``epochs_done`` epochs: an epoch
+    cut short by a kill (its line written, its state not yet) is trained again on resume and listed once."""
+    kept = path.read_text().splitlines(keepends=True)[:epochs_done] if epochs_done and path.is_file() else []
+    atomic_write_text(path, "".join(kept))
+    return open(path, "a", buffering=1)
+
+
 def run_many(
     configs: list[RunConfig], runs_root: str | Path = "runs", force: bool = False, replace_changed: bool = False,
     quiet: bool = False, log: Callable[[str], None] | None = None, tags: list[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run several configs in order, skipping those already finished with exactly the same config.
+    """Run several configs in order, skipping those already finished with exactly the same config and resuming
+    those interrupted (from a training state of exactly the same config; see :mod:`respkd.resume`).
 
     A run directory finished from a *different* config is an error (checked for every config before the first run)
     unless ``force`` (rerun everything) or ``replace_changed`` (rerun just those: what plans do). Returns the
@@ -447,6 +486,13 @@ def run_many(
             log(f"{tag} {cfg.name}: already finished in {runs_root / cfg.name}, skipped")
             summaries.append(json.loads((runs_root / cfg.name / SUMMARY_NAME).read_text()))
             continue
-        log(f"{tag} {cfg.name}")
-        summaries.append(run(cfg, runs_root, force=True, quiet=quiet))
+        # An interrupted run resumes from its training state when that state belongs to this very config.
+        interrupted = not force and has_state(runs_root / cfg.name)
+        problem = state_problem(runs_root / cfg.name, cfg) if interrupted else None
+        resume = interrupted and problem is None
+        if resume:
+            log(f"{tag} {cfg.name}: resuming the interrupted run")
+        else:
+            log(f"{tag} {cfg.name}" + (f": {problem.reason}; starting over" if problem else ""))
+        summaries.append(run(cfg, runs_root, force=not resume, quiet=quiet, resume=resume))
     return summaries

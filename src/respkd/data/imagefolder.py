@@ -183,10 +183,15 @@ class FolderLoader:
         shape = (1, -1, 1, 1)
         self.scale = (1.0 / (255.0 * torch.tensor(std, device=self.device))).view(shape)
         self.shift = (torch.tensor(mean, device=self.device) / torch.tensor(std, device=self.device)).view(shape)
-        self.epoch = 0
+        self.epoch = self.skip = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Make the next pass epoch ``epoch``, starting after its first ``skip`` batches (resuming part-way).
+
+        The order of the remaining images is exactly the uninterrupted epoch's; their random crops and flips are not
+        (the decoding workers are seeded per pass, and images land on other workers), so a streamed run resumed
+        mid-epoch is not bitwise identical to an uninterrupted one. In-memory data (BatchLoader) is."""
+        self.epoch, self.skip = epoch, skip
 
     def __len__(self) -> int:
         n = len(self.dataset)
@@ -196,8 +201,11 @@ class FolderLoader:
         # A fresh DataLoader per epoch, its generator seeded by (seed, epoch): it draws the order and the workers'
         # base seed, so an epoch does not depend on the ones before it (non-persistent workers, started per epoch).
         generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 2)
+        n = len(self.dataset)
+        order = torch.randperm(n, generator=generator) if self.train else torch.arange(n)
+        order = order[: len(self) * self.batch_size] if self.drop_last else order  # whole batches, as drop_last
         return DataLoader(
-            self.dataset, batch_size=self.batch_size, shuffle=self.train, drop_last=self.drop_last,
+            self.dataset, batch_size=self.batch_size, sampler=order[self.skip * self.batch_size:].tolist(),
             num_workers=self.workers, pin_memory=self.device.type == "cuda", generator=generator,
             worker_init_fn=_seed_worker, prefetch_factor=4 if self.workers else None,
         )

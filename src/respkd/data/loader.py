@@ -91,9 +91,15 @@ class BatchLoader:
         self.scale = (1.0 / (255.0 * torch.tensor(std, device=self.device))).view(shape)
         self.shift = (torch.tensor(mean, device=self.device) / torch.tensor(std, device=self.device)).view(shape)
         self.epoch = 0
+        self.skip = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Make the next pass epoch ``epoch``, starting after its first ``skip`` batches (resuming part-way).
+
+        Skipped batches are not built, and skipping draws nothing: the order and offsets depend only on the seed and
+        the epoch, so the batches that follow are exactly those of an uninterrupted epoch.
+        """
+        self.epoch, self.skip = epoch, skip
 
     def __len__(self) -> int:
         n = len(self.images)
@@ -120,7 +126,7 @@ class BatchLoader:
         view = self.view_of_epoch(self.epoch)
         offsets = self.view_offsets(view) if self.jitter else None
         flips = self.view_flips(view) if self.flip else None
-        for b in range(len(self)):
+        for b in range(self.skip, len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             yield self.make_batch(idx, None if offsets is None else offsets[idx], None if flips is None else flips[idx])
 
