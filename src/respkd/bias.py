@@ -68,8 +68,10 @@ def shift_bias(layer: nn.Linear, classes: Sequence[int], shift: float) -> None:
 
 def shift_grid(low: float, high: float, step: float) -> np.ndarray:
     """``low, low + step, ..., <= high`` (rounded to 1e-9, so 0 and the paper's 3.5 or -7.6 are hit exactly)."""
-    if not step > 0:
-        raise RespkdError(f"bias search step must be > 0, got {step}")
+    if not 0 < step < np.inf:
+        raise RespkdError(f"bias search step must be > 0 and finite, got {step}")
+    if not np.isfinite([low, high]).all():
+        raise RespkdError(f"bias search range must be finite, got {low}..{high}")
     if not low < high:
         raise RespkdError(f"bias search range must have low < high, got {low}..{high}")
     count = int(np.floor((high - low) / step + 1e-9)) + 1
@@ -138,6 +140,8 @@ def adjust_bias(
     """
     if (shift is None) == (not search):
         raise RespkdError("give either a shift or search (not both, not neither)")
+    if shift is not None and not np.isfinite(shift):
+        raise RespkdError(f"the shift must be a finite number, got {shift}")
     classes = list(classes)
     if not classes:
         raise RespkdError("name at least one class whose bias to shift")
@@ -151,7 +155,7 @@ def adjust_bias(
         if out.exists() and not overwrite_out:
             raise RespkdError(f"{out} already exists; choose another --out")
     model, meta = load_model(checkpoint, device)
-    cfg = validate_config(meta["config"], f"{checkpoint} (embedded config)")
+    cfg = validate_config(meta.get("config"), f"{checkpoint} (embedded config)")
     num_classes = int(meta["num_classes"])
     bad = [c for c in classes if not 0 <= c < num_classes]
     if bad:

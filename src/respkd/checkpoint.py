@@ -89,7 +89,7 @@ def read_checkpoint_meta(path: Path, fmt: str = CHECKPOINT_FORMAT, what: str = "
     """
     path = Path(path)
     if not path.is_file():
-        raise RespkdError(f"{what} {path} does not exist")
+        raise RespkdError(f"{what} {path} {'is not a file' if path.exists() else 'does not exist'}")
     try:
         with safe_open(str(path), "pt") as f:
             raw = (f.metadata() or {}).get("respkd")

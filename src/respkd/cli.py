@@ -10,11 +10,24 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from respkd.errors import ReportedElsewhere, RespkdError
 
 # What runs under torchrun with several processes (see respkd.distributed); the rest run in one process.
 DISTRIBUTED_COMMANDS = ("train", "distill", "distil", "sweep")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with its usage errors on one line, like every other respkd error (exit status 2 as argparse's).
+
+    argparse would print the whole usage block first; the one line names the subcommand whose ``--help`` has it.
+    Subparsers inherit this class (``add_subparsers`` builds them with the parent's type).
+    """
+
+    def error(self, message: str) -> NoReturn:
+        help_command = " ".join([self.prog, "--help"])  # e.g. "respkd train --help"
+        self.exit(2, f"respkd: error: {' '.join(message.split())} (see '{help_command}')\n")
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
@@ -28,6 +41,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 def cmd_train(args: argparse.Namespace, distil: bool) -> int:
     from respkd.config import load_config, parse_list, with_seed
     from respkd.experiment import run, run_many
+    from respkd.seeds import report_seeds
 
     cfg = load_config(args.config, args.overrides)
     if distil and not cfg.distills:
@@ -43,7 +57,9 @@ def cmd_train(args: argparse.Namespace, distil: bool) -> int:
     if args.resume and args.force:
         raise RespkdError("--resume continues an interrupted run and --force starts it over: give only one")
     seeds = parse_list(args.seeds, "--seeds")
-    run_many([with_seed(cfg, k) for k in seeds], args.runs_root, force=args.force)
+    configs = [with_seed(cfg, k) for k in seeds]
+    summaries = run_many(configs, args.runs_root, force=args.force)
+    report_seeds(cfg.name, Path(args.runs_root), [Path(args.runs_root) / c.name for c in configs], summaries)
     return 0
 
 
@@ -123,9 +139,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    from respkd.report import results_table
+    from respkd.report import results_json, results_table
 
-    print(results_table([Path(d) for d in args.runs], link_root=Path(args.link_root) if args.link_root else None))
+    runs = [Path(d) for d in args.runs]
+    if args.json:
+        print(json.dumps(results_json(runs, per_run=args.per_run)))
+    else:
+        print(results_table(runs, link_root=Path(args.link_root) if args.link_root else None,
+                            group_seeds=not args.per_run))
     return 0
 
 
@@ -218,7 +239,7 @@ def _add_specialists_parser(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="respkd", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="respkd", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     seeds_help = ("one independent run per seed, named <name>-seed<k> (e.g. 0,1,2,3,4: the members of an ensemble); "
                   "finished ones are skipped, interrupted ones resume")
@@ -279,9 +300,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden", action="append", default=[], metavar="W,W,...",
                    help="a model.hidden to sweep, e.g. 300,300 (repeatable; default: the config's)")
     p.set_defaults(func=cmd_sweep)
-    p = sub.add_parser("table", help="print the results table (markdown) of finished runs")
+    p = sub.add_parser("table", help="print the results table (markdown) of finished runs; runs that differ only "
+                                     "by seed share one row: mean ± sample std (n=K)")
     p.add_argument("runs", nargs="+", help="run directories")
     p.add_argument("--link-root", help="write Config/Download links relative to this folder")
+    p.add_argument("--per-run", action="store_true", help="one row per run, seeds not grouped")
+    p.add_argument("--json", action="store_true",
+                   help="print the numbers as JSON: per row n, seeds, mean and std of top1/top5/errors, per-run values")
     p.set_defaults(func=cmd_table)
     p = sub.add_parser("reproduce", help="run a plan of experiments in order, skipping finished ones, then tabulate")
     p.add_argument("plan", help="a plan YAML, or the name of one under configs/plans/ (e.g. mnist_table)")
@@ -311,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     except ReportedElsewhere:  # under torchrun: process 0 printed the error
         return 2
     except RespkdError as err:
-        print(f"respkd: error: {err}", file=sys.stderr)
+        print(f"respkd: error: {' '.join(str(err).split())}", file=sys.stderr)  # one line, whatever the message held
         return 2
     except KeyboardInterrupt:
         print("respkd: interrupted", file=sys.stderr)

@@ -1,14 +1,15 @@
 """Experiment configs: YAML files that are plain data, validated with types.
 
-A config never imports or executes code: it is read with ``yaml.safe_load`` and checked by pydantic models in
-strict mode, so a misspelt key (``lr_rate``) or a wrong type (``epochs: "ten"``) is an error that names the key,
-before anything runs or is written. Single keys can be overridden from the command line: ``--set train.epochs=3``.
+A config never imports or executes code: it is read with a ``yaml.SafeLoader`` (that also refuses a key given twice)
+and checked by pydantic models in strict mode, so a misspelt key (``lr_rate``) or a wrong type (``epochs: "ten"``) is
+an error that names the key, before anything runs or is written. Single keys can be overridden from the command line: ``--set train.epochs=3``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+import math
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -17,7 +18,15 @@ from respkd.errors import RespkdError, closest_name
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # allow_inf_nan=False: an `lr: .inf` or `temperature: .nan` passes every range check but ruins the run
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+
+
+# A run's name is a folder under the runs root: letters, digits, '_', '.', '-', and at least one that is not a dot
+# ('.' and '..' would be the runs root itself and its parent).
+NAME_PATTERN = r"^[A-Za-z0-9_.-]*[A-Za-z0-9_-][A-Za-z0-9_.-]*$"
+# numpy's global seed takes 0 .. 2**32 - 1; a wider range would fail deep inside a run
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 
 
 class TransferConfig(Section):
@@ -31,7 +40,7 @@ class TransferConfig(Section):
     drop_classes: list[int] = []
     keep_classes: list[int] | None = Field(None, min_length=1)
     fraction: float | None = Field(None, gt=0, le=1)
-    seed: int = 0  # draws the `fraction` subset; independent of the run's seed, so runs of any seed share it
+    seed: Seed = 0  # draws the `fraction` subset; independent of the run's seed, so runs of any seed share it
 
     @model_validator(mode="after")
     def _consistent(self) -> "TransferConfig":
@@ -85,7 +94,7 @@ class DataConfig(Section):
     # filter, so every run with the same val_size/val_seed holds out the same examples whatever its seed or transfer
     # set. Used to choose things like bias shifts (respkd adjust-bias --search), never the test set.
     val_size: int = Field(0, ge=0)
-    val_seed: int = 0
+    val_seed: Seed = 0
     transfer: TransferConfig = TransferConfig()
 
     @model_validator(mode="after")
@@ -109,6 +118,18 @@ class ModelConfig(BaseModel):
 
     model_config = ConfigDict(extra="allow", strict=True, frozen=True)
     name: str
+
+    @model_validator(mode="after")
+    def _finite_options(self) -> "ModelConfig":
+        def finite(value: Any) -> bool:
+            if isinstance(value, float):
+                return math.isfinite(value)
+            return all(map(finite, value)) if isinstance(value, list) else True
+
+        for key, value in self.options().items():
+            if not finite(value):
+                raise ValueError(f"option '{key}' must be a finite number, got {value}")
+        return self
 
     def options(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
@@ -255,10 +276,10 @@ class InitConfig(Section):
 
 
 class RunConfig(Section):
-    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$")
-    seed: int = 0
+    name: str = Field(..., pattern=NAME_PATTERN)
+    seed: Seed = 0
     device: str = "cpu"  # "cpu", "cuda", "cuda:1", or "auto" (cuda when available)
-    threads: int | None = Field(None, ge=1)
+    threads: int | None = Field(None, ge=1, le=4096)  # the bound keeps torch.set_num_threads from overflowing
     data: DataConfig = DataConfig()
     model: ModelConfig
     init: InitConfig | None = None
@@ -303,22 +324,49 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     return validate_config(read_yaml_mapping(path, overrides), str(path))
 
 
-def read_yaml_mapping(path: str | Path, overrides: list[str] = ()) -> dict[str, Any]:
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` (plain data, no tags that build objects) that refuses a key given twice in one mapping.
+
+    PyYAML silently keeps the last of two equal keys, so ``lr: 0.1`` further down a config would quietly win over
+    the ``lr`` the reader sees first.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+            except TypeError:  # an unhashable key: SafeLoader's own error says so
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key '{key}'", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text as plain data (see :class:`UniqueKeyLoader`)."""
+    return yaml.load(text, Loader=UniqueKeyLoader)
+
+
+def read_yaml_mapping(path: str | Path, overrides: list[str] = (), what: str = "config") -> dict[str, Any]:
     """A YAML file's top-level mapping with ``key.sub=value`` overrides applied (not validated: the caller's model
-    does that). Errors are one-line RespkdErrors."""
+    does that). ``what`` names the file in messages. Errors are one-line RespkdErrors."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_yaml(path.read_text())
     except FileNotFoundError:
-        raise RespkdError(f"config {path} does not exist") from None
+        raise RespkdError(f"{what} {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as err:
-        raise RespkdError(f"config {path}: cannot read ({err})") from None
+        raise RespkdError(f"{what} {path}: cannot read ({err})") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise RespkdError(f"config {path}:{where} invalid YAML ({getattr(err, 'problem', err)})") from None
+        problem = " ".join(str(getattr(err, "problem", None) or err).split())
+        raise RespkdError(f"{what} {path}:{where} invalid YAML ({problem})") from None
     if not isinstance(raw, dict):
-        raise RespkdError(f"config {path}: expected a mapping of keys to values at the top level")
+        raise RespkdError(f"{what} {path}: expected a mapping of keys to values at the top level")
     for override in overrides:
         apply_override(raw, override)
     return raw
@@ -330,7 +378,7 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
     if not sep or not key:
         raise RespkdError(f"override '{override}': expected KEY=VALUE, e.g. train.epochs=3")
     try:
-        value = yaml.safe_load(text)
+        value = load_yaml(text)
     except yaml.YAMLError:
         raise RespkdError(f"override '{override}': value is not valid YAML") from None
     *parents, leaf = key.split(".")
@@ -395,16 +443,19 @@ def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
 
 def with_seed(cfg: RunConfig, seed: int) -> RunConfig:
     """The same experiment with another seed, named ``<name>-seed<k>``: one member of a seed ensemble."""
-    return validate_config({**config_to_dict(cfg), "seed": seed, "name": f"{cfg.name}-seed{seed}"}, cfg.name)
+    return validate_config({**config_to_dict(cfg), "seed": seed, "name": f"{cfg.name}-seed{seed}"},
+                           f"{cfg.name} with seed {seed}")
 
 
 def parse_list(text: str, what: str, kind: type = int, unique: bool = True) -> list:
     """``"0,1,2"`` -> ``[0, 1, 2]`` (``kind`` int or float); a user error names ``what``."""
+    noun = "integers" if kind is int else "finite numbers"
     try:
         values = [kind(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        noun = "integers" if kind is int else "numbers"
         raise RespkdError(f"{what}: expected comma-separated {noun}, got '{text}'") from None
+    if not all(map(math.isfinite, values)):  # float('nan') and float('inf') parse, but no option wants them
+        raise RespkdError(f"{what}: expected comma-separated {noun}, got '{text}'")
     if not values:
         raise RespkdError(f"{what}: expected at least one value, got '{text}'")
     if unique and len(set(values)) != len(values):

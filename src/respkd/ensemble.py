@@ -34,8 +34,8 @@ def combine_logits(logits: torch.Tensor, rule: str, temperature: float = 1.0) ->
     """Combine members' logits ``(M, N, C)`` into ``(N, C)`` logits of the ensemble, in float32 (see module doc)."""
     if rule not in COMBINE_RULES:
         raise RespkdError(f"unknown ensemble rule '{rule}': use {' or '.join(COMBINE_RULES)}")
-    if temperature <= 0:
-        raise RespkdError(f"ensemble temperature must be > 0, got {temperature}")
+    if not 0 < temperature < math.inf:  # written so that nan fails too
+        raise RespkdError(f"ensemble temperature must be a finite number > 0, got {temperature}")
     with torch.autocast(device_type=logits.device.type, enabled=False):
         z = logits.float()
         if rule == "mean_logits":
@@ -59,8 +59,8 @@ class Ensemble(nn.Module):
             raise RespkdError("an ensemble needs at least one member")
         if combine not in COMBINE_RULES:
             raise RespkdError(f"unknown ensemble rule '{combine}': use {' or '.join(COMBINE_RULES)}")
-        if temperature <= 0:
-            raise RespkdError(f"ensemble temperature must be > 0, got {temperature}")
+        if not 0 < temperature < math.inf:
+            raise RespkdError(f"ensemble temperature must be a finite number > 0, got {temperature}")
         self.members = nn.ModuleList(members)
         self.combine, self.temperature = combine, float(temperature)
 

@@ -37,7 +37,7 @@ def checkpoint_test_loader(
     meta: dict[str, Any], checkpoint: str | Path, data_path: str | None, data_root: str | None, device: str
 ) -> tuple[BatchLoader | FolderLoader, Splits | FolderSplits]:
     """Batches of the test set named in a checkpoint's embedded config, normalised as the model was trained."""
-    cfg = validate_config(meta["config"], f"{checkpoint} (embedded config)")
+    cfg = validate_config(meta.get("config"), f"{checkpoint} (embedded config)")
     d = cfg.data
     data = select(load_data(d.dataset, data_root or d.root, data_path or d.path, d.source), cfg)
     return make_loader(data, "test", cfg, device), data

@@ -71,13 +71,30 @@ def resolve_device(name: str) -> torch.device:
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the network stored in a respkd checkpoint and load its weights (no unpickling)."""
     state, meta = load_checkpoint(Path(path))
+    check_model_meta(meta, path)
     spec = dict(meta["model"])
     model = build_model(spec.pop("name"), meta["num_classes"], tuple(meta["in_shape"]), **spec)
     try:
         model.load_state_dict(state)
-    except RuntimeError as err:
-        raise RespkdError(f"{path}: weights do not fit the model in its metadata ({str(err).splitlines()[0]})") from None
+    except RuntimeError as err:  # torch's first line only says "Error(s) in loading state_dict"; the next says which
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        detail = lines[1 if len(lines) > 1 else 0]
+        raise RespkdError(f"{path}: weights do not fit the model in its metadata ({detail})") from None
     return model.to(device), meta
+
+
+def check_model_meta(meta: dict[str, Any], path: str | Path) -> None:
+    """Refuse checkpoint metadata that cannot describe a network (a hand-edited or foreign file), in one line."""
+    model, classes, shape = meta.get("model"), meta.get("num_classes"), meta.get("in_shape")
+    problems = []
+    if not (isinstance(model, dict) and isinstance(model.get("name"), str)):
+        problems.append("'model' must be a mapping with a 'name'")
+    if not (type(classes) is int and classes >= 1):
+        problems.append(f"'num_classes' must be a positive integer, got {classes!r}")
+    if not (isinstance(shape, list) and len(shape) == 3 and all(type(d) is int and d >= 1 for d in shape)):
+        problems.append(f"'in_shape' must be [channels, height, width], got {shape!r}")
+    if problems:
+        raise RespkdError(f"{path}: metadata does not describe a model: {'; '.join(problems)}")
 
 
 def environment() -> dict[str, Any]:
@@ -180,8 +197,19 @@ def is_finished(cfg: RunConfig, runs_root: Path) -> bool:
         return False
 
 
+def check_folder_can_hold(path: Path, what: str) -> None:
+    """Refuse a folder to write into whose path is blocked by a file (itself, or one of its parents)."""
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise RespkdError(f"{what} {path}: {p} is not a folder" if p != path else f"{what} {path} is not a folder")
+            return
+
+
 def prepare(cfg: RunConfig, runs_root: Path, force: bool = False) -> Prepared:
     out_dir = runs_root / cfg.name
+    check_folder_can_hold(runs_root, "runs root")
+    check_folder_can_hold(out_dir, "run directory")
     if (out_dir / SUMMARY_NAME).exists() and not force:
         raise RespkdError(f"run '{cfg.name}' already finished in {out_dir}; pass --force to overwrite it")
     if cfg.threads:

@@ -259,8 +259,9 @@ def build_model(name: str, num_classes: int, in_shape: tuple[int, ...], **kwargs
             factory = _REGISTRY[name]
             _check_options(name, factory, kwargs)
             return factory(num_classes=num_classes, in_shape=in_shape, **kwargs)
-    except TypeError as err:  # an option a torchvision/timm model does not take
-        raise RespkdError(f"model '{name}': {err}") from None
+    except (TypeError, ValueError, RuntimeError, OverflowError) as err:
+        # an option the model does not take, or a value its layers refuse (dropout 2.0, a width of -5 or 10**30)
+        raise RespkdError(f"model '{name}': {str(err).strip().splitlines()[0]}") from None
     raise RespkdError(
         f"unknown model '{name}': use one of {', '.join(list_models())}, 'torchvision.<arch>' or 'timm.<arch>'"
     )

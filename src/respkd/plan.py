@@ -45,12 +45,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
 from respkd.bias import adjust_bias
 from respkd.checkpoint import atomic_write_text, read_checkpoint_meta
-from respkd.config import RunConfig, key_suggestion, format_validation_error, load_config, with_seed
+from respkd.config import (NAME_PATTERN, RunConfig, format_validation_error, key_suggestion, load_config,
+                           read_yaml_mapping, with_seed)
 from respkd.errors import RespkdError
 from respkd.evaluate import evaluate_ensemble
 from respkd.experiment import CHECKPOINT_NAME, environment, is_finished, run_many  # is_finished: re-exported
@@ -58,11 +58,10 @@ from respkd.report import read_summary, results_table
 from respkd.sweep import Cell, check_plotting, run_sweep, sweep_cells, sweep_folder, sweep_table, width_label
 
 PLANS_DIR = Path("configs/plans")
-NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
 
 
 class StageBase(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
     paper: dict[str, float] = {}
     note: str = ""
 
@@ -158,7 +157,7 @@ Stage = Annotated[
 
 
 class Plan(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
     title: str
     runs_root: str
     report: str = Field("REPORT.md", pattern=r"^[A-Za-z0-9_.-]+\.md$")
@@ -187,11 +186,9 @@ def load_plan(name: str) -> Plan:
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in PLANS_DIR.glob("*.yaml"))) if PLANS_DIR.is_dir() else "none found"
         raise RespkdError(f"no plan '{name}' ({path} does not exist); plans under {PLANS_DIR}: {known}")
+    raw = read_yaml_mapping(path, what="plan")
     try:
-        raw = yaml.safe_load(path.read_text())
         return Plan.model_validate(raw)
-    except yaml.YAMLError as err:
-        raise RespkdError(f"plan {path}: invalid YAML ({err})") from None
     except ValidationError as err:
         raise RespkdError(f"plan {path}: {plan_error(err)}") from None
 

@@ -198,9 +198,11 @@ def _to_splits(info: DatasetInfo, arrays: dict[str, torch.Tensor]) -> Splits:
     stored = (h, w) if c == 1 else (c, h, w)  # grey images are stored without their channel axis
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
-        if images.dtype != torch.uint8 or tuple(images.shape[1:]) != stored or len(images) != len(labels):
-            raise RespkdError(f"{info.name}: {split} images have shape {tuple(images.shape)}, expected (N, "
-                              f"{', '.join(map(str, stored))})")
+        if images.dtype != torch.uint8 or tuple(images.shape[1:]) != stored:
+            raise RespkdError(f"{info.name}: {split} images are {images.dtype} of shape {tuple(images.shape)}, "
+                              f"expected uint8 of shape (N, {', '.join(map(str, stored))})")
+        if labels.dim() != 1 or len(images) != len(labels):
+            raise RespkdError(f"{info.name}: {len(images)} {split} images but {len(labels)} {split} labels")
         if len(labels) and (labels.min() < 0 or labels.max() >= len(info.class_names)):
             raise RespkdError(f"{info.name}: {split} labels outside 0..{len(info.class_names) - 1}")
     return Splits(
@@ -223,7 +225,7 @@ def _read_raw(info: DatasetInfo, root: Path, path: Path | None, source: str) -> 
         for folder in folders:
             if not folder.is_dir():
                 if path is not None:
-                    raise RespkdError(f"data folder {folder} does not exist")
+                    raise RespkdError(f"data folder {folder} {'is not a folder' if folder.exists() else 'does not exist'}")
                 continue
             if source in ("auto", "idx") and (idx_dir := _find_idx_dir(folder, info)):
                 return _read_idx_dir(idx_dir), f"idx:{idx_dir}"

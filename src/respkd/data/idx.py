@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +29,7 @@ def read_idx(path: Path) -> np.ndarray:
     ndim = raw[3]
     header = 4 + 4 * ndim
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected = header + int(np.prod(shape)) * dtype.itemsize
+    expected = header + math.prod(shape) * dtype.itemsize  # exact: np.prod would wrap around on absurd dimensions
     if len(raw) != expected:
         raise RespkdError(f"{path}: IDX file is {len(raw)} bytes, its header promises {expected} (truncated?)")
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
@@ -36,13 +38,16 @@ def read_idx(path: Path) -> np.ndarray:
 def read_label_pixel_csv(path: Path, image_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Read a CSV whose rows are ``label, pixel_1, ..., pixel_HW`` (0-255), with or without a header row."""
     try:
-        with open(path, "rb") as f:
+        with open(path, "rb") as f, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # numpy warns on stderr about a file without rows; that is said below
             first = f.readline()
             has_header = not first.split(b",")[0].strip().isdigit()
             f.seek(0)
             table = np.loadtxt(f, delimiter=",", dtype=np.int32, skiprows=int(has_header), ndmin=2)
     except (OSError, ValueError) as err:
         raise RespkdError(f"{path}: cannot read label,pixels CSV ({err})") from None
+    if len(table) == 0:
+        raise RespkdError(f"{path}: no rows of label,pixels")
     pixels = int(np.prod(image_shape))
     if table.shape[1] != pixels + 1:
         raise RespkdError(f"{path}: rows have {table.shape[1]} columns, expected 1 label + {pixels} pixels")

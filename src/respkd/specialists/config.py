@@ -12,7 +12,8 @@ from typing import Literal
 
 from pydantic import Field, ValidationError, model_validator
 
-from respkd.config import ModelConfig, Section, TrainConfig, format_validation_error, read_yaml_mapping
+from respkd.config import (NAME_PATTERN, ModelConfig, Section, Seed, TrainConfig, format_validation_error,
+                           read_yaml_mapping)
 from respkd.errors import RespkdError
 
 SUBSET_RULES = ("correlation", "zero_diagonal", "covariance")
@@ -47,7 +48,7 @@ class SubsetsConfig(Section):
     min_size: int = Field(2, ge=1)
     partners: int = Field(0, ge=0)
     n_init: int = Field(10, ge=1)  # K-means restarts (the best inertia wins)
-    seed: int = 0
+    seed: Seed = 0
 
     @model_validator(mode="after")
     def _sizes(self) -> "SubsetsConfig":
@@ -92,10 +93,10 @@ class CombineConfig(Section):
 
 
 class SpecialistsConfig(Section):
-    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$")
-    seed: int = 0
+    name: str = Field(..., pattern=NAME_PATTERN)
+    seed: Seed = 0
     device: str = "cpu"
-    threads: int | None = Field(None, ge=1)
+    threads: int | None = Field(None, ge=1, le=4096)
     generalist: GeneralistRef
     subsets: SubsetsConfig
     specialist: SpecialistConfig

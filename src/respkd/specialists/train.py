@@ -100,7 +100,7 @@ def prepare(cfg: SpecialistsConfig, runs_root: str | Path, threads: int | None =
         raise RespkdError(f"generalist checkpoint {path} does not exist (train the generalist run first)")
     generalist, meta = load_model(path, device)
     generalist.requires_grad_(False).eval()
-    gen_cfg = validate_config(meta["config"], f"{path} (embedded config)")
+    gen_cfg = validate_config(meta.get("config"), f"{path} (embedded config)")
     if gen_cfg.data.val_size == 0:
         raise RespkdError(f"{path}: subsets are found on the generalist run's validation split, but its run had "
                           "data.val_size 0 (retrain the generalist with data.val_size > 0)")
