@@ -487,8 +487,13 @@ def write_report(plan: Plan, jobs: list[Job], root: Path, elapsed: float) -> str
     if notes:
         lines += ["", "## Notes", "", *notes]
     env = read_summary(run_dirs[-1])["environment"] if run_dirs else environment()
+    # The whole plan's cost, whichever invocations ran its stages: the runs' own wall times (training + evaluation)
+    # plus the time spent building or opening their teacher caches.
+    runs_wall = sum(s["wall_time_s"] + ((s.get("teacher_cache") or {}).get("setup_time_s") or 0)
+                    for s in map(read_summary, run_dirs))
     lines += ["", f"Machine: {env['cpu']}, {env['torch_threads']} threads, torch {env['torch']}. "
-              f"This invocation took {elapsed / 60:.1f} min (finished stages are skipped, not rerun)."]
+              f"The plan's runs took {runs_wall / 60:.1f} min of wall time together (each run's own, as measured "
+              f"when it ran). This invocation took {elapsed / 60:.1f} min (finished stages are skipped, not rerun)."]
     text = "\n".join(lines) + "\n"
     atomic_write_text(root / plan.report, text)
     return text
