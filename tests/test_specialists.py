@@ -339,7 +339,10 @@ def test_shipped_specialists_configs_and_plan_validate(tmp_path):
     cfg = load_specialists_config("configs/fashion_mnist/specialists.yaml")
     assert cfg.generalist.run == gen.name and cfg.subsets.rule == "correlation"
     jobs = resolve(load_plan("specialists_fashion"), [], tmp_path / "runs")
-    assert [j.needs for j in jobs[1:]] == [[f"{gen.name}-seed{k}"] for k in range(3)]
+    assert [j.needs for j in jobs[1:4]] == [[f"{gen.name}-seed{k}"] for k in range(3)]  # specialists of each seed
+    assert [j.needs for j in jobs[4:]] == [[f"{gen.name}-seed{k}"] for k in range(3)]  # its compute-matched control
+    control = load_config("configs/fashion_mnist/generalist_cnn_control.yaml")
+    assert (control.model, control.data) == (gen.model, gen.data) and control.init.run == gen.name
     assert not (tmp_path / "runs").exists()
 
 
