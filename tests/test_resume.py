@@ -45,6 +45,10 @@ def variant_config(kind: str, idx_dir: Path, data_root: Path, cache_dir: Path, t
         return tiny_config(NAME, idx_dir, data_root, threads=1, model=dropout, data={"jitter": 2},
                            train={**train, "optimizer": "adamw", "lr": 0.01, "schedule": "cosine",
                                   "weight_decay": 0.01})
+    if kind == "cnn-channels-last":  # batch-norm buffers, channels-last weights and optimizer moments, flips
+        cfg = tiny_config(NAME, idx_dir, data_root, threads=1, data={"jitter": 1, "flip": True},
+                          train={**train, "optimizer": "adamw", "lr": 0.01, "channels_last": True})
+        return {**cfg, "model": {"name": "cnn", "channels": [4, 8]}}
     assert kind == "kd-cache"
     return tiny_config(NAME, idx_dir, data_root, threads=1, data={"jitter": 1, "jitter_views": 2},
                        teacher={"checkpoint": str(teacher)},
@@ -57,7 +61,8 @@ def setup(tmp_path_factory, idx_dir, session_runs):
     """Config dicts by variant, and their uninterrupted runs (made once, when first asked for)."""
     base = tmp_path_factory.mktemp("resume")
     teacher = session_runs["teacher_dir"] / "model.safetensors"
-    configs = {k: variant_config(k, idx_dir, base / "data", base / "cache", teacher) for k in ("sgd", "adamw", "kd-cache")}
+    configs = {k: variant_config(k, idx_dir, base / "data", base / "cache", teacher)
+               for k in ("sgd", "adamw", "kd-cache", "cnn-channels-last")}
     references: dict[str, Path] = {}
 
     def reference(kind: str) -> Path:
@@ -125,7 +130,7 @@ def test_killed_and_resumed_run_is_bitwise_identical(setup, tmp_path, monkeypatc
     assert f"resumed at epoch {epoch}, batch {batch} (step {step})" in (resumed / "log.txt").read_text()
 
 
-@pytest.mark.parametrize("kind", ["adamw", "kd-cache"])
+@pytest.mark.parametrize("kind", ["adamw", "kd-cache", "cnn-channels-last"])
 def test_several_kills_in_one_run(setup, tmp_path, monkeypatch, kind):
     crashes = ["step:3", "write:6", "step:11", "epoch:2", "step:17"]
     resumed = crash_then_resume(setup["configs"][kind], tmp_path / "runs", crashes, monkeypatch)

@@ -370,3 +370,6 @@ def test_control_table_compares_per_run_and_gives_the_one_sd_verdict(tmp_path, c
     assert "The control trained 11 more epochs" in out
     assert main(["specialists", "table", *folders, "--control", *controls[:2]]) == 2
     assert "2 control run(s) for 3 specialists run(s)" in capsys.readouterr().err
+    (tmp_path / "control-seed2" / "summary.json").write_text(json.dumps({"name": "not a run"}))
+    assert main(["specialists", "table", *folders, "--control", *controls]) == 2
+    assert capsys.readouterr().err.count("\n") == 1  # one line, no traceback

@@ -192,7 +192,11 @@ def control_section(results: list[dict[str, Any]], controls: list[dict[str, Any]
         raise RespkdError(f"{len(controls)} control run(s) for {len(results)} specialists run(s): give one control per "
                           "specialists folder, in the same order")
     combined = [r["overall"]["combined_top1"] for r in results]
-    control = [c["metrics"]["top1"] for c in controls]
+    try:
+        control = [float(c["metrics"]["top1"]) for c in controls]
+    except (KeyError, TypeError, ValueError):
+        raise RespkdError("a control's summary.json has no test top-1 (metrics.top1): give finished training runs "
+                          "as --control") from None
     diffs = [a - b for a, b in zip(combined, control)]
     lines = ["| model | test top-1 (%) | per run |", "|---|---:|---|",
              f"| generalist | {_mean_std([r['overall']['generalist_top1'] for r in results])} | "
