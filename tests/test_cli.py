@@ -404,3 +404,19 @@ def test_real_mnist_short_run(real_mnist_root, tmp_path, capsys):
     assert main(["eval", str(tmp_path / "runs" / "real-mnist" / "model.safetensors"), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["n"] == 1000 and result["errors"] == summary["metrics"]["errors"]
+
+
+def test_a_summary_without_its_weights_is_trained_again(idx_dir, tmp_path, capsys):
+    """The repository commits weights only for the results table's models: a run folder holding a summary but no
+    model.safetensors is not finished, so --seeds (and plans) train it again instead of skipping it."""
+    cfg = write_yaml(tmp_path / "m.yaml", tiny_config("member", idx_dir, tmp_path / "data"))
+    runs = tmp_path / "runs"
+    assert main(["train", str(cfg), "--seeds", "0", "--runs-root", str(runs)]) == 0
+    weights = runs / "member-seed0" / "model.safetensors"
+    first = weights.read_bytes()
+    assert main(["train", str(cfg), "--seeds", "0", "--runs-root", str(runs)]) == 0
+    assert "already finished" in capsys.readouterr().out
+    weights.unlink()
+    assert main(["train", str(cfg), "--seeds", "0", "--runs-root", str(runs)]) == 0
+    assert "its weights are not in" in capsys.readouterr().out
+    assert weights.read_bytes() == first  # the same config and seed make the same model again

@@ -218,6 +218,8 @@ def test_a_run_finished_before_new_config_keys_existed_still_counts_as_finished(
         del stored["data"][key]
     write_yaml(tmp_path / "runs" / "old" / "x.yaml", {})
     (tmp_path / "runs" / "old" / "summary.json").write_text(json.dumps({"config": stored}))
+    assert not is_finished(cfg, tmp_path / "runs")  # no weights yet
+    (tmp_path / "runs" / "old" / "model.safetensors").write_bytes(b"")
     assert is_finished(cfg, tmp_path / "runs")
     changed = validate_config(tiny_config("old", idx_dir, tmp_path, data={"val_size": 10}))
     assert not is_finished(changed, tmp_path / "runs")

@@ -182,6 +182,15 @@ def describe_teacher(cfg: RunConfig, runs_root: Path) -> str | list[str]:
 
 
 def is_finished(cfg: RunConfig, runs_root: Path) -> bool:
+    """True when ``cfg``'s run directory holds a summary made from exactly this config, and the model it made.
+
+    A summary without its weights (the repository commits weights only for the models of its results table) is not
+    finished: later stages need the model, so the run is trained again.
+    """
+    return summary_matches(cfg, runs_root) and (Path(runs_root) / cfg.name / CHECKPOINT_NAME).is_file()
+
+
+def summary_matches(cfg: RunConfig, runs_root: Path) -> bool:
     """True when ``cfg``'s run directory holds a summary made from exactly this config.
 
     The stored config is validated again before comparing, so keys added to respkd later (with defaults that change
@@ -497,7 +506,7 @@ def run_many(
         raise RespkdError(f"two runs share the name '{dup}'")
     if not (force or replace_changed):
         for cfg in configs:
-            if (runs_root / cfg.name / SUMMARY_NAME).exists() and not is_finished(cfg, runs_root):
+            if (runs_root / cfg.name / SUMMARY_NAME).exists() and not summary_matches(cfg, runs_root):
                 raise RespkdError(f"run '{cfg.name}' already finished in {runs_root / cfg.name} with another config; "
                                   "pass --force to overwrite it")
     summaries = []
@@ -506,6 +515,10 @@ def run_many(
         if not force and is_finished(cfg, runs_root):
             log(f"{tag} {cfg.name}: already finished in {runs_root / cfg.name}, skipped")
             summaries.append(json.loads((runs_root / cfg.name / SUMMARY_NAME).read_text()))
+            continue
+        if not force and summary_matches(cfg, runs_root):
+            log(f"{tag} {cfg.name}: finished, but its weights are not in {runs_root / cfg.name}; training it again")
+            summaries.append(run(cfg, runs_root, force=True, quiet=quiet))
             continue
         # An interrupted run resumes from its training state when that state belongs to this very config.
         interrupted = not force and has_state(runs_root / cfg.name)
