@@ -143,3 +143,13 @@ def real_mnist_root(tmp_path_factory) -> Path:
     load_dataset("mnist", root=root)
     assert (root / "mnist.safetensors").is_file()
     return root
+
+
+def one_line_error(capsys) -> str:
+    """The one ``respkd: error: ...`` line a refused command printed (asserting it is one line, no traceback)."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("respkd: error: ")
+    return lines[0]

@@ -17,18 +17,9 @@ from respkd.config import validate_config
 from respkd.data.datasets import write_cache
 from respkd.models import build_model
 
-from conftest import N_TEST, N_TRAIN, snapshot, tiny_config, write_yaml
+from conftest import N_TEST, N_TRAIN, one_line_error, snapshot, tiny_config, write_yaml
 
 RUN_FILES = {"config.yaml", "environment.json", "metrics.jsonl", "log.txt", "model.safetensors", "summary.json"}
-
-
-def one_line_error(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("respkd: error: ")
-    return lines[0]
 
 
 # ---------------------------------------------------------------- train, distill, eval, table

@@ -27,7 +27,7 @@ from respkd.config import validate_config, with_seed
 from respkd.experiment import run
 from respkd.resume import CRASH_ENV, CRASH_MODE_ENV, STATE_NAME, SimulatedCrash, from_json, to_json
 
-from conftest import snapshot, tiny_config, write_yaml
+from conftest import one_line_error, snapshot, tiny_config, write_yaml
 
 NAME = "resumable"
 
@@ -237,15 +237,6 @@ def test_seed_run_with_a_state_of_another_config_starts_over(setup, tmp_path, mo
 
 
 # ---------------------------------------------------------------- refusals: one line, exit 2, nothing changed
-
-
-def one_line_error(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("respkd: error: ")
-    return lines[0]
 
 
 @pytest.fixture

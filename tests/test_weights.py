@@ -26,7 +26,7 @@ from respkd.errors import RespkdError
 from respkd.experiment import load_model, prepare
 from respkd.models import build_model
 
-from conftest import snapshot, tiny_config, write_yaml
+from conftest import one_line_error, snapshot, tiny_config, write_yaml
 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
@@ -35,15 +35,6 @@ MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 def with_model(cfg: dict, **model) -> dict:
     """``cfg`` with its model replaced (tiny_config merges sections; the MLP's ``hidden`` must not stay)."""
     return {**cfg, "model": model}
-
-
-def one_line_error(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("respkd: error: ")
-    return lines[0]
 
 
 def small_state() -> dict[str, torch.Tensor]:
