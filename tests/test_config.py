@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from respkd.config import RunConfig, apply_override, config_to_dict, load_config, validate_config
+from respkd.data.datasets import dataset_info
 from respkd.errors import RespkdError
 from respkd.models import build_model
 
@@ -222,8 +223,19 @@ def test_yaml_tags_are_not_executed(tmp_path):
         load_config(evil)
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "configs" / "mnist").glob("*.yaml")), ids=lambda p: p.name)
+SHIPPED = sorted(p for p in (REPO / "configs").glob("*/*.yaml") if p.parent.name != "plans")
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_shipped_configs_validate(path):
+    """Every shipped config is valid and builds its model: run configs, and specialists configs (specialists*.yaml)."""
+    if path.name.startswith("specialists"):
+        from respkd.specialists.config import SpecialistsConfig, load_specialists_config
+
+        assert isinstance(load_specialists_config(path), SpecialistsConfig)
+        return
     cfg = load_config(path)
     assert isinstance(cfg, RunConfig)
-    build_model(cfg.model.name, 10, (1, 28, 28), **cfg.model.options())
+    info = dataset_info(cfg.data.dataset)
+    classes = len(info.class_names) or 1000  # ImageNet's classes are its folders, unknown until read
+    build_model(cfg.model.name, classes, info.image_shape, **cfg.model.options())
