@@ -255,6 +255,12 @@ def test_parallel_training_survives_a_failed_specialist_and_resumes(tmp_path, ge
     assert main(["specialists", "table", str(out), str(out)]) == 0
     assert "mean ± standard deviation" in capsys.readouterr().out
 
+    # a specialist finished before a config key existed (its stored spec lacks the key) is still finished
+    summary_path = out / "specialist-0" / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    del summary["spec"]["specialist"]["train"]["checkpoint_every_steps"]
+    summary_path.write_text(json.dumps(summary))
+
     # --only K retrains nothing that is finished, and names a K that does not exist
     before = snapshot(out / "specialist-0")
     assert main(["specialists", "train", str(config), "--runs-root", str(runs), "--only", "0"]) == 0

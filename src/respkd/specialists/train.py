@@ -33,10 +33,11 @@ from typing import Any, Callable
 
 import torch
 import yaml
+from pydantic import ValidationError
 from torch import nn
 
 from respkd.checkpoint import atomic_write_text, save_checkpoint
-from respkd.config import RunConfig, config_to_dict, validate_config
+from respkd.config import DataConfig, RunConfig, config_to_dict, validate_config
 from respkd.data.datasets import Splits, input_normalization, load_dataset
 from respkd.data.loader import BatchLoader
 from respkd.distill import Distiller, Supervised
@@ -45,7 +46,7 @@ from respkd.errors import RespkdError
 from respkd.experiment import (CHECKPOINT_NAME, SUMMARY_NAME, RunLog, environment, load_model, resolve_device,
                                seed_everything, select)
 from respkd.models import build_model, count_parameters
-from respkd.specialists.config import SpecialistsConfig
+from respkd.specialists.config import SpecialistConfig, SpecialistsConfig
 from respkd.specialists.model import (MappedGeneralist, SubsetBatches, dustbin_correction, label_map, shift_dustbin,
                                       specialist_from_generalist)
 from respkd.specialists.subsets import check_libraries, generalist_probabilities, subsets_record, write_subsets
@@ -159,9 +160,17 @@ def specialist_spec(ctx: Context, subset: list[int], k: int) -> dict[str, Any]:
 
 
 def finished_spec(out_dir: Path, k: int) -> dict[str, Any] | None:
-    """The spec of a finished specialist k (its summary's), or None when there is none."""
+    """The spec of a finished specialist k (its summary's), or None when there is none.
+
+    Its config parts are validated again, so a key added to respkd since (with a default that changes nothing)
+    does not make a finished specialist look different and train it again."""
     summary = read_json(specialist_dir(out_dir, k) / SUMMARY_NAME)
-    return None if summary is None else summary.get("spec")
+    spec = None if summary is None else summary.get("spec")
+    try:
+        return {**spec, "specialist": SpecialistConfig.model_validate(spec["specialist"]).model_dump(mode="json"),
+                "data": DataConfig.model_validate(spec["data"]).model_dump(mode="json")}
+    except (ValidationError, KeyError, TypeError):
+        return spec  # not comparable as configs: compared as it is (and so found stale)
 
 
 def check_conflicts(ctx: Context, subsets: list[list[int]], force: bool) -> None:
