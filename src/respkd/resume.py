@@ -58,7 +58,7 @@ IGNORED_KEYS = ("train.checkpoint_every_steps",)
 def gather_per_process(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Every process's copy of each of ``tensors`` (each the same shape in every process), named
     ``process<rank>.<name>``. One process: no communication. Under torch.distributed every process must call it."""
-    rank, world = distributed.rank(), distributed.world_size()
+    world = distributed.world_size()
     if world == 1:
         return {f"process0.{name}": t for name, t in tensors.items()}
     dist = torch.distributed
