@@ -425,6 +425,8 @@ CASES: dict[str, Case] = {
     "resume-a-finished-run": Case(lambda w: ["train", w.config(), "--runs-root", str(w.runs), "--resume"],
                                   ("nothing to resume",)),
     "resume-and-force": Case(lambda w: ["train", w.config(), *w.run_args(), "--resume"], ("give only one",)),
+    "seeds-resume-and-force": Case(lambda w: ["train", w.config(), *w.run_args(), "--resume", "--seeds", "0,1"],
+                                   ("give only one",)),
     "resume-state-garbage": Case(lambda w: ["train", interrupted_run(w), "--runs-root", str(w.runs), "--resume"],
                                  ("cannot resume",)),
     "interrupted-run-without-resume": Case(lambda w: ["train", interrupted_run(w), "--runs-root", str(w.runs)],

@@ -253,11 +253,16 @@ def state_problem(out_dir: Path, cfg: RunConfig) -> Refusal | None:
     return None
 
 
+def check_flags(resume: bool, force: bool) -> None:
+    """Refuse ``--resume`` with ``--force``: one continues an interrupted run, the other starts it over."""
+    if resume and force:
+        raise RespkdError("--resume continues an interrupted run and --force starts it over: give only one")
+
+
 def check_start(out_dir: Path, cfg: RunConfig, *, resume: bool, force: bool, finished: bool) -> None:
     """Refuse (one-line RespkdError, before anything is written) a resume that cannot be, or a fresh start that
     would silently throw an interrupted run's training state away."""
-    if resume and force:
-        raise RespkdError("--resume continues an interrupted run and --force starts it over: give only one")
+    check_flags(resume, force)
     if resume and finished:
         raise RespkdError(f"run '{cfg.name}' already finished in {out_dir}: nothing to resume")
     if resume:
