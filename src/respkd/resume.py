@@ -379,10 +379,9 @@ class TrainingState:
 
     def load(self) -> None:
         """Read and verify the stored state and put it into the model, optimizer and scheduler; the generators
-        follow in :meth:`begin`. Any problem is a one-line RespkdError, raised before the run writes anything."""
-        problem = state_problem(self.path.parent, self.cfg)
-        if problem:
-            raise RespkdError(f"cannot resume: {problem.reason}; {problem.remedy}")
+        follow in :meth:`begin`. Any problem is a one-line RespkdError, raised before the run writes anything.
+
+        Called after :func:`check_start`, which has already judged the state's header (its config among it)."""
         try:
             tensors, meta = load_checkpoint(self.path, STATE_FORMAT, WHAT)
         except RespkdError as err:
