@@ -27,7 +27,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from respkd.errors import RespkdError
+from respkd.errors import RespkdError, first_line
 
 CHECKPOINT_FORMAT = "respkd-checkpoint-v1"
 
@@ -94,7 +94,7 @@ def read_checkpoint_meta(path: Path, fmt: str = CHECKPOINT_FORMAT, what: str = "
         with safe_open(str(path), "pt") as f:
             raw = (f.metadata() or {}).get("respkd")
     except (SafetensorError, OSError) as err:
-        raise RespkdError(f"{path}: not a readable safetensors {what} ({_first_line(err)})") from None
+        raise RespkdError(f"{path}: not a readable safetensors {what} ({first_line(err)})") from None
     try:
         meta = json.loads(raw) if raw else None
     except json.JSONDecodeError:
@@ -113,14 +113,10 @@ def load_checkpoint(
         with safe_open(str(path), "pt") as f:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, RuntimeError) as err:
-        raise RespkdError(f"{path}: corrupt or truncated {what} ({_first_line(err)})") from None
+        raise RespkdError(f"{path}: corrupt or truncated {what} ({first_line(err)})") from None
     if tensors_digest(tensors) != meta.get("weights_sha256"):
         raise RespkdError(f"{path}: checksum of the weights does not match the metadata (corrupt {what})")
     return tensors, meta
-
-
-def _first_line(err: BaseException) -> str:
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
 # ---------------------------------------------------------------- weights from anywhere: respkd, safetensors, torch
@@ -170,7 +166,7 @@ def load_weights(path: str | Path) -> Weights:
             with safe_open(str(path), "pt") as f:
                 is_respkd = "respkd" in (f.metadata() or {})
         except (SafetensorError, OSError) as err:
-            raise RespkdError(f"{path}: not a readable safetensors file ({_first_line(err)})") from None
+            raise RespkdError(f"{path}: not a readable safetensors file ({first_line(err)})") from None
         if is_respkd:
             state, meta = load_checkpoint(path)
             return Weights(path, "respkd", state, meta["weights_sha256"], [], meta)
@@ -178,7 +174,7 @@ def load_weights(path: str | Path) -> Weights:
             with safe_open(str(path), "pt") as f:
                 raw = {k: f.get_tensor(k) for k in f.keys()}
         except (SafetensorError, OSError, RuntimeError) as err:
-            raise RespkdError(f"{path}: corrupt or truncated safetensors file ({_first_line(err)})") from None
+            raise RespkdError(f"{path}: corrupt or truncated safetensors file ({first_line(err)})") from None
         kind = "safetensors"
     elif suffix in TORCH_SUFFIXES:
         raw, kind = _torch_load_safely(path), "torch"
@@ -199,13 +195,13 @@ def _torch_load_safely(path: Path) -> Any:
         if found is None:  # no object refused: the bytes are not a torch.save file at all ("Unsupported operand")
             detail = re.search(r"WeightsUnpickler error:\s*(.+)", str(err))
             raise RespkdError(f"{path}: not a readable torch.save file "
-                              f"({detail.group(1).strip() if detail else _first_line(err)})") from None
+                              f"({detail.group(1).strip() if detail else first_line(err)})") from None
         raise RespkdError(
             f"{path}: refused: it holds pickled Python objects ({found.group(1)}) beyond tensors and plain "
             "containers, and reading them could run code; save model.state_dict() instead, or convert to safetensors"
         ) from None
     except Exception as err:  # noqa: BLE001 - a damaged file can make torch.load raise almost anything
-        raise RespkdError(f"{path}: not a readable torch.save file ({type(err).__name__}: {_first_line(err)})") from None
+        raise RespkdError(f"{path}: not a readable torch.save file ({type(err).__name__}: {first_line(err)})") from None
 
 
 def _plain_state_dict(raw: Any, path: Path) -> tuple[dict[str, torch.Tensor], list[str]]:

@@ -46,7 +46,7 @@ from respkd import distributed
 from respkd.checkpoint import atomic_write, load_checkpoint, read_checkpoint_meta, tensors_digest
 from respkd.config import RunConfig, config_to_dict, validate_config
 from respkd.engine import EpochProgress
-from respkd.errors import RespkdError
+from respkd.errors import RespkdError, first_line
 
 STATE_NAME = "resume.safetensors"
 STATE_FORMAT = "respkd-train-state-v1"
@@ -406,9 +406,8 @@ class TrainingState:
             self._rng = ({**{k: v for k, v in tensors.items() if k.startswith("rng.")},
                           **{k: v for k, v in own.items() if k.startswith("rng.")}}, meta["rng"])
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise RespkdError(f"cannot resume: {self.path} does not fit this run ({first}); pass --force to start "
-                              "over") from None
+            raise RespkdError(f"cannot resume: {self.path} does not fit this run ({first_line(err)}); "
+                              "pass --force to start over") from None
         if self.step != pos["step"] or not 0 <= pos["batches_done"] <= self.steps_per_epoch:
             raise RespkdError(f"cannot resume: {self.path}: its position (step {pos['step']}) does not fit "
                               f"{self.steps_per_epoch} steps per epoch; pass --force to start over")

@@ -17,7 +17,7 @@ from torch import nn
 
 from respkd.checkpoint import Weights, atomic_save_safetensors, atomic_write, load_checkpoint, load_weights
 from respkd.config import ModelConfig
-from respkd.errors import RespkdError
+from respkd.errors import RespkdError, first_line
 from respkd.models import build_model
 
 EXPORT_FORMATS = ("safetensors", "pth")
@@ -50,7 +50,7 @@ def fit_weights(model: nn.Module, weights: Weights, strict: bool, what: str) -> 
     try:
         model.load_state_dict(fitting, strict=not problems)
     except RuntimeError as err:
-        raise RespkdError(f"{weights.path} does not fit {what} ({str(err).strip().splitlines()[0]})") from None
+        raise RespkdError(f"{weights.path} does not fit {what} ({first_line(err)})") from None
     return {"source": str(weights.path), "kind": weights.kind, "weights_sha256": weights.sha256, "strict": strict,
             "loaded": len(fitting), "of": len(own), "notes": weights.notes, "missing": missing,
             "unexpected": unexpected, "shape_mismatch": mismatch}

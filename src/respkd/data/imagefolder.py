@@ -26,7 +26,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
 from respkd.data.datasets import DatasetInfo
-from respkd.errors import RespkdError
+from respkd.errors import RespkdError, first_line
 
 SPLIT_FOLDERS = {"train": "train", "test": "val"}
 RESIZE_SIZE = 256  # val: resize the shorter side to this, then take the centre crop of the model's input size
@@ -96,7 +96,7 @@ def load_image_folders(info: DatasetInfo, path: str | None) -> FolderSplits:
             classes, class_to_idx = find_classes(str(folder))
             samples = make_dataset(str(folder), class_to_idx, extensions=IMG_EXTENSIONS)
         except (FileNotFoundError, OSError) as err:  # no class folders, or a class folder without images
-            raise RespkdError(f"{folder}: {str(err).splitlines()[0]}") from None
+            raise RespkdError(f"{folder}: {first_line(err)}") from None
         listed[split] = classes, [(str(Path(file).relative_to(root)), label) for file, label in samples]
     (train_classes, train_files), (test_classes, test_files) = listed["train"], listed["test"]
     if train_classes != test_classes:
