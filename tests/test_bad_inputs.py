@@ -329,6 +329,10 @@ CASES: dict[str, Case] = {
                                          *w.run_args()], ("holds no mnist dataset",)),
     "data-path-is-a-file": Case(lambda w: ["train", w.config(**{"data.path": w.file("f.txt", "x")}),
                                            *w.run_args()], ("not a folder",)),
+    "cifar-data-path-is-a-file": Case(lambda w: ["train", w.config(**{"data.dataset": "cifar10", "data.path": w.file(
+        "f.txt", "x")}), *w.run_args()], ("not a folder",)),
+    "imagenet-data-path-is-a-file": Case(lambda w: ["train", w.config(**{"data.dataset": "imagenet", "data.path": w.file(
+        "f.txt", "x")}), *w.run_args()], ("not a folder",)),
     "idx-truncated": Case(lambda w: ["train", w.config(**{"data.path": idx_with(
         w, "trunc", test_images=(w.idx / "t10k-images-idx3-ubyte").read_bytes()[:-100])}), *w.run_args()],
                           ("truncated",)),

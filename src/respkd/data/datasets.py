@@ -223,7 +223,7 @@ def _read_raw(info: DatasetInfo, root: Path, path: Path | None, source: str) -> 
         for folder in folders:
             if not folder.is_dir():
                 if path is not None:
-                    raise RespkdError(f"data folder {folder} {'is not a folder' if folder.exists() else 'does not exist'}")
+                    require_folder(folder)
                 continue
             if source in ("auto", "idx") and (idx_dir := _find_idx_dir(folder, info)):
                 return _read_idx_dir(idx_dir), f"idx:{idx_dir}"
@@ -239,12 +239,17 @@ def _read_raw(info: DatasetInfo, root: Path, path: Path | None, source: str) -> 
     return _download(info, root), "torchvision-download"
 
 
+def require_folder(folder: Path) -> None:
+    """Refuse a ``data.path`` that is not a folder, saying whether it is missing or a file."""
+    if not folder.is_dir():
+        raise RespkdError(f"data folder {folder} {'is not a folder' if folder.exists() else 'does not exist'}")
+
+
 def _read_cifar(info: DatasetInfo, root: Path, path: Path | None, source: str) -> tuple[dict[str, torch.Tensor], str]:
     if source not in ("auto", "python", "binary", "download"):
         raise RespkdError(f"data source '{source}' does not apply to {info.name}: choose auto, python, binary or download")
     if path is not None and source != "download":
-        if not path.is_dir():
-            raise RespkdError(f"data folder {path} does not exist")
+        require_folder(path)
         found = cifar.find_release(info.name, path, "auto" if source == "auto" else source)
         if found is None:
             raise RespkdError(f"{path} holds no {info.name} {'release' if source == 'auto' else source + ' release'}: "

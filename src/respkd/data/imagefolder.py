@@ -25,7 +25,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
-from respkd.data.datasets import DatasetInfo
+from respkd.data.datasets import DatasetInfo, require_folder
 from respkd.errors import RespkdError, first_line
 
 SPLIT_FOLDERS = {"train": "train", "test": "val"}
@@ -84,8 +84,7 @@ def load_image_folders(info: DatasetInfo, path: str | None) -> FolderSplits:
     if path is None:
         raise RespkdError(f"{info.name} needs data.path: a folder holding train/<class>/*.JPEG and val/<class>/*.JPEG")
     root = Path(path)
-    if not root.is_dir():
-        raise RespkdError(f"data folder {root} does not exist")
+    require_folder(root)
     listed = {}
     for split, folder_name in SPLIT_FOLDERS.items():
         folder = root / folder_name
