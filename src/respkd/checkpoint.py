@@ -90,11 +90,7 @@ def read_checkpoint_meta(path: Path, fmt: str = CHECKPOINT_FORMAT, what: str = "
     path = Path(path)
     if not path.is_file():
         raise RespkdError(f"{what} {path} {'is not a file' if path.exists() else 'does not exist'}")
-    try:
-        with safe_open(str(path), "pt") as f:
-            raw = (f.metadata() or {}).get("respkd")
-    except (SafetensorError, OSError) as err:
-        raise RespkdError(f"{path}: not a readable safetensors {what} ({first_line(err)})") from None
+    raw = _header_metadata(path, what).get("respkd")
     try:
         meta = json.loads(raw) if raw else None
     except json.JSONDecodeError:
@@ -109,14 +105,28 @@ def load_checkpoint(
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read weights and metadata; refuse a truncated or corrupted file with a one-line :class:`RespkdError`."""
     meta = read_checkpoint_meta(path, fmt, what)
-    try:
-        with safe_open(str(path), "pt") as f:
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, RuntimeError) as err:
-        raise RespkdError(f"{path}: corrupt or truncated {what} ({first_line(err)})") from None
+    tensors = _read_tensors(path, what)
     if tensors_digest(tensors) != meta.get("weights_sha256"):
         raise RespkdError(f"{path}: checksum of the weights does not match the metadata (corrupt {what})")
     return tensors, meta
+
+
+def _header_metadata(path: Path, what: str) -> dict[str, str]:
+    """The string metadata of a safetensors file's header (``what`` names the file in the one-line error)."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            return f.metadata() or {}
+    except (SafetensorError, OSError) as err:
+        raise RespkdError(f"{path}: not a readable safetensors {what} ({first_line(err)})") from None
+
+
+def _read_tensors(path: Path, what: str) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file; a truncated or damaged one is a one-line error naming ``what`` it is."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, RuntimeError) as err:
+        raise RespkdError(f"{path}: corrupt or truncated {what} ({first_line(err)})") from None
 
 
 # ---------------------------------------------------------------- weights from anywhere: respkd, safetensors, torch
@@ -162,20 +172,10 @@ def load_weights(path: str | Path) -> Weights:
         raise RespkdError(f"weights file {path} does not exist")
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
-        try:
-            with safe_open(str(path), "pt") as f:
-                is_respkd = "respkd" in (f.metadata() or {})
-        except (SafetensorError, OSError) as err:
-            raise RespkdError(f"{path}: not a readable safetensors file ({first_line(err)})") from None
-        if is_respkd:
+        if "respkd" in _header_metadata(path, "file"):
             state, meta = load_checkpoint(path)
             return Weights(path, "respkd", state, meta["weights_sha256"], [], meta)
-        try:
-            with safe_open(str(path), "pt") as f:
-                raw = {k: f.get_tensor(k) for k in f.keys()}
-        except (SafetensorError, OSError, RuntimeError) as err:
-            raise RespkdError(f"{path}: corrupt or truncated safetensors file ({first_line(err)})") from None
-        kind = "safetensors"
+        raw, kind = _read_tensors(path, "safetensors file"), "safetensors"
     elif suffix in TORCH_SUFFIXES:
         raw, kind = _torch_load_safely(path), "torch"
     else:
