@@ -26,6 +26,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
 from respkd.data.datasets import DatasetInfo, require_folder
+from respkd.data.loader import PixelNormalizer
 from respkd.errors import RespkdError, first_line
 
 SPLIT_FOLDERS = {"train": "train", "test": "val"}
@@ -182,10 +183,7 @@ class FolderLoader:
         self.batch_size, self.train, self.workers, self.seed = batch_size, train, workers, seed
         self.drop_last = train and len(files) > batch_size
         self.device = torch.device(device)
-        self.channels_last = channels_last
-        shape = (1, -1, 1, 1)
-        self.scale = (1.0 / (255.0 * torch.tensor(std, device=self.device))).view(shape)
-        self.shift = (torch.tensor(mean, device=self.device) / torch.tensor(std, device=self.device)).view(shape)
+        self.normalize = PixelNormalizer(mean, std, self.device, channels_last)
         self.epoch = self.skip = 0
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
@@ -223,9 +221,7 @@ class FolderLoader:
         batches = iter(self._loader())
         try:
             for images, labels, indices in batches:
-                x = images.to(self.device, non_blocking=True).float() * self.scale - self.shift
-                if self.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
+                x = self.normalize(images.to(self.device, non_blocking=True))
                 yield x, labels.to(self.device, non_blocking=True), indices
         except RespkdError as err:  # from a worker: the DataLoader wraps it with the worker's traceback
             raise RespkdError(_last_line(str(err))) from None
