@@ -28,6 +28,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from respkd.checkpoint import atomic_save_safetensors, tensors_digest
+from respkd.config import DATA_SOURCES
 from respkd.data import cifar
 from respkd.data.idx import read_idx, read_label_pixel_csv
 from respkd.errors import RespkdError
@@ -214,10 +215,11 @@ def _to_splits(info: DatasetInfo, arrays: dict[str, torch.Tensor]) -> Splits:
 
 
 def _read_raw(info: DatasetInfo, root: Path, path: Path | None, source: str) -> tuple[dict[str, torch.Tensor], str]:
+    if source not in DATA_SOURCES[info.name]:  # a config has been refused already; this is for direct callers
+        raise RespkdError(f"data source '{source}' does not apply to {info.name}: choose "
+                          f"{', '.join(DATA_SOURCES[info.name])}")
     if info.kind == "cifar":
         return _read_cifar(info, root, path, source)
-    if source not in ("auto", "idx", "csv", "download"):
-        raise RespkdError(f"unknown data source '{source}': choose auto, idx, csv or download")
     folders = [path] if path is not None else _offline_copies(info)
     if source != "download":
         for folder in folders:
@@ -246,11 +248,9 @@ def require_folder(folder: Path) -> None:
 
 
 def _read_cifar(info: DatasetInfo, root: Path, path: Path | None, source: str) -> tuple[dict[str, torch.Tensor], str]:
-    if source not in ("auto", "python", "binary", "download"):
-        raise RespkdError(f"data source '{source}' does not apply to {info.name}: choose auto, python, binary or download")
     if path is not None and source != "download":
         require_folder(path)
-        found = cifar.find_release(info.name, path, "auto" if source == "auto" else source)
+        found = cifar.find_release(info.name, path, source)
         if found is None:
             raise RespkdError(f"{path} holds no {info.name} {'release' if source == 'auto' else source + ' release'}: "
                               f"expected {cifar.expected_layout(info.name)}")
