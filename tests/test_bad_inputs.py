@@ -403,6 +403,8 @@ CASES: dict[str, Case] = {
     "export-out-is-input": Case(lambda w: ["export", str(w.ckpt), str(w.ckpt), "--force"], ("input checkpoint",)),
     "export-out-exists": Case(lambda w: ["export", str(w.ckpt), w.file("out.safetensors", "keep me")],
                               ("already exists",)),
+    "export-metadata-missing-model": Case(lambda w: ["export", w.file("nomodel.safetensors", rewrite_metadata(
+        w.ckpt, change_respkd_meta(model=DROP))), str(w.root / "out.safetensors")], ("'model'",)),
     "export-unknown-run": Case(lambda w: ["export", "no-such-run", "out.pth", *w.run_args()], ("no-such-run",)),
     "export-unknown-format": Case(lambda w: ["export", str(w.ckpt), "out.onnx", "--format", "onnx"],
                                   ("invalid choice", "onnx"), usage=True),

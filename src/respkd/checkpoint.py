@@ -111,6 +111,20 @@ def load_checkpoint(
     return tensors, meta
 
 
+def check_model_meta(meta: dict[str, Any], path: str | Path) -> None:
+    """Refuse checkpoint metadata that cannot describe a network (a hand-edited or foreign file), in one line."""
+    model, classes, shape = meta.get("model"), meta.get("num_classes"), meta.get("in_shape")
+    problems = []
+    if not (isinstance(model, dict) and isinstance(model.get("name"), str)):
+        problems.append("'model' must be a mapping with a 'name'")
+    if not (type(classes) is int and classes >= 1):
+        problems.append(f"'num_classes' must be a positive integer, got {classes!r}")
+    if not (isinstance(shape, list) and len(shape) == 3 and all(type(d) is int and d >= 1 for d in shape)):
+        problems.append(f"'in_shape' must be [channels, height, width], got {shape!r}")
+    if problems:
+        raise RespkdError(f"{path}: metadata does not describe a model: {'; '.join(problems)}")
+
+
 def _header_metadata(path: Path, what: str) -> dict[str, str]:
     """The string metadata of a safetensors file's header (``what`` names the file in the one-line error)."""
     try:

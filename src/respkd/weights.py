@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from respkd.checkpoint import Weights, atomic_save_safetensors, atomic_write, load_checkpoint, load_weights
+from respkd.checkpoint import (Weights, atomic_save_safetensors, atomic_write, check_model_meta, load_checkpoint,
+                               load_weights)
 from respkd.config import ModelConfig
 from respkd.errors import RespkdError, first_line
 from respkd.models import build_model
@@ -125,6 +126,7 @@ def export_student(
     if out.exists() and not force:
         raise RespkdError(f"{out} already exists; pass --force to overwrite it")
     state, meta = load_checkpoint(path)
+    check_model_meta(meta, path)
     model = dict(meta["model"])
     name, options = model.pop("name"), model
     in_shape, num_classes = tuple(meta["in_shape"]), meta["num_classes"]
