@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import shutil
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -153,3 +154,24 @@ def one_line_error(capsys) -> str:
     assert len(lines) == 1, err
     assert lines[0].startswith("respkd: error: ")
     return lines[0]
+
+
+def corrupt_mnist_cache(root: Path) -> Path:
+    """``root`` holding an MNIST cache of random images with one byte inside its tensor data flipped: a cache whose
+    checksum must refuse it."""
+    from respkd.data.datasets import write_cache
+
+    g = torch.Generator().manual_seed(0)
+    arrays = {
+        "train_images": torch.randint(0, 256, (20, 28, 28), dtype=torch.uint8, generator=g),
+        "train_labels": torch.randint(0, 10, (20,), generator=g),
+        "test_images": torch.randint(0, 256, (10, 28, 28), dtype=torch.uint8, generator=g),
+        "test_labels": torch.randint(0, 10, (10,), generator=g),
+    }
+    cache = root / "mnist.safetensors"
+    write_cache(cache, arrays, "test")
+    raw = bytearray(cache.read_bytes())
+    (header_len,) = struct.unpack("<Q", raw[:8])
+    raw[8 + header_len + 100] ^= 0x10  # one byte inside the tensor data
+    cache.write_bytes(bytes(raw))
+    return root

@@ -2,7 +2,8 @@
 
 Each launch costs seconds of imports on a small machine, so one launch does three things in order:
 
-1. exercises respkd.distributed's helpers and prints one ``RESULT {json}`` line per process;
+1. exercises respkd.distributed's helpers and writes what it saw to ``FOLDER/result<rank>.json``, one file per
+   process (not stdout: the two processes share it, and their lines can run into each other there);
 2. runs the configs given on the command line with :func:`respkd.experiment.run_many` (what ``--seeds`` and
    sweeps use), into RUNS_ROOT, for the test to compare with one-process runs;
 3. calls the CLI with a batch size that does not split over two processes and exits with its status.
@@ -75,6 +76,7 @@ def helpers(folder: Path) -> dict:
 
 if __name__ == "__main__":
     folder, runs_root, bad_config, *configs = sys.argv[1:]
-    print("RESULT " + json.dumps(helpers(Path(folder))), flush=True)
+    result = helpers(Path(folder))
+    (Path(folder) / f"result{result['rank']}.json").write_text(json.dumps(result))
     run_many([load_config(c) for c in configs], runs_root)
     sys.exit(main(["train", bad_config, "--runs-root", runs_root, "--set", "train.batch_size=127"]))

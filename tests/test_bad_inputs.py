@@ -27,10 +27,9 @@ import yaml
 
 from respkd.checkpoint import save_checkpoint
 from respkd.cli import main
-from respkd.data.datasets import write_cache
 from respkd.models import build_model
 
-from conftest import synthetic_digits, tiny_config, write_idx
+from conftest import corrupt_mnist_cache, synthetic_digits, tiny_config, write_idx
 from test_recipes import write_cifar, write_image_folders
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -137,22 +136,6 @@ def flip_weight_byte(src: Path) -> bytes:
 
 def idx_header(code: int, dims: tuple[int, ...]) -> bytes:
     return bytes([0, 0, code, len(dims)]) + b"".join(d.to_bytes(4, "big") for d in dims)
-
-
-def corrupt_dataset_cache(w: World) -> Path:
-    """A data root whose MNIST cache has one flipped byte inside its tensor data."""
-    root = w.root / "inputs" / "cache_root"
-    g = torch.Generator().manual_seed(0)
-    arrays = {
-        "train_images": torch.randint(0, 256, (20, 28, 28), dtype=torch.uint8, generator=g),
-        "train_labels": torch.randint(0, 10, (20,), generator=g),
-        "test_images": torch.randint(0, 256, (10, 28, 28), dtype=torch.uint8, generator=g),
-        "test_labels": torch.randint(0, 10, (10,), generator=g),
-    }
-    cache = root / "mnist.safetensors"
-    write_cache(cache, arrays, "test")
-    cache.write_bytes(flip_weight_byte(cache))
-    return root
 
 
 def csv_folder(w: World, train_rows: str, test_rows: str | None = "0" + ",0" * 784 + "\n") -> str:
@@ -329,6 +312,10 @@ CASES: dict[str, Case] = {
                                          *w.run_args()], ("holds no mnist dataset",)),
     "data-path-is-a-file": Case(lambda w: ["train", w.config(**{"data.path": w.file("f.txt", "x")}),
                                            *w.run_args()], ("not a folder",)),
+    "cifar-data-path-is-a-file": Case(lambda w: ["train", w.config(**{
+        "data.dataset": "cifar10", "data.path": w.file("f.txt", "x")}), *w.run_args()], ("not a folder",)),
+    "imagenet-data-path-is-a-file": Case(lambda w: ["train", w.config(**{
+        "data.dataset": "imagenet", "data.path": w.file("f.txt", "x")}), *w.run_args()], ("not a folder",)),
     "idx-truncated": Case(lambda w: ["train", w.config(**{"data.path": idx_with(
         w, "trunc", test_images=(w.idx / "t10k-images-idx3-ubyte").read_bytes()[:-100])}), *w.run_args()],
                           ("truncated",)),
@@ -355,7 +342,7 @@ CASES: dict[str, Case] = {
     "csv-without-test-file": Case(lambda w: ["train", w.config(**{"data.path": csv_folder(w, "0" + ",0" * 784, None)}),
                                              *w.run_args()], ("no mnist_test.csv",)),
     "dataset-cache-corrupt": Case(lambda w: ["train", w.config(**{"data.path": None, "data.root": str(
-        corrupt_dataset_cache(w))}), *w.run_args()], ("checksum mismatch",)),
+        corrupt_mnist_cache(w.root / "inputs" / "cache_root"))}), *w.run_args()], ("checksum mismatch",)),
     "dataset-cache-garbage": Case(lambda w: ["train", w.config(**{"data.path": None, "data.root": str(Path(w.file(
         "garbage_root/mnist.safetensors", b"\x00" * 50)).parent)}), *w.run_args()], ("unreadable dataset cache",)),
     "cifar-pickle-runs-code": Case(lambda w: ["train", w.config(**{"data.dataset": "cifar10", "data.path": cifar_with(
@@ -416,6 +403,8 @@ CASES: dict[str, Case] = {
     "export-out-is-input": Case(lambda w: ["export", str(w.ckpt), str(w.ckpt), "--force"], ("input checkpoint",)),
     "export-out-exists": Case(lambda w: ["export", str(w.ckpt), w.file("out.safetensors", "keep me")],
                               ("already exists",)),
+    "export-metadata-missing-model": Case(lambda w: ["export", w.file("nomodel.safetensors", rewrite_metadata(
+        w.ckpt, change_respkd_meta(model=DROP))), str(w.root / "out.safetensors")], ("'model'",)),
     "export-unknown-run": Case(lambda w: ["export", "no-such-run", "out.pth", *w.run_args()], ("no-such-run",)),
     "export-unknown-format": Case(lambda w: ["export", str(w.ckpt), "out.onnx", "--format", "onnx"],
                                   ("invalid choice", "onnx"), usage=True),
@@ -425,6 +414,8 @@ CASES: dict[str, Case] = {
     "resume-a-finished-run": Case(lambda w: ["train", w.config(), "--runs-root", str(w.runs), "--resume"],
                                   ("nothing to resume",)),
     "resume-and-force": Case(lambda w: ["train", w.config(), *w.run_args(), "--resume"], ("give only one",)),
+    "seeds-resume-and-force": Case(lambda w: ["train", w.config(), *w.run_args(), "--resume", "--seeds", "0,1"],
+                                   ("give only one",)),
     "resume-state-garbage": Case(lambda w: ["train", interrupted_run(w), "--runs-root", str(w.runs), "--resume"],
                                  ("cannot resume",)),
     "interrupted-run-without-resume": Case(lambda w: ["train", interrupted_run(w), "--runs-root", str(w.runs)],

@@ -14,10 +14,9 @@ import yaml
 from respkd.checkpoint import save_checkpoint
 from respkd.cli import main
 from respkd.config import validate_config
-from respkd.data.datasets import write_cache
 from respkd.models import build_model
 
-from conftest import N_TEST, N_TRAIN, one_line_error, snapshot, tiny_config, write_yaml
+from conftest import N_TEST, N_TRAIN, corrupt_mnist_cache, one_line_error, snapshot, tiny_config, write_yaml
 
 RUN_FILES = {"config.yaml", "environment.json", "metrics.jsonl", "log.txt", "model.safetensors", "summary.json"}
 
@@ -134,24 +133,6 @@ def bad_teacher_checkpoint(tmp_path: Path, num_classes: int) -> Path:
     return path
 
 
-def corrupt_cache_root(tmp_path: Path) -> Path:
-    root = tmp_path / "cache_root"
-    g = torch.Generator().manual_seed(0)
-    arrays = {
-        "train_images": torch.randint(0, 256, (20, 28, 28), dtype=torch.uint8, generator=g),
-        "train_labels": torch.randint(0, 10, (20,), generator=g),
-        "test_images": torch.randint(0, 256, (10, 28, 28), dtype=torch.uint8, generator=g),
-        "test_labels": torch.randint(0, 10, (10,), generator=g),
-    }
-    cache = root / "mnist.safetensors"
-    write_cache(cache, arrays, "test")
-    raw = bytearray(cache.read_bytes())
-    (header_len,) = struct.unpack("<Q", raw[:8])
-    raw[8 + header_len + 100] ^= 0x10  # one byte inside the tensor data
-    cache.write_bytes(bytes(raw))
-    return root
-
-
 def teacher_like(session_runs, **changes) -> dict:
     """The finished teacher's config (same run name, so --force would overwrite it) with ``changes`` applied."""
     cfg = yaml.safe_load(Path(session_runs["teacher_cfg"]).read_text())
@@ -190,9 +171,8 @@ BAD_INPUTS = {
                           ["holds no mnist dataset"]),
     "missing-data-folder": ("train", lambda t, s: teacher_like(s, **{"data.path": str(t / "nowhere")}),
                             ["does not exist"]),
-    "corrupt-cache": ("train", lambda t, s: teacher_like(s, **{"data.path": None,
-                                                               "data.root": str(corrupt_cache_root(t))}),
-                      ["checksum mismatch"]),
+    "corrupt-cache": ("train", lambda t, s: teacher_like(s, **{
+        "data.path": None, "data.root": str(corrupt_mnist_cache(t / "cache_root"))}), ["checksum mismatch"]),
     "misspelt-model-option": ("train", lambda t, s: teacher_like(s, model={"name": "mlp", "hiden": [8]}),
                               ["hiden", "did you mean 'hidden'"]),
     "unknown-model": ("train", lambda t, s: teacher_like(s, model={"name": "resnet9000"}), ["unknown model"]),

@@ -311,6 +311,9 @@ def test_source_restricts_formats(tmp_path, idx_dir):
     with pytest.raises(RespkdError, match="holds no"):
         load_dataset("mnist", root=tmp_path, path=idx_dir, source="csv")
     assert len(load_dataset("mnist", root=tmp_path, path=idx_dir, source="idx").test_labels) == N_TEST
+    # another dataset's source (a config refuses it too; the reader checks the same list, config.DATA_SOURCES)
+    with pytest.raises(RespkdError, match="'binary' does not apply to mnist: choose auto, idx, csv, download"):
+        load_dataset("mnist", root=tmp_path, path=idx_dir, source="binary")
 
 
 def test_unknown_dataset():

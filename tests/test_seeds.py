@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from respkd.cli import main
-from respkd.seeds import base_name, mean_std
+from respkd.seeds import base_name, mean_std, report_seeds
 
 from conftest import tiny_config, write_yaml
 
@@ -85,6 +85,20 @@ def test_same_seed_other_config_is_not_grouped(tmp_path, capsys):
     runs = [fake_run(tmp_path, "a", 0, 10, lr=0.1), fake_run(tmp_path, "b", 1, 12, lr=0.2)]
     assert main(["table", "--json", *map(str, runs)]) == 0
     assert [g["n"] for g in json.loads(capsys.readouterr().out)] == [1, 1]
+
+
+def test_seed_report_only_from_process_0_under_torchrun(three_seeds_and_another, tmp_path, monkeypatch, capsys):
+    """Under torchrun every process trains the seeds and returns their summaries; only process 0 prints and writes."""
+    dirs = [d for d in three_seeds_and_another if d.name.startswith("x-seed")]
+    summaries = [json.loads((d / "summary.json").read_text()) for d in dirs]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    report_seeds("x", tmp_path, dirs, summaries)
+    assert capsys.readouterr().out == "" and not (tmp_path / "x.seeds.json").exists()
+    monkeypatch.setenv("RANK", "0")
+    report_seeds("x", tmp_path, dirs, summaries)
+    assert "| mean ± std (n=3) |" in capsys.readouterr().out
+    assert json.loads((tmp_path / "x.seeds.json").read_text())["n"] == 3
 
 
 def test_seeds_command_reports_mean_and_std(tmp_path, idx_dir, capsys):

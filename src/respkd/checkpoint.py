@@ -27,7 +27,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from respkd.errors import RespkdError
+from respkd.errors import RespkdError, first_line
 
 CHECKPOINT_FORMAT = "respkd-checkpoint-v1"
 
@@ -90,11 +90,7 @@ def read_checkpoint_meta(path: Path, fmt: str = CHECKPOINT_FORMAT, what: str = "
     path = Path(path)
     if not path.is_file():
         raise RespkdError(f"{what} {path} {'is not a file' if path.exists() else 'does not exist'}")
-    try:
-        with safe_open(str(path), "pt") as f:
-            raw = (f.metadata() or {}).get("respkd")
-    except (SafetensorError, OSError) as err:
-        raise RespkdError(f"{path}: not a readable safetensors {what} ({_first_line(err)})") from None
+    raw = _header_metadata(path, what).get("respkd")
     try:
         meta = json.loads(raw) if raw else None
     except json.JSONDecodeError:
@@ -109,18 +105,42 @@ def load_checkpoint(
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read weights and metadata; refuse a truncated or corrupted file with a one-line :class:`RespkdError`."""
     meta = read_checkpoint_meta(path, fmt, what)
-    try:
-        with safe_open(str(path), "pt") as f:
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, RuntimeError) as err:
-        raise RespkdError(f"{path}: corrupt or truncated {what} ({_first_line(err)})") from None
+    tensors = _read_tensors(path, what)
     if tensors_digest(tensors) != meta.get("weights_sha256"):
         raise RespkdError(f"{path}: checksum of the weights does not match the metadata (corrupt {what})")
     return tensors, meta
 
 
-def _first_line(err: BaseException) -> str:
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+def check_model_meta(meta: dict[str, Any], path: str | Path) -> None:
+    """Refuse checkpoint metadata that cannot describe a network (a hand-edited or foreign file), in one line."""
+    model, classes, shape = meta.get("model"), meta.get("num_classes"), meta.get("in_shape")
+    problems = []
+    if not (isinstance(model, dict) and isinstance(model.get("name"), str)):
+        problems.append("'model' must be a mapping with a 'name'")
+    if not (type(classes) is int and classes >= 1):
+        problems.append(f"'num_classes' must be a positive integer, got {classes!r}")
+    if not (isinstance(shape, list) and len(shape) == 3 and all(type(d) is int and d >= 1 for d in shape)):
+        problems.append(f"'in_shape' must be [channels, height, width], got {shape!r}")
+    if problems:
+        raise RespkdError(f"{path}: metadata does not describe a model: {'; '.join(problems)}")
+
+
+def _header_metadata(path: Path, what: str) -> dict[str, str]:
+    """The string metadata of a safetensors file's header (``what`` names the file in the one-line error)."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            return f.metadata() or {}
+    except (SafetensorError, OSError) as err:
+        raise RespkdError(f"{path}: not a readable safetensors {what} ({first_line(err)})") from None
+
+
+def _read_tensors(path: Path, what: str) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file; a truncated or damaged one is a one-line error naming ``what`` it is."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, RuntimeError) as err:
+        raise RespkdError(f"{path}: corrupt or truncated {what} ({first_line(err)})") from None
 
 
 # ---------------------------------------------------------------- weights from anywhere: respkd, safetensors, torch
@@ -166,20 +186,10 @@ def load_weights(path: str | Path) -> Weights:
         raise RespkdError(f"weights file {path} does not exist")
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
-        try:
-            with safe_open(str(path), "pt") as f:
-                is_respkd = "respkd" in (f.metadata() or {})
-        except (SafetensorError, OSError) as err:
-            raise RespkdError(f"{path}: not a readable safetensors file ({_first_line(err)})") from None
-        if is_respkd:
+        if "respkd" in _header_metadata(path, "file"):
             state, meta = load_checkpoint(path)
             return Weights(path, "respkd", state, meta["weights_sha256"], [], meta)
-        try:
-            with safe_open(str(path), "pt") as f:
-                raw = {k: f.get_tensor(k) for k in f.keys()}
-        except (SafetensorError, OSError, RuntimeError) as err:
-            raise RespkdError(f"{path}: corrupt or truncated safetensors file ({_first_line(err)})") from None
-        kind = "safetensors"
+        raw, kind = _read_tensors(path, "safetensors file"), "safetensors"
     elif suffix in TORCH_SUFFIXES:
         raw, kind = _torch_load_safely(path), "torch"
     else:
@@ -199,13 +209,13 @@ def _torch_load_safely(path: Path) -> Any:
         if found is None:  # no object refused: the bytes are not a torch.save file at all ("Unsupported operand")
             detail = re.search(r"WeightsUnpickler error:\s*(.+)", str(err))
             raise RespkdError(f"{path}: not a readable torch.save file "
-                              f"({detail.group(1).strip() if detail else _first_line(err)})") from None
+                              f"({detail.group(1).strip() if detail else first_line(err)})") from None
         raise RespkdError(
             f"{path}: refused: it holds pickled Python objects ({found.group(1)}) beyond tensors and plain "
             "containers, and reading them could run code; save model.state_dict() instead, or convert to safetensors"
         ) from None
     except Exception as err:  # noqa: BLE001 - a damaged file can make torch.load raise almost anything
-        raise RespkdError(f"{path}: not a readable torch.save file ({type(err).__name__}: {_first_line(err)})") from None
+        raise RespkdError(f"{path}: not a readable torch.save file ({type(err).__name__}: {first_line(err)})") from None
 
 
 def _plain_state_dict(raw: Any, path: Path) -> tuple[dict[str, torch.Tensor], list[str]]:

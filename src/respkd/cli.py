@@ -41,6 +41,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 def cmd_train(args: argparse.Namespace, distil: bool) -> int:
     from respkd.config import load_config, parse_list, with_seed
     from respkd.experiment import run, run_many
+    from respkd.resume import check_flags
     from respkd.seeds import report_seeds
 
     cfg = load_config(args.config, args.overrides)
@@ -54,8 +55,7 @@ def cmd_train(args: argparse.Namespace, distil: bool) -> int:
     # One independent run per seed, named <name>-seed<k>: the members of a seed ensemble. Finished members are
     # skipped and interrupted ones resume by themselves (--resume changes nothing here); `--seeds 3` alone trains
     # one member (array jobs, separate processes).
-    if args.resume and args.force:
-        raise RespkdError("--resume continues an interrupted run and --force starts it over: give only one")
+    check_flags(args.resume, args.force)
     seeds = parse_list(args.seeds, "--seeds")
     configs = [with_seed(cfg, k) for k in seeds]
     summaries = run_many(configs, args.runs_root, force=args.force)

@@ -35,7 +35,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from respkd.errors import ReportedElsewhere, RespkdError
+from respkd.errors import ReportedElsewhere, RespkdError, first_line
 
 T = TypeVar("T")
 
@@ -120,7 +120,7 @@ def setup(device: torch.device) -> None:
     try:
         dist.init_process_group(backend, timeout=TIMEOUT, **({"device_id": device} if backend == "nccl" else {}))
     except (ValueError, RuntimeError) as err:
-        raise RespkdError(f"process {here.rank} could not join the process group: {str(err).splitlines()[0]}") from None
+        raise RespkdError(f"process {here.rank} could not join the process group: {first_line(err)}") from None
 
 
 def cleanup() -> None:

@@ -30,12 +30,17 @@ from respkd.config import COMBINE_RULES
 from respkd.errors import RespkdError
 
 
-def combine_logits(logits: torch.Tensor, rule: str, temperature: float = 1.0) -> torch.Tensor:
-    """Combine members' logits ``(M, N, C)`` into ``(N, C)`` logits of the ensemble, in float32 (see module doc)."""
+def check_combination(rule: str, temperature: float) -> None:
+    """Refuse an unknown combination rule or a temperature that is not a finite number > 0."""
     if rule not in COMBINE_RULES:
         raise RespkdError(f"unknown ensemble rule '{rule}': use {' or '.join(COMBINE_RULES)}")
     if not 0 < temperature < math.inf:  # written so that nan fails too
         raise RespkdError(f"ensemble temperature must be a finite number > 0, got {temperature}")
+
+
+def combine_logits(logits: torch.Tensor, rule: str, temperature: float = 1.0) -> torch.Tensor:
+    """Combine members' logits ``(M, N, C)`` into ``(N, C)`` logits of the ensemble, in float32 (see module doc)."""
+    check_combination(rule, temperature)
     with torch.autocast(device_type=logits.device.type, enabled=False):
         z = logits.float()
         if rule == "mean_logits":
@@ -57,10 +62,7 @@ class Ensemble(nn.Module):
         super().__init__()
         if not members:
             raise RespkdError("an ensemble needs at least one member")
-        if combine not in COMBINE_RULES:
-            raise RespkdError(f"unknown ensemble rule '{combine}': use {' or '.join(COMBINE_RULES)}")
-        if not 0 < temperature < math.inf:
-            raise RespkdError(f"ensemble temperature must be a finite number > 0, got {temperature}")
+        check_combination(combine, temperature)  # here too: refused when built, not at its first batch
         self.members = nn.ModuleList(members)
         self.combine, self.temperature = combine, float(temperature)
 

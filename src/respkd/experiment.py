@@ -29,7 +29,7 @@ import yaml
 from torch import nn
 
 from respkd import __version__, distributed
-from respkd.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from respkd.checkpoint import atomic_write_text, check_model_meta, load_checkpoint, save_checkpoint
 from respkd.adapter import AdaptedTeacher, build_adapter
 from respkd.config import RunConfig, config_to_dict, validate_config
 from respkd.data.datasets import Splits, input_normalization
@@ -81,20 +81,6 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn
         detail = lines[1 if len(lines) > 1 else 0]
         raise RespkdError(f"{path}: weights do not fit the model in its metadata ({detail})") from None
     return model.to(device), meta
-
-
-def check_model_meta(meta: dict[str, Any], path: str | Path) -> None:
-    """Refuse checkpoint metadata that cannot describe a network (a hand-edited or foreign file), in one line."""
-    model, classes, shape = meta.get("model"), meta.get("num_classes"), meta.get("in_shape")
-    problems = []
-    if not (isinstance(model, dict) and isinstance(model.get("name"), str)):
-        problems.append("'model' must be a mapping with a 'name'")
-    if not (type(classes) is int and classes >= 1):
-        problems.append(f"'num_classes' must be a positive integer, got {classes!r}")
-    if not (isinstance(shape, list) and len(shape) == 3 and all(type(d) is int and d >= 1 for d in shape)):
-        problems.append(f"'in_shape' must be [channels, height, width], got {shape!r}")
-    if problems:
-        raise RespkdError(f"{path}: metadata does not describe a model: {'; '.join(problems)}")
 
 
 def environment() -> dict[str, Any]:

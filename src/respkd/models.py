@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from respkd.errors import RespkdError, closest_name
+from respkd.errors import RespkdError, closest_name, first_line
 
 ModelFactory = Callable[..., nn.Module]
 _REGISTRY: dict[str, ModelFactory] = {}
@@ -261,7 +261,7 @@ def build_model(name: str, num_classes: int, in_shape: tuple[int, ...], **kwargs
             return factory(num_classes=num_classes, in_shape=in_shape, **kwargs)
     except (TypeError, ValueError, RuntimeError, OverflowError) as err:
         # an option the model does not take, or a value its layers refuse (dropout 2.0, a width of -5 or 10**30)
-        raise RespkdError(f"model '{name}': {str(err).strip().splitlines()[0]}") from None
+        raise RespkdError(f"model '{name}': {first_line(err)}") from None
     raise RespkdError(
         f"unknown model '{name}': use one of {', '.join(list_models())}, 'torchvision.<arch>' or 'timm.<arch>'"
     )

@@ -46,7 +46,7 @@ from respkd import distributed
 from respkd.checkpoint import atomic_write, load_checkpoint, read_checkpoint_meta, tensors_digest
 from respkd.config import RunConfig, config_to_dict, validate_config
 from respkd.engine import EpochProgress
-from respkd.errors import RespkdError
+from respkd.errors import RespkdError, first_line
 
 STATE_NAME = "resume.safetensors"
 STATE_FORMAT = "respkd-train-state-v1"
@@ -58,7 +58,7 @@ IGNORED_KEYS = ("train.checkpoint_every_steps",)
 def gather_per_process(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Every process's copy of each of ``tensors`` (each the same shape in every process), named
     ``process<rank>.<name>``. One process: no communication. Under torch.distributed every process must call it."""
-    rank, world = distributed.rank(), distributed.world_size()
+    world = distributed.world_size()
     if world == 1:
         return {f"process0.{name}": t for name, t in tensors.items()}
     dist = torch.distributed
@@ -253,11 +253,16 @@ def state_problem(out_dir: Path, cfg: RunConfig) -> Refusal | None:
     return None
 
 
+def check_flags(resume: bool, force: bool) -> None:
+    """Refuse ``--resume`` with ``--force``: one continues an interrupted run, the other starts it over."""
+    if resume and force:
+        raise RespkdError("--resume continues an interrupted run and --force starts it over: give only one")
+
+
 def check_start(out_dir: Path, cfg: RunConfig, *, resume: bool, force: bool, finished: bool) -> None:
     """Refuse (one-line RespkdError, before anything is written) a resume that cannot be, or a fresh start that
     would silently throw an interrupted run's training state away."""
-    if resume and force:
-        raise RespkdError("--resume continues an interrupted run and --force starts it over: give only one")
+    check_flags(resume, force)
     if resume and finished:
         raise RespkdError(f"run '{cfg.name}' already finished in {out_dir}: nothing to resume")
     if resume:
@@ -374,10 +379,9 @@ class TrainingState:
 
     def load(self) -> None:
         """Read and verify the stored state and put it into the model, optimizer and scheduler; the generators
-        follow in :meth:`begin`. Any problem is a one-line RespkdError, raised before the run writes anything."""
-        problem = state_problem(self.path.parent, self.cfg)
-        if problem:
-            raise RespkdError(f"cannot resume: {problem.reason}; {problem.remedy}")
+        follow in :meth:`begin`. Any problem is a one-line RespkdError, raised before the run writes anything.
+
+        Called after :func:`check_start`, which has already judged the state's header (its config among it)."""
         try:
             tensors, meta = load_checkpoint(self.path, STATE_FORMAT, WHAT)
         except RespkdError as err:
@@ -402,9 +406,8 @@ class TrainingState:
             self._rng = ({**{k: v for k, v in tensors.items() if k.startswith("rng.")},
                           **{k: v for k, v in own.items() if k.startswith("rng.")}}, meta["rng"])
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise RespkdError(f"cannot resume: {self.path} does not fit this run ({first}); pass --force to start "
-                              "over") from None
+            raise RespkdError(f"cannot resume: {self.path} does not fit this run ({first_line(err)}); "
+                              "pass --force to start over") from None
         if self.step != pos["step"] or not 0 <= pos["batches_done"] <= self.steps_per_epoch:
             raise RespkdError(f"cannot resume: {self.path}: its position (step {pos['step']}) does not fit "
                               f"{self.steps_per_epoch} steps per epoch; pass --force to start over")

@@ -17,6 +17,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from respkd import distributed
 from respkd.checkpoint import atomic_write_text
 
 METRICS = ("top1", "top5", "errors")  # test top-1 and top-5 accuracy (%), test errors
@@ -95,8 +96,11 @@ def report_seeds(name: str, runs_root: Path, run_dirs: list[Path], summaries: li
     """What ``--seeds`` ends with: print the seed report; with two or more runs, also write it (see above).
 
     One seed alone (``--seeds 3``: one member of an array job) writes nothing, so members trained in parallel do not
-    overwrite each other's report; ``respkd table`` groups the finished members afterwards.
+    overwrite each other's report; ``respkd table`` groups the finished members afterwards. Under torchrun every
+    process trained the runs, and process 0 alone reports them.
     """
+    if not distributed.is_main_process():
+        return
     report = seed_report(run_dirs, summaries)
     print(seed_report_markdown(report), end="")
     if len(run_dirs) > 1:

@@ -55,7 +55,7 @@ import torch
 
 from respkd.data.loader import BatchLoader
 from respkd.engine import autocast
-from respkd.errors import RespkdError
+from respkd.errors import RespkdError, first_line
 
 CACHE_FORMAT = "respkd-teacher-cache-v1"
 META_NAME = "meta.json"
@@ -270,7 +270,7 @@ def open_cache(folder: str | Path, spec: dict[str, Any], verify: bool = True) ->
         try:
             array = np.load(path, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError, EOFError) as err:
-            raise RespkdError(f"teacher cache {path}: unreadable ({str(err).splitlines()[0]}); {hint}") from None
+            raise RespkdError(f"teacher cache {path}: unreadable ({first_line(err)}); {hint}") from None
         if list(array.shape) != info.get("shape") or str(array.dtype) != info.get("dtype"):
             raise RespkdError(
                 f"teacher cache {path}: shape {list(array.shape)} {array.dtype}, expected {info.get('shape')} "

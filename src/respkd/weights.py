@@ -15,9 +15,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from respkd.checkpoint import Weights, atomic_save_safetensors, atomic_write, load_checkpoint, load_weights
+from respkd.checkpoint import (Weights, atomic_save_safetensors, atomic_write, check_model_meta, load_checkpoint,
+                               load_weights)
 from respkd.config import ModelConfig
-from respkd.errors import RespkdError
+from respkd.errors import RespkdError, first_line
 from respkd.models import build_model
 
 EXPORT_FORMATS = ("safetensors", "pth")
@@ -50,7 +51,7 @@ def fit_weights(model: nn.Module, weights: Weights, strict: bool, what: str) -> 
     try:
         model.load_state_dict(fitting, strict=not problems)
     except RuntimeError as err:
-        raise RespkdError(f"{weights.path} does not fit {what} ({str(err).strip().splitlines()[0]})") from None
+        raise RespkdError(f"{weights.path} does not fit {what} ({first_line(err)})") from None
     return {"source": str(weights.path), "kind": weights.kind, "weights_sha256": weights.sha256, "strict": strict,
             "loaded": len(fitting), "of": len(own), "notes": weights.notes, "missing": missing,
             "unexpected": unexpected, "shape_mismatch": mismatch}
@@ -125,6 +126,7 @@ def export_student(
     if out.exists() and not force:
         raise RespkdError(f"{out} already exists; pass --force to overwrite it")
     state, meta = load_checkpoint(path)
+    check_model_meta(meta, path)
     model = dict(meta["model"])
     name, options = model.pop("name"), model
     in_shape, num_classes = tuple(meta["in_shape"]), meta["num_classes"]

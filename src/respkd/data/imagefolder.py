@@ -25,8 +25,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
-from respkd.data.datasets import DatasetInfo
-from respkd.errors import RespkdError
+from respkd.data.datasets import DatasetInfo, require_folder
+from respkd.data.loader import PixelNormalizer
+from respkd.errors import RespkdError, first_line
 
 SPLIT_FOLDERS = {"train": "train", "test": "val"}
 RESIZE_SIZE = 256  # val: resize the shorter side to this, then take the centre crop of the model's input size
@@ -84,8 +85,7 @@ def load_image_folders(info: DatasetInfo, path: str | None) -> FolderSplits:
     if path is None:
         raise RespkdError(f"{info.name} needs data.path: a folder holding train/<class>/*.JPEG and val/<class>/*.JPEG")
     root = Path(path)
-    if not root.is_dir():
-        raise RespkdError(f"data folder {root} does not exist")
+    require_folder(root)
     listed = {}
     for split, folder_name in SPLIT_FOLDERS.items():
         folder = root / folder_name
@@ -96,7 +96,7 @@ def load_image_folders(info: DatasetInfo, path: str | None) -> FolderSplits:
             classes, class_to_idx = find_classes(str(folder))
             samples = make_dataset(str(folder), class_to_idx, extensions=IMG_EXTENSIONS)
         except (FileNotFoundError, OSError) as err:  # no class folders, or a class folder without images
-            raise RespkdError(f"{folder}: {str(err).splitlines()[0]}") from None
+            raise RespkdError(f"{folder}: {first_line(err)}") from None
         listed[split] = classes, [(str(Path(file).relative_to(root)), label) for file, label in samples]
     (train_classes, train_files), (test_classes, test_files) = listed["train"], listed["test"]
     if train_classes != test_classes:
@@ -183,10 +183,7 @@ class FolderLoader:
         self.batch_size, self.train, self.workers, self.seed = batch_size, train, workers, seed
         self.drop_last = train and len(files) > batch_size
         self.device = torch.device(device)
-        self.channels_last = channels_last
-        shape = (1, -1, 1, 1)
-        self.scale = (1.0 / (255.0 * torch.tensor(std, device=self.device))).view(shape)
-        self.shift = (torch.tensor(mean, device=self.device) / torch.tensor(std, device=self.device)).view(shape)
+        self.normalize = PixelNormalizer(mean, std, self.device, channels_last)
         self.epoch = self.skip = 0
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
@@ -224,9 +221,7 @@ class FolderLoader:
         batches = iter(self._loader())
         try:
             for images, labels, indices in batches:
-                x = images.to(self.device, non_blocking=True).float() * self.scale - self.shift
-                if self.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
+                x = self.normalize(images.to(self.device, non_blocking=True))
                 yield x, labels.to(self.device, non_blocking=True), indices
         except RespkdError as err:  # from a worker: the DataLoader wraps it with the worker's traceback
             raise RespkdError(_last_line(str(err))) from None

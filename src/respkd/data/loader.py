@@ -21,6 +21,23 @@ import torch.nn.functional as F
 _FLIP_STREAM = 2**40  # offsets the flips' generator seeds from the jitter offsets' (same seed and view)
 
 
+class PixelNormalizer:
+    """uint8 pixels ``(N, C, H, W)`` -> the model's input ``(pixels / 255 - mean) / std``, as one multiply-add per
+    value on the pixels' device, in channels-last memory format if asked. What both loaders (this module's and
+    :class:`respkd.data.imagefolder.FolderLoader`) do last to a batch."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device,
+                 channels_last: bool = False) -> None:
+        shape = (1, -1, 1, 1)
+        self.scale = (1.0 / (255.0 * torch.tensor(std, device=device))).view(shape)
+        self.shift = (torch.tensor(mean, device=device) / torch.tensor(std, device=device)).view(shape)
+        self.channels_last = channels_last
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = pixels.float() * self.scale - self.shift
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+
 def jitter_offsets(n: int, max_shift: int, generator: torch.Generator) -> torch.Tensor:
     """``(n, 2)`` integer shifts (dy, dx), each uniform in ``[-max_shift, max_shift]``."""
     return torch.randint(-max_shift, max_shift + 1, (n, 2), generator=generator)
@@ -90,11 +107,8 @@ class BatchLoader:
         self.shuffle, self.jitter, self.drop_last, self.seed = shuffle, jitter, drop_last, seed
         self.jitter_views = jitter_views
         self.flip = flip
-        self.channels_last = channels_last
         self.rank, self.world_size = rank, world_size
-        shape = (1, -1, 1, 1)
-        self.scale = (1.0 / (255.0 * torch.tensor(std, device=self.device))).view(shape)
-        self.shift = (torch.tensor(mean, device=self.device) / torch.tensor(std, device=self.device)).view(shape)
+        self.normalize = PixelNormalizer(mean, std, self.device, channels_last)
         self.epoch = 0
         self.skip = 0
 
@@ -147,7 +161,4 @@ class BatchLoader:
             x = translate(x, offsets, self.jitter)
         if flips is not None:
             x = torch.where(flips.to(self.device)[:, None, None, None], x.flip(3), x)
-        x = x.float() * self.scale - self.shift
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x, self.labels[idx_dev], idx
+        return self.normalize(x), self.labels[idx_dev], idx
