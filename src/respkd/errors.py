@@ -1,4 +1,5 @@
-"""The one exception type that the CLI turns into a single-line message and a non-zero exit."""
+"""The one exception type that the CLI turns into a single-line message and a non-zero exit, and how a message quotes
+what the user gave (shortened: a key or value of 100,000 characters must not become the line)."""
 
 from __future__ import annotations
 
