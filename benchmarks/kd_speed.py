@@ -109,7 +109,7 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
     from respkd.checkpoint import read_checkpoint_meta
     from respkd.config import TrainConfig
     from respkd.data.datasets import load_dataset
-    from respkd.data.loader import BatchLoader
+    from respkd.data.memory import BatchLoader
     from respkd.distill import Distiller, Supervised
     from respkd.engine import autocast, build_optimizer, build_scheduler, evaluate, train_one_epoch, use_bf16
     from respkd.experiment import load_model, resolve_device

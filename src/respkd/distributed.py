@@ -8,7 +8,7 @@ The division of work (see :func:`respkd.experiment.run`):
 
 * ``train.batch_size`` is the *global* batch. The data order is the loader's function of ``(seed, epoch)``, the
   same in every process; process ``r`` trains on the ``r``-th contiguous share of every global batch
-  (:class:`respkd.data.loader.BatchLoader`'s ``rank``/``world_size``). The batch size must be a multiple of the
+  (:class:`respkd.data.memory.BatchLoader`'s ``rank``/``world_size``). The batch size must be a multiple of the
   number of processes, so every share has the same size: each process's loss is the mean over its share, and
   DDP's average of the processes' gradients is then exactly the gradient of the mean over the global batch, the
   same as in one process (up to float rounding).

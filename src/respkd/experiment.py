@@ -29,14 +29,14 @@ import yaml
 from torch import nn
 
 from respkd import __version__, distributed
-from respkd.checkpoint import atomic_write_text, check_model_meta, load_checkpoint, save_checkpoint
 from respkd.adapter import AdaptedTeacher, build_adapter
+from respkd.checkpoint import atomic_write_text, check_model_meta, load_checkpoint, save_checkpoint
 from respkd.config import RunConfig, config_to_dict, validate_config
+from respkd.data import load_data, make_loader, select
 from respkd.data.datasets import Splits, input_normalization
-from respkd.data.imagefolder import FolderSplits
-from respkd.data.loader import BatchLoader
-from respkd.data.loaders import load_data, make_loader
-from respkd.data.transfer import select_training
+from respkd.data.memory import BatchLoader
+from respkd.data.streamed import FolderSplits
+from respkd.data.transfer import describe_transfer
 from respkd.distill import Distiller, Supervised
 from respkd.engine import build_optimizer, build_scheduler, evaluate, train_one_epoch, use_bf16
 from respkd.ensemble import load_ensemble
@@ -120,27 +120,6 @@ class Prepared:
     teacher_meta: dict[str, Any] | None
     init: dict[str, Any] | None = None  # what `init` loaded into the student (respkd.weights.fit_weights)
     teacher_input: dict[str, Any] | None = None  # the teacher input adapter's settings (respkd.adapter)
-
-
-def select(data: Splits | FolderSplits, cfg: RunConfig) -> Splits | FolderSplits:
-    """Apply ``train_limit`` / ``test_limit`` (first N examples), the validation hold-out and the transfer filter.
-
-    See :mod:`respkd.data.transfer` for the order and why; the test set is only cut by ``test_limit``. Streamed
-    datasets only take the limits (see :meth:`FolderSplits.limited`).
-    """
-    d = cfg.data
-    if isinstance(data, FolderSplits):
-        return data.limited(d.train_limit, d.test_limit)
-    images, labels = data.train_images[: d.train_limit], data.train_labels[: d.train_limit]
-    sel = select_training(labels, data.num_classes, d)
-    if sel.active:
-        train_images, train_labels, index = images[sel.train], labels[sel.train], sel.train
-    else:
-        train_images, train_labels, index = images, labels, None
-    return Splits(
-        data.info, train_images, train_labels, data.test_images[: d.test_limit], data.test_labels[: d.test_limit],
-        data.sha256, val_images=images[sel.val], val_labels=labels[sel.val], train_index=index,
-    )
 
 
 def teacher_paths(cfg: RunConfig, runs_root: Path) -> list[Path]:
@@ -283,14 +262,6 @@ def teacher_cache_spec(p: Prepared, loader: BatchLoader, bf16: bool) -> dict[str
     )
 
 
-def _transfer_note(cfg: RunConfig) -> str:
-    t = cfg.data.transfer
-    parts = ([f"without classes {t.drop_classes}"] if t.drop_classes else []) + (
-        [f"only classes {t.keep_classes}"] if t.keep_classes is not None else []) + (
-        [f"{t.fraction:g} of them"] if t.fraction is not None else [])
-    return f" (transfer set: {', '.join(parts)})" if parts else ""
-
-
 class RunLog:
     """Prints a line and appends it to ``log.txt``: a new one, or with ``append`` the one a resumed run began (with
     ``path=None``, as in processes other than torchrun's 0, neither)."""
@@ -366,7 +337,7 @@ def run(cfg: RunConfig, runs_root: str | Path = "runs", force: bool = False, qui
     else:
         what = "train with hard labels"
     log(f"[{cfg.name}] {what}: {cfg.model.name} ({params / 1e6:.2f}M params, {macs / 1e6:.2f}M MACs), "
-        f"{len(data.train_labels)} train{_transfer_note(cfg)}"
+        f"{len(data.train_labels)} train{describe_transfer(cfg.data.transfer)}"
         f"{f' / {len(data.val_labels)} validation' if len(data.val_labels) else ''} / "
         f"{len(data.test_labels)} test examples of {cfg.data.dataset}, "
         f"{tc.epochs} epochs, {'bf16' if bf16 else 'fp32'} on {p.device} ({torch.get_num_threads()} threads)"

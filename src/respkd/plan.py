@@ -49,10 +49,10 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, Validatio
 
 from respkd.bias import adjust_bias
 from respkd.checkpoint import atomic_write_text, read_checkpoint_meta
+from respkd.checkpoint_eval import evaluate_ensemble
 from respkd.config import (NAME_PATTERN, RunConfig, format_validation_error, key_suggestion, load_config,
                            read_yaml_mapping, with_seed)
 from respkd.errors import RespkdError
-from respkd.evaluate import evaluate_ensemble
 from respkd.experiment import CHECKPOINT_NAME, environment, is_finished, run_many  # is_finished: re-exported
 from respkd.report import read_summary, results_table
 from respkd.sweep import Cell, check_plotting, run_sweep, sweep_cells, sweep_folder, sweep_table, width_label
@@ -367,7 +367,7 @@ def execute(job: Job, n_stages: int, root: Path, force: bool) -> None:
                              high=s.high, step=s.step, out=out_dir / CHECKPOINT_NAME, overwrite_out=True)
         atomic_write_text(out_dir / "bias.json", json.dumps({"spec": spec, "result": result}, indent=2))
     elif isinstance(s, SpecialistsStage):
-        from respkd.specialists.evaluate import eval_up_to_date, evaluate_specialists
+        from respkd.specialists.results import eval_up_to_date, evaluate_specialists
         from respkd.specialists.train import train_all
 
         cfg = job.specialists
@@ -530,7 +530,7 @@ def stage_section(job: Job, root: Path) -> list[str]:
                               "over the mean member (the paper, speech: more than 80%)."]
         return lines
     if isinstance(s, SpecialistsStage):
-        from respkd.specialists.evaluate import markdown_section, read_eval
+        from respkd.specialists.results import markdown_section, read_eval
 
         cfg = job.specialists
         return [f"### Specialists: {cfg.name}", "", markdown_section([read_eval(root / cfg.name)])]

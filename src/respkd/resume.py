@@ -15,7 +15,7 @@ previous state or the new one, never half of one). It is deleted when the run fi
   the positions of earlier resumes, and the SHA-256 of the tensors (checked on load).
 
 Nothing is pickled. The resumed run is *bitwise* the uninterrupted one because nothing it draws depends on the kill:
-the batch order and jitter are functions of (seed, epoch) (:class:`respkd.data.loader.BatchLoader`), so skipping the
+the batch order and jitter are functions of (seed, epoch) (:class:`respkd.data.memory.BatchLoader`), so skipping the
 batches already trained draws nothing; dropout draws from torch's global generator, restored here; the teacher (in
 eval mode, online or cached) answers an input the same way every time; the running sums come back as the float32
 tensors they were. That needs the same config, data, teacher, software and number of processes, and the same

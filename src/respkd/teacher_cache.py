@@ -53,7 +53,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from respkd.data.loader import BatchLoader
+from respkd.data.memory import BatchLoader
 from respkd.engine import autocast
 from respkd.errors import RespkdError, first_line
 

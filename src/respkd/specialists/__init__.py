@@ -6,7 +6,7 @@
   the rest), the dustbin-logit correction and the generalist's soft targets mapped to subset + dustbin.
 * :mod:`~respkd.specialists.train`: every specialist an independent process with its own run directory.
 * :mod:`~respkd.specialists.combine`: the KL combination at inference.
-* :mod:`~respkd.specialists.evaluate`: generalist vs generalist + specialists on the test set.
+* :mod:`~respkd.specialists.results`: generalist vs generalist + specialists on the test set.
 
 Commands: ``respkd specialists subsets|train|eval|table`` (see README, "Specialists").
 """

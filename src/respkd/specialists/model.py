@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from respkd.bias import output_layer
-from respkd.data.loader import BatchLoader
+from respkd.data.memory import BatchLoader
 from respkd.errors import RespkdError
 from respkd.models import build_model
 
@@ -124,7 +124,7 @@ def shift_dustbin(model: nn.Module, in_shape: tuple[int, ...], shift: float) -> 
 class SubsetBatches:
     """Training batches of ``batch_size`` with ``n_in`` examples of the subset and ``batch_size - n_in`` of the rest.
 
-    Yields ``(inputs, mapped_labels, indices)`` like :class:`~respkd.data.loader.BatchLoader` (whose ``make_batch``
+    Yields ``(inputs, mapped_labels, indices)`` like :class:`~respkd.data.memory.BatchLoader` (whose ``make_batch``
     normalises and jitters), so the engine's ``train_one_epoch`` takes it as it is. An epoch shows every subset example
     once (``len(inside) // n_in`` full batches); the other classes' examples come from a permutation that is cycled
     when the epoch needs more of them than exist. Order seeded by ``(seed, epoch)``.

@@ -38,13 +38,14 @@ from torch import nn
 
 from respkd.checkpoint import atomic_write_text, save_checkpoint
 from respkd.config import DataConfig, RunConfig, config_to_dict, validate_config
+from respkd.data import select
 from respkd.data.datasets import Splits, input_normalization, load_dataset
-from respkd.data.loader import BatchLoader
+from respkd.data.memory import BatchLoader
 from respkd.distill import Distiller, Supervised
 from respkd.engine import build_optimizer, build_scheduler, evaluate, train_one_epoch, use_bf16
 from respkd.errors import RespkdError
 from respkd.experiment import (CHECKPOINT_NAME, SUMMARY_NAME, RunLog, environment, load_model, resolve_device,
-                               seed_everything, select)
+                               seed_everything)
 from respkd.models import build_model, count_parameters
 from respkd.specialists.config import SpecialistConfig, SpecialistsConfig
 from respkd.specialists.model import (MappedGeneralist, SubsetBatches, dustbin_correction, label_map, shift_dustbin,
@@ -86,7 +87,7 @@ def generalist_path(cfg: SpecialistsConfig, runs_root: Path) -> Path:
     return runs_root / g.run / CHECKPOINT_NAME if g.run is not None else Path(g.checkpoint)
 
 
-def prepare(cfg: SpecialistsConfig, runs_root: str | Path, threads: int | None = None) -> Context:
+def load_context(cfg: SpecialistsConfig, runs_root: str | Path, threads: int | None = None) -> Context:
     """Load the generalist and its data; refuse (one line) what cannot work, before anything is written.
 
     ``threads``: torch threads for this process (a worker's share), else the config's ``threads``, else torch's.
@@ -295,7 +296,7 @@ def train_specialist(ctx: Context, subsets: list[list[int]], k: int, force: bool
 def prepare_run(cfg: SpecialistsConfig, runs_root: str | Path, force: bool,
                 threads: int | None = None) -> tuple[Context, list[list[int]]]:
     """Load, find (or reuse) the subsets, check conflicts; then write config.yaml and the subsets."""
-    ctx = prepare(cfg, runs_root, threads)
+    ctx = load_context(cfg, runs_root, threads)
     record, write = current_subsets(ctx)
     subsets = [list(s) for s in record["subsets"]]
     check_conflicts(ctx, subsets, force)

@@ -9,13 +9,13 @@ import torch
 
 from respkd.checkpoint import read_checkpoint_meta
 from respkd.config import validate_config
+from respkd.data import load_data, make_loader, select
 from respkd.data.datasets import Splits
-from respkd.data.imagefolder import FolderLoader, FolderSplits
-from respkd.data.loader import BatchLoader
-from respkd.data.loaders import load_data, make_loader
+from respkd.data.memory import BatchLoader
+from respkd.data.streamed import FolderLoader, FolderSplits
 from respkd.engine import evaluate
 from respkd.errors import RespkdError
-from respkd.experiment import load_model, select
+from respkd.experiment import load_model
 
 
 def evaluate_checkpoint(

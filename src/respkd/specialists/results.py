@@ -19,12 +19,12 @@ import torch
 
 from respkd.bias import predict
 from respkd.checkpoint import atomic_write_text
-from respkd.data.loader import BatchLoader
+from respkd.data.memory import BatchLoader
 from respkd.errors import RespkdError
 from respkd.experiment import CHECKPOINT_NAME, load_model
 from respkd.specialists.combine import combine
 from respkd.specialists.config import SpecialistsConfig
-from respkd.specialists.train import (SUBSETS_NAME, finished_spec, prepare, read_json, specialist_dir,
+from respkd.specialists.train import (SUBSETS_NAME, finished_spec, load_context, read_json, specialist_dir,
                                       specialist_spec, subsets_spec)
 
 EVAL_NAME = "eval.json"
@@ -60,7 +60,7 @@ def accuracy_report(p_g: torch.Tensor, q: torch.Tensor, labels: torch.Tensor, co
 def evaluate_specialists(cfg: SpecialistsConfig, runs_root: str | Path = "runs", write: bool = True) -> dict[str, Any]:
     """Combine the finished specialists with the generalist on the test set; writes ``eval.json`` and
     ``specialists.md`` into the specialists' folder (``write``). Every specialist must be finished."""
-    ctx = prepare(cfg, runs_root)
+    ctx = load_context(cfg, runs_root)
     record = read_json(ctx.out_dir / SUBSETS_NAME)
     if record is None or record.get("spec") != subsets_spec(ctx):
         raise RespkdError(f"{ctx.out_dir / SUBSETS_NAME} is missing or was made from another generalist or subsets "
