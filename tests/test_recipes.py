@@ -304,7 +304,7 @@ def test_imagenet_folders_train_distill_and_eval_end_to_end(tmp_path, capsys):
     assert run_cli(capsys, "distill", REPO / "configs/imagenet/resnet34_resnet18.yaml", "--set", "data.workers=1",
                    *tiny) == 0
     # The same from a teacher trained elsewhere: a torch.save'd state dict, as the config's comment shows.
-    from respkd.experiment import load_model
+    from respkd.checkpoint import load_model
 
     teacher, _ = load_model(runs / "imagenet-resnet34" / "model.safetensors")
     torch.save(teacher.state_dict(), tmp_path / "teacher.pth")

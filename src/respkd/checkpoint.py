@@ -5,6 +5,11 @@ JSON object: the model spec needed to rebuild the network (``model``, ``num_clas
 config, metrics, the dataset checksum, library versions, and ``weights_sha256``, the SHA-256 of the tensors, which
 :func:`load_checkpoint` verifies, so a file damaged in the middle of its data is refused, not silently used.
 
+:func:`load_model` rebuilds the network a checkpoint describes and loads its weights. A run folder keeps its final
+checkpoint as ``model.safetensors`` (``CHECKPOINT_NAME``) beside ``summary.json`` (``SUMMARY_NAME``); the other files
+of a run folder are :mod:`respkd.rundir`'s. :func:`checkpoint_of` finds the checkpoint of a file, a run folder or a
+run name.
+
 Weights from elsewhere (a plain safetensors file, a torchvision/timm ``.pth`` state dict) are read by
 :func:`load_weights`, which never unpickles more than tensors and plain containers.
 """
@@ -26,10 +31,20 @@ from typing import Any, Callable
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+from torch import nn
 
 from respkd.errors import RespkdError, first_line
+from respkd.models import build_model
+
+__all__ = [
+    "CHECKPOINT_FORMAT", "CHECKPOINT_NAME", "SUMMARY_NAME", "Weights", "atomic_save_safetensors", "atomic_write",
+    "atomic_write_text", "check_model_meta", "checkpoint_of", "load_checkpoint", "load_model", "load_weights",
+    "read_checkpoint_meta", "save_checkpoint", "tensors_digest",
+]
 
 CHECKPOINT_FORMAT = "respkd-checkpoint-v1"
+CHECKPOINT_NAME = "model.safetensors"  # a run folder's final weights, with their metadata
+SUMMARY_NAME = "summary.json"  # a run folder's final metrics: a run is finished once it exists
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -123,6 +138,33 @@ def check_model_meta(meta: dict[str, Any], path: str | Path) -> None:
         problems.append(f"'in_shape' must be [channels, height, width], got {shape!r}")
     if problems:
         raise RespkdError(f"{path}: metadata does not describe a model: {'; '.join(problems)}")
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the network stored in a respkd checkpoint and load its weights (no unpickling)."""
+    state, meta = load_checkpoint(Path(path))
+    check_model_meta(meta, path)
+    spec = dict(meta["model"])
+    model = build_model(spec.pop("name"), meta["num_classes"], tuple(meta["in_shape"]), **spec)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:  # torch's first line only says "Error(s) in loading state_dict"; the next says which
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        detail = lines[1 if len(lines) > 1 else 0]
+        raise RespkdError(f"{path}: weights do not fit the model in its metadata ({detail})") from None
+    return model.to(device), meta
+
+
+def checkpoint_of(source: str | Path, runs_root: str | Path = "runs") -> Path:
+    """The checkpoint named by ``source``: a checkpoint file, a run directory, or a run's name under ``runs_root``."""
+    path = Path(source)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    elif not path.exists() and (Path(runs_root) / str(source)).is_dir():
+        path = Path(runs_root) / str(source) / CHECKPOINT_NAME
+    if not path.is_file():
+        raise RespkdError(f"{source}: no such checkpoint, run directory, or run under {runs_root}/")
+    return path
 
 
 def _header_metadata(path: Path, what: str) -> dict[str, str]:

@@ -26,6 +26,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from respkd.checkpoint import load_model
 from respkd.config import COMBINE_RULES
 from respkd.errors import RespkdError
 
@@ -94,8 +95,6 @@ def load_ensemble(
     error naming the first member that differs. ``weights_sha256`` of the returned metadata is
     :func:`ensemble_digest`; ``members`` lists each member's path, run name and weights digest.
     """
-    from respkd.experiment import load_model  # experiment imports this module
-
     if len(set(map(str, paths))) != len(paths):
         raise RespkdError("an ensemble lists the same checkpoint twice")
     models, metas = [], []

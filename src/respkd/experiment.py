@@ -15,22 +15,17 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-import random
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 import yaml
 from torch import nn
 
-from respkd import __version__, distributed
-from respkd.adapter import AdaptedTeacher, build_adapter
-from respkd.checkpoint import atomic_write_text, check_model_meta, load_checkpoint, save_checkpoint
+from respkd import distributed
+from respkd.checkpoint import CHECKPOINT_NAME, SUMMARY_NAME, atomic_write_text, save_checkpoint
 from respkd.config import RunConfig, config_to_dict, validate_config
 from respkd.data import load_data, make_loader, select
 from respkd.data.datasets import Splits, input_normalization
@@ -39,72 +34,13 @@ from respkd.data.streamed import FolderSplits
 from respkd.data.transfer import describe_transfer
 from respkd.distill import Distiller, Supervised
 from respkd.engine import build_optimizer, build_scheduler, evaluate, train_one_epoch, use_bf16
-from respkd.ensemble import load_ensemble
+from respkd.environment import capture_environment, resolve_device, seed_everything
 from respkd.errors import RespkdError
 from respkd.models import build_model, count_macs, count_parameters
 from respkd.resume import STATE_NAME, TrainingState, check_start, has_state, state_problem
+from respkd.teacher import describe_teacher, load_teacher, teacher_path, teacher_paths
 from respkd.teacher_cache import TeacherCache, build_cache, cache_spec, find_cache, selection_digest
-from respkd.weights import describe_fit, init_student, load_external_teacher
-
-CHECKPOINT_NAME = "model.safetensors"
-SUMMARY_NAME = "summary.json"
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise RespkdError(f"unknown device '{name}'") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RespkdError(f"device '{name}' requested but CUDA is not available (use device: cpu or auto)")
-    return distributed.process_device(device)  # under torchrun: cuda -> cuda:LOCAL_RANK
-
-
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the network stored in a respkd checkpoint and load its weights (no unpickling)."""
-    state, meta = load_checkpoint(Path(path))
-    check_model_meta(meta, path)
-    spec = dict(meta["model"])
-    model = build_model(spec.pop("name"), meta["num_classes"], tuple(meta["in_shape"]), **spec)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:  # torch's first line only says "Error(s) in loading state_dict"; the next says which
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        detail = lines[1 if len(lines) > 1 else 0]
-        raise RespkdError(f"{path}: weights do not fit the model in its metadata ({detail})") from None
-    return model.to(device), meta
-
-
-def environment() -> dict[str, Any]:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5).stdout.strip()
-        # Uncommitted changes mean the commit alone does not reproduce the run: record that.
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                                    text=True, timeout=5).stdout.strip()) if commit else None
-    except (OSError, subprocess.SubprocessError):
-        commit, dirty = "", None
-    cpu = platform.processor()
-    try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    import torchvision
-
-    return {
-        "respkd": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
-        "python": platform.python_version(), "platform": platform.platform(), "cpu": cpu,
-        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "git_commit": commit, "git_dirty": dirty,
-    }
+from respkd.weights import describe_fit, init_student
 
 
 @dataclass
@@ -120,30 +56,6 @@ class Prepared:
     teacher_meta: dict[str, Any] | None
     init: dict[str, Any] | None = None  # what `init` loaded into the student (respkd.weights.fit_weights)
     teacher_input: dict[str, Any] | None = None  # the teacher input adapter's settings (respkd.adapter)
-
-
-def teacher_paths(cfg: RunConfig, runs_root: Path) -> list[Path]:
-    """The teacher's checkpoint, or an ensemble's member checkpoints, in the config's order."""
-    t = cfg.teacher
-    assert t is not None
-    if t.run is not None:
-        return [runs_root / t.run / CHECKPOINT_NAME]
-    if t.runs is not None:
-        return [runs_root / r / CHECKPOINT_NAME for r in t.runs]
-    if t.weights is not None:
-        return [Path(t.weights)]
-    return [Path(c) for c in (t.checkpoints or [t.checkpoint])]
-
-
-def teacher_path(cfg: RunConfig, runs_root: Path) -> Path:
-    """The single teacher's checkpoint (see :func:`teacher_paths` for ensembles)."""
-    return teacher_paths(cfg, runs_root)[0]
-
-
-def describe_teacher(cfg: RunConfig, runs_root: Path) -> str | list[str]:
-    """What summary.json records as the teacher: a path, or the members' paths for an ensemble."""
-    paths = [str(p) for p in teacher_paths(cfg, runs_root)]
-    return paths if cfg.teacher.is_ensemble else paths[0]
 
 
 def is_finished(cfg: RunConfig, runs_root: Path) -> bool:
@@ -200,43 +112,11 @@ def prepare(cfg: RunConfig, runs_root: Path, force: bool = False) -> Prepared:
         student = student.to(memory_format=torch.channels_last)
     teacher_meta, teacher_input = None, None
     if cfg.distills:
-        student_mean, student_std = input_normalization(data.info, cfg.data.normalize)
-        # The teacher's inputs: the student's batches, or what the adapter makes of them (teacher.input).
-        adapter = None if cfg.teacher.input is None else build_adapter(cfg.teacher.input, student_mean, student_std)
-        in_shape = data.info.image_shape if adapter is None else adapter.out_shape(data.info.image_shape)
-        norm = {"mean": list(student_mean), "std": list(student_std)} if adapter is None else {
-            "mean": adapter.teacher_mean, "std": adapter.teacher_std}
-        if cfg.teacher.is_ensemble:
-            teacher, teacher_meta = load_ensemble(teacher_paths(cfg, runs_root), cfg.teacher.rule,
-                                                  cfg.kd.temperature, device)
-        elif cfg.teacher.weights is not None:
-            teacher, teacher_meta = load_external_teacher(cfg.teacher.model, Path(cfg.teacher.weights),
-                                                          data.num_classes, in_shape, norm, device)
-        else:
-            teacher, teacher_meta = load_model(teacher_path(cfg, runs_root), device)
-        if teacher_meta["num_classes"] != data.num_classes:
-            raise RespkdError(
-                f"teacher has {teacher_meta['num_classes']} classes but the student's dataset "
-                f"({cfg.data.dataset}) has {data.num_classes}"
-            )
-        given = "the student's are" if adapter is None else "teacher.input gives"
-        fix = "" if adapter is not None else "; set teacher.input to convert the student's batches for the teacher"
-        if tuple(teacher_meta["in_shape"]) != in_shape:
-            raise RespkdError(f"teacher expects inputs of shape {teacher_meta['in_shape']}, {given} {in_shape}{fix}")
-        if teacher_meta.get("normalization") != norm:
-            fix = fix and "; set data.normalize to match the teacher's run, or teacher.input to convert the batches"
-            raise RespkdError(f"teacher was trained on inputs normalised as {teacher_meta.get('normalization')}, "
-                              f"{given} {norm}{fix}")
-        if cfg.train.channels_last:
-            teacher = teacher.to(memory_format=torch.channels_last)
+        teacher = load_teacher(cfg, runs_root, data.info, device)
+        teacher_meta, teacher_input = teacher.meta, teacher.input_spec
         kd = cfg.kd
-        teacher_response = kd.teacher_response
-        if adapter is not None:
-            teacher = AdaptedTeacher(adapter.to(device), teacher)
-            teacher_input = adapter.spec()
-            teacher_response = None if teacher_response is None else f"model.{teacher_response}"
-        task: nn.Module = Distiller(student, teacher, kd.temperature, kd.soft_weight, kd.hard_weight,
-                                    kd.student_response, teacher_response)
+        task: nn.Module = Distiller(student, teacher.module, kd.temperature, kd.soft_weight, kd.hard_weight,
+                                    kd.student_response, teacher.response)
         task.check_response_shapes(data.info.image_shape, device)
     else:
         task = Supervised(student)
@@ -319,7 +199,7 @@ def run(cfg: RunConfig, runs_root: str | Path = "runs", force: bool = False, qui
     distributed.reseed_per_process(cfg.seed)  # (a resumed run's generators are restored later, by state.begin)
     main = distributed.is_main_process()  # under torchrun only process 0 writes the run folder and prints
 
-    env = environment()
+    env = capture_environment()
     if main and not resume:
         p.out_dir.mkdir(parents=True, exist_ok=True)
         (p.out_dir / SUMMARY_NAME).unlink(missing_ok=True)  # the run is not finished until a new summary is written

@@ -48,12 +48,13 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
 from respkd.bias import adjust_bias
-from respkd.checkpoint import atomic_write_text, read_checkpoint_meta
+from respkd.checkpoint import CHECKPOINT_NAME, atomic_write_text, read_checkpoint_meta
 from respkd.checkpoint_eval import evaluate_ensemble
 from respkd.config import (NAME_PATTERN, RunConfig, format_validation_error, key_suggestion, load_config,
                            read_yaml_mapping, with_seed)
+from respkd.environment import capture_environment
 from respkd.errors import RespkdError
-from respkd.experiment import CHECKPOINT_NAME, environment, is_finished, run_many  # is_finished: re-exported
+from respkd.experiment import run_many
 from respkd.report import read_summary, results_table
 from respkd.sweep import Cell, check_plotting, run_sweep, sweep_cells, sweep_folder, sweep_table, width_label
 
@@ -486,7 +487,7 @@ def write_report(plan: Plan, jobs: list[Job], root: Path, elapsed: float) -> str
     notes = [f"- **{job.label}**: {job.stage.note}" for job in jobs if job.stage.note]
     if notes:
         lines += ["", "## Notes", "", *notes]
-    env = read_summary(run_dirs[-1])["environment"] if run_dirs else environment()
+    env = read_summary(run_dirs[-1])["environment"] if run_dirs else capture_environment()
     # The whole plan's cost, whichever invocations ran its stages: the runs' own wall times (training + evaluation)
     # plus the time spent building or opening their teacher caches.
     runs_wall = sum(s["wall_time_s"] + ((s.get("teacher_cache") or {}).get("setup_time_s") or 0)

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from respkd import distributed
-from respkd.checkpoint import atomic_write, atomic_write_text
+from respkd.checkpoint import SUMMARY_NAME, atomic_write, atomic_write_text
 from respkd.config import RunConfig, config_to_dict, validate_config
 from respkd.errors import RespkdError
-from respkd.experiment import SUMMARY_NAME, run_many
+from respkd.experiment import run_many
 from respkd.models import accepts_option
 
 

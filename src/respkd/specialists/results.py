@@ -18,10 +18,9 @@ from typing import Any, Sequence
 import torch
 
 from respkd.bias import predict
-from respkd.checkpoint import atomic_write_text
+from respkd.checkpoint import CHECKPOINT_NAME, atomic_write_text, load_model
 from respkd.data.memory import BatchLoader
 from respkd.errors import RespkdError
-from respkd.experiment import CHECKPOINT_NAME, load_model
 from respkd.specialists.combine import combine
 from respkd.specialists.config import SpecialistsConfig
 from respkd.specialists.train import (SUBSETS_NAME, finished_spec, load_context, read_json, specialist_dir,

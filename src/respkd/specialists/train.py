@@ -36,16 +36,16 @@ import yaml
 from pydantic import ValidationError
 from torch import nn
 
-from respkd.checkpoint import atomic_write_text, save_checkpoint
+from respkd.checkpoint import CHECKPOINT_NAME, SUMMARY_NAME, atomic_write_text, load_model, save_checkpoint
 from respkd.config import DataConfig, RunConfig, config_to_dict, validate_config
 from respkd.data import select
 from respkd.data.datasets import Splits, input_normalization, load_dataset
 from respkd.data.memory import BatchLoader
 from respkd.distill import Distiller, Supervised
 from respkd.engine import build_optimizer, build_scheduler, evaluate, train_one_epoch, use_bf16
+from respkd.environment import capture_environment, resolve_device, seed_everything
 from respkd.errors import RespkdError
-from respkd.experiment import (CHECKPOINT_NAME, SUMMARY_NAME, RunLog, environment, load_model, resolve_device,
-                               seed_everything)
+from respkd.experiment import RunLog
 from respkd.models import build_model, count_parameters
 from respkd.specialists.config import SpecialistConfig, SpecialistsConfig
 from respkd.specialists.model import (MappedGeneralist, SubsetBatches, dustbin_correction, label_map, shift_dustbin,
@@ -273,7 +273,7 @@ def train_specialist(ctx: Context, subsets: list[list[int]], k: int, force: bool
         "generalist_forward_examples": steps * tc.batch_size if sc.soft_targets else 0,  # its soft targets
         "params": count_parameters(student), "train_time_s": round(train_time, 2),
         "wall_time_s": round(wall, 2), "threads": torch.get_num_threads(),
-        "test_metrics": test, "val_metrics": val, "spec": spec, "environment": environment(),
+        "test_metrics": test, "val_metrics": val, "spec": spec, "environment": capture_environment(),
     }
     meta = {
         "model": model_spec, "num_classes": len(subset) + 1, "in_shape": list(ctx.in_shape),
