@@ -144,13 +144,13 @@ def test_several_kills_in_one_run(setup, tmp_path, monkeypatch, kind):
 
 def test_killed_after_the_last_epoch_before_the_summary(setup, tmp_path, monkeypatch):
     """Every epoch done and saved, the model and summary not yet written: the resume only finishes the run."""
-    import respkd.experiment
+    import respkd.rundir
 
     def crash(*args, **kwargs):
         raise SimulatedCrash("before the model is written")
 
     with monkeypatch.context() as patch:
-        patch.setattr(respkd.experiment, "save_checkpoint", crash)
+        patch.setattr(respkd.rundir, "save_checkpoint", crash)
         with pytest.raises(SimulatedCrash):
             run(validate_config(setup["configs"]["sgd"]), tmp_path / "runs", quiet=True)
     run(validate_config(setup["configs"]["sgd"]), tmp_path / "runs", quiet=True, resume=True)

@@ -38,7 +38,7 @@ from respkd.models import build_model
 
 __all__ = [
     "CHECKPOINT_FORMAT", "CHECKPOINT_NAME", "SUMMARY_NAME", "Weights", "atomic_save_safetensors", "atomic_write",
-    "atomic_write_text", "check_model_meta", "checkpoint_of", "load_checkpoint", "load_model", "load_weights",
+    "atomic_write_text", "check_model_meta", "checkpoint_meta", "checkpoint_of", "load_checkpoint", "load_model", "load_weights",
     "read_checkpoint_meta", "save_checkpoint", "tensors_digest",
 ]
 
@@ -94,6 +94,19 @@ def save_checkpoint(state_dict: dict[str, torch.Tensor], path: Path, meta: dict[
     tensors = {k: v.detach().cpu().clone() for k, v in state_dict.items()}
     meta = {**meta, "format": CHECKPOINT_FORMAT, "weights_sha256": tensors_digest(tensors)}
     atomic_save_safetensors(tensors, path, {"respkd": json.dumps(meta)})
+
+
+def checkpoint_meta(
+    *, model: dict[str, Any], num_classes: int, in_shape: tuple[int, ...], class_names: list[str],
+    normalization: tuple[tuple[float, ...], tuple[float, ...]], name: str, dataset: str, data_sha256: str,
+    metrics: dict[str, Any], config: dict[str, Any], **extra: Any,
+) -> dict[str, Any]:
+    """The metadata of a trained model's checkpoint: what :func:`load_model` rebuilds it from (``model``: its
+    factory's name and options), the inputs it takes (shape, ``normalization`` as (mean, std) of ``pixels / 255``),
+    its classes, and the run it came from; ``extra`` adds what a kind of run records besides."""
+    return {"model": model, "num_classes": num_classes, "in_shape": list(in_shape), "class_names": list(class_names),
+            "normalization": dict(zip(("mean", "std"), map(list, normalization))), "name": name, "dataset": dataset,
+            "data_sha256": data_sha256, "metrics": metrics, "config": config, **extra}
 
 
 def read_checkpoint_meta(path: Path, fmt: str = CHECKPOINT_FORMAT, what: str = "checkpoint") -> dict[str, Any]:

@@ -370,10 +370,14 @@ class TrainingState:
 
         atomic_write(self.path, write)
 
-    def finish(self) -> None:
-        """The run is finished (its summary written): the state has nothing left to resume."""
+    def discard(self) -> None:
+        """Remove a stored state (process 0): the run starts over, or has finished."""
         if distributed.is_main_process():
             self.path.unlink(missing_ok=True)
+
+    def finish(self) -> None:
+        """The run is finished (its summary written): the state has nothing left to resume."""
+        self.discard()
 
     # ------------------------------------------------ reading
 

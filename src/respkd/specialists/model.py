@@ -140,10 +140,12 @@ class SubsetBatches:
             raise RespkdError("a specialist needs training examples both of its subset and of other classes")
         self.n_in = min(max(1, round(batch_size * subset_fraction)), batch_size - 1)
         self.n_out = batch_size - self.n_in
-        self.epoch = 0
+        self.epoch = self.skip = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Make the next pass epoch ``epoch``, starting after its first ``skip`` batches (as
+        :meth:`~respkd.data.memory.BatchLoader.set_epoch`: the order depends only on the seed and the epoch)."""
+        self.epoch, self.skip = epoch, skip
         self.base.set_epoch(epoch)
 
     def __len__(self) -> int:
@@ -158,6 +160,6 @@ class SubsetBatches:
         outside = torch.cat([self.outside[torch.randperm(len(self.outside), generator=g)]
                              for _ in range(-(-need // len(self.outside)))])
         offsets = self.base.view_offsets(self.base.view_of_epoch(self.epoch)) if self.base.jitter else None
-        for b in range(len(self)):
+        for b in range(self.skip, len(self)):
             idx = torch.cat([inside[b * self.n_in:(b + 1) * self.n_in], outside[b * self.n_out:(b + 1) * self.n_out]])
             yield self.base.make_batch(idx, None if offsets is None else offsets[idx])

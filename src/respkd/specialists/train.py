@@ -36,17 +36,17 @@ import yaml
 from pydantic import ValidationError
 from torch import nn
 
-from respkd.checkpoint import CHECKPOINT_NAME, SUMMARY_NAME, atomic_write_text, load_model, save_checkpoint
+from respkd.checkpoint import CHECKPOINT_NAME, SUMMARY_NAME, atomic_write_text, checkpoint_meta, load_model
 from respkd.config import DataConfig, RunConfig, config_to_dict, validate_config
 from respkd.data import select
 from respkd.data.datasets import Splits, input_normalization, load_dataset
 from respkd.data.memory import BatchLoader
 from respkd.distill import Distiller, Supervised
-from respkd.engine import build_optimizer, build_scheduler, evaluate, train_one_epoch, use_bf16
+from respkd.engine import build_optimizer, build_scheduler, evaluate, use_bf16
 from respkd.environment import capture_environment, resolve_device, seed_everything
 from respkd.errors import RespkdError
-from respkd.experiment import RunLog
 from respkd.models import build_model, count_parameters
+from respkd.rundir import RunDir, train_epochs
 from respkd.specialists.config import SpecialistConfig, SpecialistsConfig
 from respkd.specialists.model import (MappedGeneralist, SubsetBatches, dustbin_correction, label_map, shift_dustbin,
                                       specialist_from_generalist)
@@ -243,23 +243,16 @@ def train_specialist(ctx: Context, subsets: list[list[int]], k: int, force: bool
     partial = ctx.out_dir / f".specialist-{k}.partial-{os.getpid()}"
     partial.mkdir()
     names = [data.info.class_names[c] for c in subset]
-    log = RunLog(partial / "log.txt", quiet)
+    out = RunDir(partial)
+    log = out.open_log(quiet)
     log(f"[{cfg.name} specialist {k}] {', '.join(names)} + dustbin: "
         f"{'fine-tuned from the generalist' if sc.model is None else f'fresh {sc.model.name}'}, "
         f"{'soft targets at T=' + format(sc.soft_targets.temperature, 'g') if sc.soft_targets else 'hard labels'}; "
         f"{int(inside.sum())} subset / {int((~inside).sum())} other training examples, batches of {batches.n_in} + "
         f"{batches.n_out}, {len(batches)} batches per epoch, {tc.epochs} epochs ({torch.get_num_threads()} threads)")
     start = time.perf_counter()
-    train_time = 0.0
-    with open(partial / "metrics.jsonl", "w", buffering=1) as metrics_file:
-        for epoch in range(1, tc.epochs + 1):
-            batches.set_epoch(epoch)
-            stats = train_one_epoch(task, student, batches, optimizer, scheduler, ctx.device, bf16, epoch,
-                                    progress=False)
-            train_time += stats["epoch_time_s"]
-            metrics_file.write(json.dumps({"epoch": epoch, **stats}) + "\n")
-            losses = " ".join(f"{key}={v:.4f}" for key, v in stats.items() if key.endswith("loss"))
-            log(f"epoch {epoch:>3}/{tc.epochs} {losses} ({stats['epoch_time_s']:.1f}s)")
+    trained = train_epochs(out, task, student, batches, optimizer, scheduler, ctx.device, bf16, tc.epochs,
+                           progress=False)
     shift_dustbin(student, ctx.in_shape, correction)
     test = evaluate(student, test_loader, len(subset) + 1)
     val = evaluate(student, val_loader, len(subset) + 1)
@@ -271,22 +264,21 @@ def train_specialist(ctx: Context, subsets: list[list[int]], k: int, force: bool
         "batch_subset": batches.n_in, "batch_other": batches.n_out, "steps": steps,
         "examples_seen": steps * tc.batch_size,  # forward + backward passes of the specialist
         "generalist_forward_examples": steps * tc.batch_size if sc.soft_targets else 0,  # its soft targets
-        "params": count_parameters(student), "train_time_s": round(train_time, 2),
+        "params": count_parameters(student), "train_time_s": round(trained.train_time_s, 2),
         "wall_time_s": round(wall, 2), "threads": torch.get_num_threads(),
         "test_metrics": test, "val_metrics": val, "spec": spec, "environment": capture_environment(),
     }
-    meta = {
-        "model": model_spec, "num_classes": len(subset) + 1, "in_shape": list(ctx.in_shape),
-        "class_names": [*names, "dustbin"], "normalization": dict(zip(("mean", "std"), map(list, ctx.norm))),
-        "name": summary["name"], "dataset": ctx.gen_cfg.data.dataset, "data_sha256": data.sha256,
-        "metrics": test, "config": config_to_dict(ctx.gen_cfg), "specialist": {k2: summary[k2] for k2 in (
-            "k", "subset", "dustbin_correction")} | {"generalist_weights_sha256": ctx.gen_meta["weights_sha256"]},
-    }
-    save_checkpoint(student.state_dict(), partial / CHECKPOINT_NAME, meta)
-    atomic_write_text(partial / SUMMARY_NAME, json.dumps(summary, indent=2))
+    meta = checkpoint_meta(
+        model=model_spec, num_classes=len(subset) + 1, in_shape=ctx.in_shape, class_names=[*names, "dustbin"],
+        normalization=ctx.norm, name=summary["name"], dataset=ctx.gen_cfg.data.dataset, data_sha256=data.sha256,
+        metrics=test, config=config_to_dict(ctx.gen_cfg),
+        specialist={key: summary[key] for key in ("k", "subset", "dustbin_correction")}
+        | {"generalist_weights_sha256": ctx.gen_meta["weights_sha256"]},
+    )
+    out.finish(student.state_dict(), meta, summary)
     log(f"[{cfg.name} specialist {k}] done: dustbin logit {correction:+.3f}, test top-1 over subset + dustbin "
         f"{test['top1']:.2f}%, {wall:.1f}s -> {final}")
-    log.close()
+    out.close()
     if final.exists():
         shutil.rmtree(final)
     os.replace(partial, final)
