@@ -19,14 +19,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import pickle
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -34,43 +32,18 @@ from safetensors.torch import save_file
 from torch import nn
 
 from respkd.errors import RespkdError, first_line
+from respkd.files import atomic_write
 from respkd.models import build_model
 
 __all__ = [
-    "CHECKPOINT_FORMAT", "CHECKPOINT_NAME", "SUMMARY_NAME", "Weights", "atomic_save_safetensors", "atomic_write",
-    "atomic_write_text", "check_model_meta", "checkpoint_meta", "checkpoint_of", "load_checkpoint", "load_model", "load_weights",
+    "CHECKPOINT_FORMAT", "CHECKPOINT_NAME", "SUMMARY_NAME", "Weights", "atomic_save_safetensors",
+    "check_model_meta", "checkpoint_meta", "checkpoint_of", "load_checkpoint", "load_model", "load_weights",
     "read_checkpoint_meta", "save_checkpoint", "tensors_digest",
 ]
 
 CHECKPOINT_FORMAT = "respkd-checkpoint-v1"
 CHECKPOINT_NAME = "model.safetensors"  # a run folder's final weights, with their metadata
 SUMMARY_NAME = "summary.json"  # a run folder's final metrics: a run is finished once it exists
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it over ``path``.
-
-    The rename is atomic on POSIX: a crash leaves either the old file or the new one, never half of one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would survive the rename; give the usual file mode
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:

@@ -8,7 +8,6 @@ resuming interrupted ones. Library modules never import this one; plans, sweeps 
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from torch import nn
 
 from respkd import distributed
 from respkd.checkpoint import CHECKPOINT_NAME, SUMMARY_NAME, checkpoint_meta
-from respkd.config import RunConfig, config_to_dict, validate_config
+from respkd.config import RunConfig, config_to_dict
 from respkd.data import load_data, make_loader, select
 from respkd.data.datasets import Splits, input_normalization
 from respkd.data.memory import BatchLoader
@@ -29,9 +28,10 @@ from respkd.distill import Distiller, Supervised
 from respkd.engine import build_optimizer, build_scheduler, evaluate, use_bf16
 from respkd.environment import capture_environment, resolve_device, seed_everything
 from respkd.errors import RespkdError
+from respkd.files import read_json
 from respkd.models import build_model, count_macs, count_parameters
 from respkd.resume import TrainingState, check_start, has_state, state_problem
-from respkd.rundir import RunDir, check_folder_can_hold, train_epochs
+from respkd.rundir import RunDir, check_folder_can_hold, is_finished, summary_matches, train_epochs
 from respkd.teacher import describe_teacher, load_teacher, teacher_path, teacher_paths
 from respkd.teacher_cache import TeacherCache, build_cache, cache_spec, find_cache, selection_digest
 from respkd.weights import describe_fit, init_student
@@ -50,31 +50,6 @@ class Prepared:
     teacher_meta: dict[str, Any] | None
     init: dict[str, Any] | None = None  # what `init` loaded into the student (respkd.weights.fit_weights)
     teacher_input: dict[str, Any] | None = None  # the teacher input adapter's settings (respkd.adapter)
-
-
-def is_finished(cfg: RunConfig, runs_root: Path) -> bool:
-    """True when ``cfg``'s run directory holds a summary made from exactly this config, and the model it made.
-
-    A summary without its weights (the repository commits weights only for the models of its results table) is not
-    finished: later stages need the model, so the run is trained again.
-    """
-    return summary_matches(cfg, runs_root) and (Path(runs_root) / cfg.name / CHECKPOINT_NAME).is_file()
-
-
-def summary_matches(cfg: RunConfig, runs_root: Path) -> bool:
-    """True when ``cfg``'s run directory holds a summary made from exactly this config.
-
-    The stored config is validated again before comparing, so keys added to respkd later (with defaults that change
-    nothing) do not make an old finished run look different.
-    """
-    path = Path(runs_root) / cfg.name / SUMMARY_NAME
-    if not path.is_file():
-        return False
-    try:
-        stored = json.loads(path.read_text()).get("config")
-        return config_to_dict(validate_config(stored, str(path))) == config_to_dict(cfg)
-    except (json.JSONDecodeError, OSError, RespkdError, TypeError, AttributeError):
-        return False
 
 
 def prepare(cfg: RunConfig, runs_root: Path, force: bool = False) -> Prepared:
@@ -289,7 +264,7 @@ def run_many(
     for tag, cfg in zip(tags, configs):
         if not force and is_finished(cfg, runs_root):
             log(f"{tag} {cfg.name}: already finished in {runs_root / cfg.name}, skipped")
-            summaries.append(json.loads((runs_root / cfg.name / SUMMARY_NAME).read_text()))
+            summaries.append(read_json(runs_root / cfg.name / SUMMARY_NAME, "summary"))
             continue
         if not force and summary_matches(cfg, runs_root):
             log(f"{tag} {cfg.name}: finished, but its weights are not in {runs_root / cfg.name}; training it again")

@@ -48,13 +48,15 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
 from respkd.bias import adjust_bias
-from respkd.checkpoint import CHECKPOINT_NAME, atomic_write_text, read_checkpoint_meta
+from respkd.checkpoint import CHECKPOINT_NAME, read_checkpoint_meta
 from respkd.checkpoint_eval import evaluate_ensemble
 from respkd.config import (NAME_PATTERN, RunConfig, format_validation_error, key_suggestion, load_config,
                            read_yaml_mapping, with_seed)
 from respkd.environment import capture_environment
 from respkd.errors import RespkdError
 from respkd.experiment import run_many
+from respkd.files import atomic_write_text, read_json
+from respkd.provenance import made_from
 from respkd.report import read_summary, results_table
 from respkd.sweep import Cell, check_plotting, run_sweep, sweep_cells, sweep_folder, sweep_table, width_label
 
@@ -336,13 +338,6 @@ def ensemble_spec(stage: EnsembleEvalStage, root: Path) -> dict[str, Any]:
     return {**stage.model_dump(exclude={"paper", "note"}), "weights_sha256": digests}
 
 
-def _stored_spec(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text()).get("spec")
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return None
-
-
 def execute(job: Job, n_stages: int, root: Path, force: bool) -> None:
     s, tag = job.stage, f"[{job.index}/{n_stages}]"
 
@@ -358,7 +353,7 @@ def execute(job: Job, n_stages: int, root: Path, force: bool) -> None:
         log(f"{tag} {job.label}: table and plot written")
     elif isinstance(s, BiasStage):
         out_dir, spec = root / s.out_name, bias_spec(s, root)
-        if not force and _stored_spec(out_dir / "bias.json") == spec and (out_dir / CHECKPOINT_NAME).is_file():
+        if not force and made_from(out_dir / "bias.json", spec) and (out_dir / CHECKPOINT_NAME).is_file():
             log(f"{tag} {s.out_name}: already finished in {out_dir}, skipped")
             return
         log(f"{tag} {s.out_name}: bias of class(es) {s.classes} of {s.run}, " + (f"searched over {s.low:g}..{s.high:g}"
@@ -380,7 +375,7 @@ def execute(job: Job, n_stages: int, root: Path, force: bool) -> None:
             log(f"{tag} {cfg.name}: evaluation up to date, skipped")
     elif isinstance(s, EnsembleEvalStage):
         out_dir, spec = root / s.name, ensemble_spec(s, root)
-        if not force and _stored_spec(out_dir / "ensemble.json") == spec:
+        if not force and made_from(out_dir / "ensemble.json", spec):
             log(f"{tag} {s.name}: already finished in {out_dir}, skipped")
             return
         log(f"{tag} {s.name}: ensemble of {len(s.runs)} ({s.combine}, T={s.temperature:g})")
@@ -412,7 +407,7 @@ def measures(job: Job, root: Path) -> dict[str, float | None]:
         errors = sum(m["errors"] for m in ms) / len(ms)
         return {"test_errors": errors, "test_error_pct": 100.0 * errors / ms[0]["n"]}
     if isinstance(s, BiasStage):
-        r = json.loads((root / s.out_name / "bias.json").read_text())["result"]
+        r = read_json(root / s.out_name / "bias.json")["result"]
         out = {"shift": r["shift"]}
         for when in ("before", "after"):
             m = r[when]
@@ -420,7 +415,7 @@ def measures(job: Job, root: Path) -> dict[str, float | None]:
                         f"class_errors_{when}": m["class_errors"], f"class_correct_pct_{when}": m["class_correct_pct"]})
         return out
     if isinstance(s, EnsembleEvalStage):
-        r = json.loads((root / s.name / "ensemble.json").read_text())["result"]
+        r = read_json(root / s.name / "ensemble.json")["result"]
         n = r["ensemble"]["n"]
         d = r.get("distilled")
         return {"ensemble_errors": r["ensemble"]["errors"], "member_errors_mean": r["member_errors_mean"],
@@ -429,7 +424,7 @@ def measures(job: Job, root: Path) -> dict[str, float | None]:
                 "member_error_pct_mean": 100.0 * r["member_errors_mean"] / n,
                 "distilled_error_pct": 100.0 * d["errors"] / n if d else None}
     if isinstance(s, SpecialistsStage):
-        r = json.loads((root / job.specialists.name / "eval.json").read_text())
+        r = read_json(root / job.specialists.name / "eval.json")
         return {"generalist_top1": r["overall"]["generalist_top1"], "combined_top1": r["overall"]["combined_top1"],
                 "generalist_covered_top1": r["covered"]["generalist_top1"],
                 "combined_covered_top1": r["covered"]["combined_top1"]}
@@ -504,7 +499,7 @@ def stage_section(job: Job, root: Path) -> list[str]:
     """The detail of a non-run stage for the report (markdown lines); none for plain runs."""
     s = job.stage
     if isinstance(s, BiasStage):
-        r = json.loads((root / s.out_name / "bias.json").read_text())["result"]
+        r = read_json(root / s.out_name / "bias.json")["result"]
         how = (f"searched on {r['search']['n']} validation examples over {s.low:g}..{s.high:g}, step {s.step:g}"
                if r["searched"] else "given")
         classes = ",".join(map(str, s.classes))
@@ -516,7 +511,7 @@ def stage_section(job: Job, root: Path) -> list[str]:
                          f"{m['class_n']} | {' '.join(map(str, m['errors_per_class']))} |")
         return lines
     if isinstance(s, EnsembleEvalStage):
-        r = json.loads((root / s.name / "ensemble.json").read_text())["result"]
+        r = read_json(root / s.name / "ensemble.json")["result"]
         lines = [f"### {s.name}: ensemble of {len(s.runs)} ({s.combine}, T = {s.temperature:g})", "",
                  "| model | test errors | top-1 (%) |", "|---|---:|---:|"]
         for m in r["members"]:
@@ -537,7 +532,7 @@ def stage_section(job: Job, root: Path) -> list[str]:
         return [f"### Specialists: {cfg.name}", "", markdown_section([read_eval(root / cfg.name)])]
     if isinstance(s, SweepStage):
         folder = sweep_folder(root, job.sweep_base)
-        result = json.loads((folder / "sweep.json").read_text())
+        result = read_json(folder / "sweep.json")
         rel = os.path.relpath(folder / "sweep.png", root)
         return [f"### Temperature sweep: {job.sweep_base.name}", "", sweep_table(result), "", f"![sweep]({rel})"]
     return []

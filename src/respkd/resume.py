@@ -43,10 +43,12 @@ import torch
 from safetensors.torch import save_file
 
 from respkd import distributed
-from respkd.checkpoint import atomic_write, load_checkpoint, read_checkpoint_meta, tensors_digest
+from respkd.checkpoint import load_checkpoint, read_checkpoint_meta, tensors_digest
 from respkd.config import RunConfig, config_to_dict, validate_config
 from respkd.engine import EpochProgress
 from respkd.errors import RespkdError, first_line
+from respkd.files import atomic_write
+from respkd.provenance import differences, value_at
 
 STATE_NAME = "resume.safetensors"
 STATE_FORMAT = "respkd-train-state-v1"
@@ -205,18 +207,6 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any], device
 # ---------------------------------------------------------------- checking a stored state
 
 
-def config_differences(stored: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two config dicts (``IGNORED_KEYS`` left out)."""
-    keys = []
-    for key in sorted(set(stored) | set(current)):
-        a, b, name = stored.get(key), current.get(key), f"{prefix}{key}"
-        if isinstance(a, dict) and isinstance(b, dict):
-            keys += config_differences(a, b, f"{name}.")
-        elif a != b and name not in IGNORED_KEYS:
-            keys.append(name)
-    return keys
-
-
 def has_state(out_dir: Path) -> bool:
     return (Path(out_dir) / STATE_NAME).is_file()
 
@@ -239,15 +229,10 @@ def state_problem(out_dir: Path, cfg: RunConfig) -> Refusal | None:
     except RespkdError as err:
         return Refusal(str(err), "pass --force to start over")
     current = config_to_dict(cfg)
-    diffs = config_differences(stored, current)
+    diffs = differences(stored, current, ignore=IGNORED_KEYS)
     if diffs:
-        def value(d: dict[str, Any], key: str) -> Any:
-            for part in key.split("."):
-                d = d.get(part) if isinstance(d, dict) else None
-            return d
-
-        shown = ", ".join(f"{k} ({json.dumps(value(stored, k))} in the state, {json.dumps(value(current, k))} now)"
-                          for k in diffs[:4]) + (f" and {len(diffs) - 4} more" if len(diffs) > 4 else "")
+        shown = ", ".join(f"{k} ({json.dumps(value_at(stored, k))} in the state, {json.dumps(value_at(current, k))} "
+                          "now)" for k in diffs[:4]) + (f" and {len(diffs) - 4} more" if len(diffs) > 4 else "")
         return Refusal(f"the training state in {path} belongs to a different config: {shown}",
                        "resume with the same config, or pass --force to start over")
     return None
@@ -391,10 +376,10 @@ class TrainingState:
         except RespkdError as err:
             raise RespkdError(f"cannot resume: {err}; pass --force to start over") from None
         stored = meta.get("identity", {})
-        diffs = [k for k in sorted(set(stored) | set(self.identity)) if stored.get(k) != self.identity.get(k)]
+        diffs = differences(stored, self.identity)
         if diffs:
-            shown = ", ".join(f"{k} {json.dumps(stored.get(k))} in the state, {json.dumps(self.identity.get(k))} now"
-                              for k in diffs)
+            shown = ", ".join(f"{k} {json.dumps(value_at(stored, k))} in the state, "
+                              f"{json.dumps(value_at(self.identity, k))} now" for k in diffs)
             raise RespkdError(f"cannot resume: the training state in {self.path} was made with other data, another "
                               f"teacher or another number of processes ({shown}); pass --force to start over")
         try:

@@ -29,20 +29,40 @@ import yaml
 from torch import nn
 
 from respkd import distributed
-from respkd.checkpoint import CHECKPOINT_NAME, SUMMARY_NAME, atomic_write_text, save_checkpoint
+from respkd.checkpoint import CHECKPOINT_NAME, SUMMARY_NAME, save_checkpoint
+from respkd.config import RunConfig, config_to_dict, validate_config
 from respkd.engine import EpochProgress, evaluate, train_one_epoch
 from respkd.errors import RespkdError
+from respkd.files import atomic_write_text
+from respkd.provenance import made_from
 from respkd.resume import TrainingState
 
 __all__ = [
     "CONFIG_NAME", "ENVIRONMENT_NAME", "LOG_NAME", "METRICS_NAME", "Epochs", "RunDir", "RunLog",
-    "check_folder_can_hold", "train_epochs",
+    "check_folder_can_hold", "is_finished", "summary_matches", "train_epochs",
 ]
 
 CONFIG_NAME = "config.yaml"
 ENVIRONMENT_NAME = "environment.json"
 LOG_NAME = "log.txt"
 METRICS_NAME = "metrics.jsonl"
+
+
+def summary_matches(cfg: RunConfig, runs_root: Path) -> bool:
+    """True when ``cfg``'s run folder holds a summary made from exactly this config (see :mod:`respkd.provenance`:
+    the stored config is validated again before comparing)."""
+    path = Path(runs_root) / cfg.name / SUMMARY_NAME
+    return made_from(path, config_to_dict(cfg), key="config",
+                     normalize=lambda stored: config_to_dict(validate_config(stored, str(path))))
+
+
+def is_finished(cfg: RunConfig, runs_root: Path) -> bool:
+    """True when ``cfg``'s run folder holds a summary made from exactly this config, and the model it made.
+
+    A summary without its weights (the repository commits weights only for the models of its results table) is not
+    finished: later stages need the model, so the run is trained again.
+    """
+    return summary_matches(cfg, runs_root) and (Path(runs_root) / cfg.name / CHECKPOINT_NAME).is_file()
 
 
 def check_folder_can_hold(path: Path, what: str) -> None:

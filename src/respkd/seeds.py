@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from respkd import distributed
-from respkd.checkpoint import atomic_write_text
+from respkd.files import atomic_write_text
 
 METRICS = ("top1", "top5", "errors")  # test top-1 and top-5 accuracy (%), test errors
 

@@ -15,10 +15,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from respkd.checkpoint import (Weights, atomic_save_safetensors, atomic_write, check_model_meta, checkpoint_of,
-                               load_checkpoint, load_weights)
+from respkd.checkpoint import (Weights, atomic_save_safetensors, check_model_meta, checkpoint_of, load_checkpoint,
+                               load_weights)
 from respkd.config import ModelConfig
 from respkd.errors import RespkdError, first_line
+from respkd.files import atomic_write
 from respkd.models import build_model
 
 EXPORT_FORMATS = ("safetensors", "pth")

@@ -37,8 +37,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from respkd.checkpoint import atomic_write, atomic_write_text
 from respkd.errors import RespkdError
+from respkd.files import atomic_write, atomic_write_text
 from respkd.specialists.config import SubsetsConfig
 
 
