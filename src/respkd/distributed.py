@@ -164,6 +164,28 @@ def shard(n: int) -> slice:
     return slice(start, start + base + (r < extra))
 
 
+def gather_per_process(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Every process's copy of each of ``tensors`` (each the same shape in every process), named
+    ``process<rank>.<name>``. One process: no communication. Under torch.distributed every process must call it."""
+    world = world_size()
+    if world == 1:
+        return {f"process0.{name}": t for name, t in tensors.items()}
+    device = group_device()
+    gathered = {}
+    for name in sorted(tensors):  # the same order in every process
+        local = tensors[name].detach().to(device).reshape(-1)
+        parts = [torch.empty_like(local) for _ in range(world)]
+        dist.all_gather(parts, local)
+        gathered.update({f"process{r}.{name}": part.cpu().reshape(tensors[name].shape) for r, part in enumerate(parts)})
+    return gathered
+
+
+def own_part(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """This process's tensors of :func:`gather_per_process`, under their own names."""
+    prefix = f"process{rank()}."
+    return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+
+
 def check_batch_size(batch_size: int, n_train: int) -> None:
     """Every global batch must split into equal shares (see the module docstring for why)."""
     size = world_size()

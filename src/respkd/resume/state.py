@@ -1,44 +1,14 @@
-"""Exact resume: a run's training state, saved as it trains, so that a killed run continues where it stopped.
-
-``<run>/resume.safetensors`` is written before the first step, every ``train.checkpoint_every_steps`` optimizer steps
-(0: never mid-epoch) and at every epoch end, atomically (:func:`respkd.checkpoint.atomic_write`: a kill leaves the
-previous state or the new one, never half of one). It is deleted when the run finishes: the final weights are in
-``model.safetensors``. It holds
-
-* tensors: the student's weights (``model.*``); the optimizer's state tensors (``optimizer.<param>.<name>``: momentum
-  buffers, Adam moments and step counts); the states of the random number generators as uint8 tensors
-  (``rng.numpy``, ``rng.python``, and per process ``process<rank>.rng.torch`` and ``process<rank>.rng.cuda``); the
-  running loss sums of the epoch in progress, per process (``process<rank>.epoch_sums.<term>``, float32 as summed);
-* JSON metadata (the safetensors header, key ``respkd``): where training stands (epochs done, batches done in the
-  next one, optimizer step), the scheduler's ``state_dict``, the optimizer's parameter groups and non-tensor state,
-  the config the state belongs to, what the data and the teacher were (examples, SHA-256s), the times spent so far,
-  the positions of earlier resumes, and the SHA-256 of the tensors (checked on load).
-
-Nothing is pickled. The resumed run is *bitwise* the uninterrupted one because nothing it draws depends on the kill:
-the batch order and jitter are functions of (seed, epoch) (:class:`respkd.data.memory.BatchLoader`), so skipping the
-batches already trained draws nothing; dropout draws from torch's global generator, restored here; the teacher (in
-eval mode, online or cached) answers an input the same way every time; the running sums come back as the float32
-tensors they were. That needs the same config, data, teacher, software and number of processes, and the same
-device and threads (another thread count can reorder floating-point sums).
-
-Under ``torch.distributed`` every process hands its own generator states and running sums to process 0, which alone
-writes the file; every process reads the same file back and takes its own part. The number of processes is part of
-the state's identity: a resume with another number is refused.
-"""
+"""The training state of one run (``<run>/resume.safetensors``): written as it trains, checked and read back to
+resume; the file's layout is described in :mod:`respkd.resume`."""
 
 from __future__ import annotations
 
 import json
-import os
-import random
-import signal
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
-import numpy as np
 import torch
 from safetensors.torch import save_file
 
@@ -49,6 +19,13 @@ from respkd.engine import EpochProgress
 from respkd.errors import RespkdError, first_line
 from respkd.files import atomic_write
 from respkd.provenance import differences, value_at
+from respkd.resume.codec import from_json, join_optimizer, split_optimizer, to_json
+from respkd.resume.rng import other_rng_state, set_rng_state, torch_rng_state
+
+__all__ = [
+    "IGNORED_KEYS", "STATE_FORMAT", "STATE_NAME", "Position", "Refusal", "TrainingState", "check_flags", "check_start",
+    "has_state", "state_problem",
+]
 
 STATE_NAME = "resume.safetensors"
 STATE_FORMAT = "respkd-train-state-v1"
@@ -57,154 +34,8 @@ WHAT = "training state"
 IGNORED_KEYS = ("train.checkpoint_every_steps",)
 
 
-def gather_per_process(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Every process's copy of each of ``tensors`` (each the same shape in every process), named
-    ``process<rank>.<name>``. One process: no communication. Under torch.distributed every process must call it."""
-    world = distributed.world_size()
-    if world == 1:
-        return {f"process0.{name}": t for name, t in tensors.items()}
-    dist = torch.distributed
-    device = distributed.group_device()
-    gathered = {}
-    for name in sorted(tensors):  # the same order in every process
-        local = tensors[name].detach().to(device).reshape(-1)
-        parts = [torch.empty_like(local) for _ in range(world)]
-        dist.all_gather(parts, local)
-        gathered.update({f"process{r}.{name}": part.cpu().reshape(tensors[name].shape) for r, part in enumerate(parts)})
-    return gathered
-
-
-def own_part(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """This process's tensors of :func:`gather_per_process`, under their own names."""
-    prefix = f"process{distributed.rank()}."
-    return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
-
-
-# ---------------------------------------------------------------- test-only fault injection
-
-CRASH_ENV = "RESPKD_TEST_CRASH"
-CRASH_MODE_ENV = "RESPKD_TEST_CRASH_MODE"
-
-
-class SimulatedCrash(BaseException):
-    """Raised instead of a SIGKILL when ``RESPKD_TEST_CRASH_MODE=raise`` (in-process tests); nothing catches it."""
-
-
-def crash_point(kind: str, number: int, partial: Path | None = None) -> None:
-    """TEST HOOK ONLY (tests/test_resume.py): die here when ``RESPKD_TEST_CRASH`` is ``<kind>:<number>``.
-
-    Points: ``step:K`` after optimizer step K (counted from the start of the run) and the state written at it;
-    ``epoch:E`` after epoch E's metrics line, before its state is written; ``write:K`` while the state of step K is
-    being written (``partial``, the temporary file, is first cut to half its size). The process kills itself with
-    SIGKILL, as a preempted job dies, or raises :class:`SimulatedCrash` when ``RESPKD_TEST_CRASH_MODE=raise``.
-    """
-    if os.environ.get(CRASH_ENV) != f"{kind}:{number}":
-        return
-    if partial is not None:
-        os.truncate(partial, partial.stat().st_size // 2)
-    if os.environ.get(CRASH_MODE_ENV) == "raise":
-        raise SimulatedCrash(f"{kind}:{number}")
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
-# ---------------------------------------------------------------- JSON for the optimizer's and scheduler's state
-
-
-def to_json(value: Any) -> Any:
-    """Plain JSON, with the few non-JSON types these state dicts hold kept by tags: tuples (AdamW's ``betas``),
-    Counters (MultiStepLR's ``milestones``) and dicts with non-string keys. Anything else is a bug: TypeError."""
-    if isinstance(value, Counter):
-        return {"__counter__": [[to_json(k), v] for k, v in value.items()]}
-    if isinstance(value, tuple):
-        return {"__tuple__": [to_json(v) for v in value]}
-    if isinstance(value, dict):
-        if all(isinstance(k, str) for k in value):
-            return {k: to_json(v) for k, v in value.items()}
-        return {"__items__": [[to_json(k), to_json(v)] for k, v in value.items()]}
-    if isinstance(value, list):
-        return [to_json(v) for v in value]
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    raise TypeError(f"cannot store a {type(value).__name__} in the training state's JSON")
-
-
-def from_json(value: Any) -> Any:
-    if isinstance(value, list):
-        return [from_json(v) for v in value]
-    if isinstance(value, dict):
-        if set(value) == {"__counter__"}:
-            return Counter({from_json(k): v for k, v in value["__counter__"]})
-        if set(value) == {"__tuple__"}:
-            return tuple(from_json(v) for v in value["__tuple__"])
-        if set(value) == {"__items__"}:
-            return {from_json(k): from_json(v) for k, v in value["__items__"]}
-        return {k: from_json(v) for k, v in value.items()}
-    return value
-
-
 def _copy(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.detach().cpu().clone(memory_format=torch.contiguous_format)
-
-
-def _split_optimizer(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    tensors: dict[str, torch.Tensor] = {}
-    other: dict[str, dict[str, Any]] = {}
-    for param, entries in state_dict["state"].items():
-        for name, value in entries.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"optimizer.{param}.{name}"] = value
-            else:
-                other.setdefault(str(param), {})[name] = to_json(value)
-    return tensors, {"param_groups": to_json(state_dict["param_groups"]), "state": other}
-
-
-def _join_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
-    state: dict[int, dict[str, Any]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optimizer."):
-            _, param, name = key.split(".", 2)
-            state.setdefault(int(param), {})[name] = value
-    for param, entries in meta["state"].items():
-        state.setdefault(int(param), {}).update({name: from_json(v) for name, v in entries.items()})
-    return {"state": state, "param_groups": from_json(meta["param_groups"])}
-
-
-# ---------------------------------------------------------------- random number generators
-
-
-def _uint8(array: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(array).view(np.uint8).copy())
-
-
-def torch_rng_state(device: torch.device) -> dict[str, torch.Tensor]:
-    """torch's generators (CPU, and the run's CUDA device): what dropout draws from; one state per process."""
-    states = {"rng.torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        states["rng.cuda"] = torch.cuda.get_rng_state(device)
-    return states
-
-
-def other_rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """numpy's and Python's global generators (respkd draws nothing from them while training; saved so that code that
-    does is exact too). Seeded alike in every process, so process 0's stand for all."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    version, internal, gauss_next = random.getstate()
-    tensors = {"rng.numpy": _uint8(keys.astype("<u4")), "rng.python": _uint8(np.array(internal, dtype="<u4"))}
-    return tensors, {"numpy": [kind, int(pos), int(has_gauss), float(gauss)], "python": [version, gauss_next]}
-
-
-def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any], device: torch.device) -> None:
-    """Restore what :func:`torch_rng_state` and :func:`other_rng_state` saved."""
-    torch.set_rng_state(tensors["rng.torch"])
-    if device.type == "cuda" and "rng.cuda" in tensors:
-        torch.cuda.set_rng_state(tensors["rng.cuda"], device)
-    kind, pos, has_gauss, gauss = meta["numpy"]
-    np.random.set_state((kind, tensors["rng.numpy"].numpy().view("<u4").astype(np.uint32), pos, has_gauss, gauss))
-    version, gauss_next = meta["python"]
-    random.setstate((version, tuple(int(x) for x in tensors["rng.python"].numpy().view("<u4")), gauss_next))
-
-
-# ---------------------------------------------------------------- checking a stored state
 
 
 def has_state(out_dir: Path) -> bool:
@@ -259,9 +90,6 @@ def check_start(out_dir: Path, cfg: RunConfig, *, resume: bool, force: bool, fin
                           "training state, or --force to start it over")
 
 
-# ---------------------------------------------------------------- the state of one run
-
-
 @dataclass
 class Position:
     """Where training stands, and the bookkeeping that has to survive a kill."""
@@ -311,11 +139,9 @@ class TrainingState:
         self.position.epoch = progress
         if self.every and self.step % self.every == 0 and progress.batches < self.steps_per_epoch:
             self.save()
-        crash_point("step", self.step)
 
     def end_epoch(self, epoch_seconds: float) -> None:
         """Called once an epoch's metrics are written: the next save starts the next epoch."""
-        crash_point("epoch", self.position.epochs_done + 1)
         self.position.epochs_done += 1
         self.position.epoch = EpochProgress()
         self.position.train_time_s += epoch_seconds
@@ -325,7 +151,7 @@ class TrainingState:
         """Write the state (process 0; under torch.distributed every process must call this, at the same step)."""
         p = self.position
         # What differs between processes: their generators and the running sums of their shares of the batches.
-        per_process = gather_per_process({**torch_rng_state(self.device), **{
+        per_process = distributed.gather_per_process({**torch_rng_state(self.device), **{
             f"epoch_sums.{k}": v.detach().float().reshape(()) for k, v in p.epoch.sums.items()}})
         if not distributed.is_main_process():
             return
@@ -333,7 +159,7 @@ class TrainingState:
         # clone: tied weights share storage, which safetensors refuses, and the copy is what was true at this step;
         # contiguous: safetensors stores row-major data only (channels-last weights are not)
         tensors = {f"model.{k}": _copy(v) for k, v in self.student.state_dict().items()}
-        opt_tensors, opt_meta = _split_optimizer(self.optimizer.state_dict())
+        opt_tensors, opt_meta = split_optimizer(self.optimizer.state_dict())
         rng_tensors, rng_meta = other_rng_state()
         tensors.update({k: _copy(v) for k, v in opt_tensors.items()})
         tensors.update(rng_tensors)
@@ -347,13 +173,7 @@ class TrainingState:
             "rng": rng_meta, "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "weights_sha256": tensors_digest(tensors),
         }
         header = {"respkd": json.dumps(meta)}
-        step = self.step
-
-        def write(tmp: Path) -> None:
-            save_file(tensors, str(tmp), metadata=header)
-            crash_point("write", step, partial=tmp)
-
-        atomic_write(self.path, write)
+        atomic_write(self.path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
 
     def discard(self) -> None:
         """Remove a stored state (process 0): the run starts over, or has finished."""
@@ -385,10 +205,10 @@ class TrainingState:
         try:
             model = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
             self.student.load_state_dict(model)
-            self.optimizer.load_state_dict(_join_optimizer(tensors, meta["optimizer"]))
+            self.optimizer.load_state_dict(join_optimizer(tensors, meta["optimizer"]))
             self.scheduler.load_state_dict(from_json(meta["scheduler"]))
             pos = meta["position"]
-            own = own_part(tensors)
+            own = distributed.own_part(tensors)
             sums = {k: own[f"epoch_sums.{k}"].to(self.device) for k in pos["epoch_sums"]}
             self.position = Position(pos["epochs_done"], EpochProgress(pos["batches_done"], sums, pos["epoch_seconds"]),
                                      pos["train_time_s"], pos["wall_time_s"], list(meta["resumes"]))
