@@ -27,6 +27,10 @@ from respkd.data.memory import BatchLoader
 from respkd.engine import evaluate
 from respkd.errors import RespkdError
 
+__all__ = [
+    "MAX_GRID", "adjust_bias", "format_result", "output_layer", "predict", "search_shift", "shift_bias", "shift_grid",
+]
+
 MAX_GRID = 100_000
 
 

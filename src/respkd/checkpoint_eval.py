@@ -17,6 +17,8 @@ from respkd.engine import evaluate
 from respkd.ensemble import AGREE_KEYS, load_ensemble
 from respkd.errors import RespkdError
 
+__all__ = ["checkpoint_test_loader", "evaluate_checkpoint", "evaluate_ensemble"]
+
 
 def evaluate_checkpoint(
     checkpoint: str | Path, data_path: str | None = None, data_root: str | None = None, device: str = "cpu"

@@ -14,6 +14,8 @@ from typing import NoReturn
 
 from respkd.errors import ReportedElsewhere, RespkdError
 
+__all__ = ["ArgumentParser", "build_parser", "main"]
+
 # What runs under torchrun with several processes (see respkd.distributed); the rest run in one process.
 DISTRIBUTED_COMMANDS = ("train", "distill", "distil", "sweep")
 

@@ -37,6 +37,13 @@ from torch import nn
 
 from respkd.errors import ReportedElsewhere, RespkdError, first_line
 
+__all__ = [
+    "TIMEOUT", "Launch", "all_reduce_mean", "all_reduce_sum", "barrier", "build_once", "check_batch_size",
+    "check_supported", "cleanup", "gather_per_process", "group_device", "is_initialized", "is_main_process", "launch",
+    "own_part", "print_main", "process_device", "rank", "reseed_per_process", "setup", "shard", "together",
+    "world_size", "wrap_student",
+]
+
 T = TypeVar("T")
 
 # How long a process waits for the others at a collective: building a large teacher cache (process 0 alone, the

@@ -30,6 +30,8 @@ from respkd.checkpoint import load_model
 from respkd.config import COMBINE_RULES
 from respkd.errors import RespkdError
 
+__all__ = ["AGREE_KEYS", "Ensemble", "check_combination", "combine_logits", "ensemble_digest", "load_ensemble"]
+
 
 def check_combination(rule: str, temperature: float) -> None:
     """Refuse an unknown combination rule or a temperature that is not a finite number > 0."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import difflib
 
+__all__ = ["ReportedElsewhere", "RespkdError", "closest_name", "first_line"]
+
 
 class RespkdError(Exception):
     """A problem with the user's input (config, data, checkpoint, command line): shown as one line, no traceback."""

@@ -36,6 +36,8 @@ from respkd.teacher import describe_teacher, load_teacher, teacher_path, teacher
 from respkd.teacher_cache import TeacherCache, build_cache, cache_spec, find_cache, selection_digest
 from respkd.weights import describe_fit, init_student
 
+__all__ = ["Prepared", "prepare", "run", "run_many", "teacher_cache_spec"]
+
 
 @dataclass
 class Prepared:
@@ -144,14 +146,14 @@ def run(cfg: RunConfig, runs_root: str | Path = "runs", force: bool = False, qui
         out.start(config_to_dict(cfg), env)
     log = out.open_log(quiet, append=resume)
     params, macs = count_parameters(p.student), count_macs(p.student, data.info.image_shape)
-    log(first_log_line(p, runs_root, params, macs, bf16))
+    log(_first_log_line(p, runs_root, params, macs, bf16))
     if p.init is not None:
         log(f"student initialised with {describe_fit(p.init)}")
     if cfg.distills and p.teacher_meta.get("notes"):
         log(f"teacher weights: {'; '.join(p.teacher_meta['notes'])}")
     if p.teacher_input is not None:
         log(f"teacher input adapter: {p.task.teacher.adapter.extra_repr()}")
-    cache_info, cached_teacher = open_teacher_cache(p, runs_root, spec, cache, train_loader, bf16, log)
+    cache_info, cached_teacher = _open_teacher_cache(p, runs_root, spec, cache, train_loader, bf16, log)
 
     state.begin(log)
     ev = train_epochs(out, p.task, p.student, train_loader, optimizer, scheduler, p.device, bf16, tc.epochs,
@@ -195,7 +197,7 @@ def run(cfg: RunConfig, runs_root: str | Path = "runs", force: bool = False, qui
     return summary
 
 
-def first_log_line(p: Prepared, runs_root: Path, params: int, macs: int, bf16: bool) -> str:
+def _first_log_line(p: Prepared, runs_root: Path, params: int, macs: int, bf16: bool) -> str:
     """What the run is: what it learns from, the student, the examples, the schedule and where it runs."""
     cfg, data, tc = p.cfg, p.data, p.cfg.train
     if cfg.distills and cfg.teacher.is_ensemble:
@@ -214,7 +216,7 @@ def first_log_line(p: Prepared, runs_root: Path, params: int, macs: int, bf16: b
             + (f" x {distributed.world_size()} processes" if distributed.world_size() > 1 else ""))
 
 
-def open_teacher_cache(
+def _open_teacher_cache(
     p: Prepared, runs_root: Path, spec: dict[str, Any] | None, found: TeacherCache | None, loader: BatchLoader,
     bf16: bool, log: Callable[[str], None],
 ) -> tuple[dict[str, Any] | None, Callable[[torch.Tensor, int], torch.Tensor] | None]:

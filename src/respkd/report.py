@@ -15,6 +15,11 @@ from respkd.errors import RespkdError
 from respkd.files import read_json
 from respkd.seeds import fmt_mean_std, group_runs, seed_report
 
+__all__ = [
+    "COLUMNS", "METRIC_KEYS", "SUMMARY_KEYS", "group_row", "read_summary", "read_table_summary", "results_json",
+    "results_table", "run_groups", "table_row",
+]
+
 COLUMNS = ("Model", "Params(M)", "Flops(G)", "Top-1 (%)", "Top-5 (%)", "Test errors", "Config", "Download")
 # what the table and the seed statistics read; anything else in summary.json is optional here
 SUMMARY_KEYS = {"name": str, "params": int, "macs": int, "metrics": dict, "config": dict}

@@ -23,6 +23,11 @@ from respkd.files import atomic_write, atomic_write_text
 from respkd.models import accepts_option
 from respkd.report import read_summary
 
+__all__ = [
+    "Cell", "cell_name", "check_plotting", "plot_sweep", "row_label", "run_sweep", "sweep_cells", "sweep_folder",
+    "sweep_table", "width_label", "write_sweep_outputs",
+]
+
 
 @dataclass(frozen=True)
 class Cell:

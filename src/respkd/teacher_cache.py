@@ -59,6 +59,12 @@ from respkd.errors import RespkdError, first_line
 from respkd.files import read_json
 from respkd.provenance import differences
 
+__all__ = [
+    "CACHE_FORMAT", "FLOAT16_MIN", "META_NAME", "MIN_PROB", "TeacherCache", "build_cache", "cache_folder", "cache_key",
+    "cache_spec", "find_cache", "full_to_stored", "offsets_digest", "open_cache", "selection_digest", "topk_of",
+    "topk_to_logits",
+]
+
 CACHE_FORMAT = "respkd-teacher-cache-v1"
 META_NAME = "meta.json"
 FLOAT16_MIN = float(np.finfo(np.float16).min)

@@ -22,6 +22,11 @@ from respkd.errors import RespkdError, first_line
 from respkd.files import atomic_write
 from respkd.models import build_model
 
+__all__ = [
+    "EXPORT_FORMATS", "constructor_call", "describe_fit", "export_student", "first_conv_note", "fit_weights",
+    "init_student", "load_external_teacher",
+]
+
 EXPORT_FORMATS = ("safetensors", "pth")
 
 

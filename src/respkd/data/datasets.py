@@ -33,6 +33,11 @@ from respkd.data import cifar
 from respkd.data.idx import read_idx, read_label_pixel_csv
 from respkd.errors import RespkdError
 
+__all__ = [
+    "CACHE_FORMAT", "CIFAR100_CLASSES", "DATASETS", "FASHION_MNIST_APT_DIR", "IDX_FILES", "DatasetInfo", "Splits",
+    "dataset_info", "input_normalization", "load_dataset", "read_cache", "require_folder", "write_cache",
+]
+
 CACHE_FORMAT = "respkd-dataset-v1"
 IDX_FILES = {
     "train_images": "train-images-idx3-ubyte",

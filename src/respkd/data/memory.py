@@ -18,6 +18,8 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
+__all__ = ["BatchLoader", "PixelNormalizer", "jitter_offsets", "translate"]
+
 _FLIP_STREAM = 2**40  # offsets the flips' generator seeds from the jitter offsets' (same seed and view)
 
 

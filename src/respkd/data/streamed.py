@@ -29,6 +29,11 @@ from respkd.data.datasets import DatasetInfo, require_folder
 from respkd.data.memory import PixelNormalizer
 from respkd.errors import RespkdError, first_line
 
+__all__ = [
+    "RESIZE_SIZE", "SPLIT_FOLDERS", "FolderLoader", "FolderSplits", "IndexedImages", "load_image_folders",
+    "reference_transform",
+]
+
 SPLIT_FOLDERS = {"train": "train", "test": "val"}
 RESIZE_SIZE = 256  # val: resize the shorter side to this, then take the centre crop of the model's input size
 

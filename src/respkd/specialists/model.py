@@ -37,6 +37,11 @@ from respkd.data.memory import BatchLoader
 from respkd.errors import RespkdError
 from respkd.models import build_model
 
+__all__ = [
+    "MappedGeneralist", "SubsetBatches", "dustbin_correction", "label_map", "mapped_logits", "shift_dustbin",
+    "specialist_from_generalist",
+]
+
 
 def label_map(subset: Sequence[int], num_classes: int) -> torch.Tensor:
     """``(C,)`` int64: class ``subset[i]`` -> ``i``, any other class -> ``len(subset)`` (the dustbin)."""
@@ -94,7 +99,7 @@ def specialist_from_generalist(
     """A copy of the generalist whose output layer covers ``subset`` + a dustbin (module doc for the dustbin row).
 
     ``spec``: the generalist's model spec from its checkpoint metadata (``name`` plus options), so the specialist's
-    checkpoint rebuilds with :func:`respkd.experiment.load_model` like any other.
+    checkpoint rebuilds with :func:`respkd.checkpoint.load_model` like any other.
     """
     layer = output_layer(generalist, in_shape)
     num_classes = layer.out_features
