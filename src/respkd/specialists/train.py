@@ -52,7 +52,7 @@ from respkd.specialists.model import (MappedGeneralist, SubsetBatches, dustbin_c
                                       specialist_from_generalist)
 from respkd.specialists.subsets import generalist_probabilities, subsets_record, write_subsets
 
-__all__ = ["check_conflicts", "prepare_run", "train_all", "train_specialist", "worker_threads"]
+__all__ = ["check_conflicts", "prepare_run", "specialist_task", "train_all", "train_specialist", "worker_threads"]
 
 
 def compute_subsets(ctx: Context) -> dict[str, Any]:
@@ -90,6 +90,28 @@ def check_conflicts(ctx: Context, subsets: list[list[int]], force: bool) -> None
                               "subset; pass --force to retrain it")
 
 
+def specialist_task(ctx: Context, subset: list[int], correction: float) -> tuple[nn.Module, nn.Module, dict[str, Any]]:
+    """The specialist of ``subset`` (fine-tuned from the generalist, or a fresh net), what trains it (hard labels, or
+    the generalist's soft targets mapped to subset + dustbin, lowered by the dustbin ``correction``), and the model
+    spec its checkpoint records."""
+    sc, channels_last = ctx.cfg.specialist, ctx.cfg.specialist.train.channels_last
+    if sc.model is None:
+        student = specialist_from_generalist(ctx.generalist, dict(ctx.gen_meta["model"]), ctx.in_shape, subset)
+        model_spec = dict(ctx.gen_meta["model"])
+    else:
+        student = build_model(sc.model.name, len(subset) + 1, ctx.in_shape, **sc.model.options()).to(ctx.device)
+        model_spec = {"name": sc.model.name, **sc.model.options()}
+    if channels_last:
+        student = student.to(memory_format=torch.channels_last)
+    if sc.soft_targets is None:
+        return student, Supervised(student), model_spec
+    st = sc.soft_targets
+    if channels_last:
+        ctx.generalist.to(memory_format=torch.channels_last)
+    teacher = MappedGeneralist(ctx.generalist, subset, st.temperature, correction)
+    return student, Distiller(student, teacher, st.temperature, st.soft_weight, st.hard_weight), model_spec
+
+
 def train_specialist(ctx: Context, subsets: list[list[int]], k: int, force: bool = False,
                      quiet: bool = False) -> dict[str, Any]:
     """Train specialist ``k`` into its own directory (module doc); skipped when finished from the same spec."""
@@ -117,22 +139,7 @@ def train_specialist(ctx: Context, subsets: list[list[int]], k: int, force: bool
                        seed=cfg.seed * 1009 + k, device=ctx.device, channels_last=tc.channels_last)
     batches = SubsetBatches(base, inside, tc.batch_size, sc.subset_fraction)
     correction = dustbin_correction(int(inside.sum()), int((~inside).sum()), batches.n_in, batches.n_out)
-    if sc.model is None:
-        student = specialist_from_generalist(ctx.generalist, dict(ctx.gen_meta["model"]), ctx.in_shape, subset)
-        model_spec = dict(ctx.gen_meta["model"])
-    else:
-        student = build_model(sc.model.name, len(subset) + 1, ctx.in_shape, **sc.model.options()).to(ctx.device)
-        model_spec = {"name": sc.model.name, **sc.model.options()}
-    if tc.channels_last:
-        student = student.to(memory_format=torch.channels_last)
-    if sc.soft_targets is not None:
-        st = sc.soft_targets
-        if tc.channels_last:
-            ctx.generalist.to(memory_format=torch.channels_last)
-        teacher = MappedGeneralist(ctx.generalist, subset, st.temperature, correction)
-        task: nn.Module = Distiller(student, teacher, st.temperature, st.soft_weight, st.hard_weight)
-    else:
-        task = Supervised(student)
+    student, task, model_spec = specialist_task(ctx, subset, correction)
     bf16 = use_bf16(tc.precision, ctx.device)
     optimizer = build_optimizer(student, tc)
     scheduler = build_scheduler(optimizer, tc, len(batches))
