@@ -36,9 +36,9 @@ from respkd.files import atomic_write
 from respkd.models import build_model
 
 __all__ = [
-    "CHECKPOINT_FORMAT", "CHECKPOINT_NAME", "SUMMARY_NAME", "Weights", "atomic_save_safetensors",
-    "check_model_meta", "checkpoint_meta", "checkpoint_of", "load_checkpoint", "load_model", "load_weights",
-    "read_checkpoint_meta", "save_checkpoint", "tensors_digest",
+    "CHECKPOINT_FORMAT", "CHECKPOINT_NAME", "SUMMARY_NAME", "TORCH_SUFFIXES", "WRAPPER_KEYS", "WRAPPER_PREFIXES",
+    "Weights", "atomic_save_safetensors", "check_model_meta", "checkpoint_meta", "checkpoint_of", "load_checkpoint",
+    "load_model", "load_weights", "read_checkpoint_meta", "save_checkpoint", "tensors_digest",
 ]
 
 CHECKPOINT_FORMAT = "respkd-checkpoint-v1"

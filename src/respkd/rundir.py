@@ -174,7 +174,8 @@ def train_epochs(
             record, shown = {"epoch": epoch, **stats}, ""
             if test_loader is not None:
                 last_test = ev = evaluate(student, test_loader, num_classes, distributed.all_reduce_sum)
-                record.update(test_top1=ev["top1"], test_top5=ev["top5"], test_errors=ev["errors"], test_loss=ev["loss"])
+                record.update(test_top1=ev["top1"], test_top5=ev["top5"], test_errors=ev["errors"],
+                              test_loss=ev["loss"])
                 shown = f" lr={stats['lr']:.4g} test_errors={ev['errors']} top1={ev['top1']:.2f}"
             metrics.write(json.dumps(record) + "\n")
             losses = " ".join(f"{k}={v:.4f}" for k, v in stats.items() if k.endswith("loss"))

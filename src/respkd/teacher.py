@@ -84,9 +84,8 @@ def load_teacher(cfg: RunConfig, runs_root: Path, info: DatasetInfo, device: tor
     else:
         module, meta = load_model(teacher_path(cfg, runs_root), device)
     if meta["num_classes"] != num_classes:
-        raise RespkdError(
-            f"teacher has {meta['num_classes']} classes but the student's dataset ({cfg.data.dataset}) has {num_classes}"
-        )
+        raise RespkdError(f"teacher has {meta['num_classes']} classes but the student's dataset "
+                          f"({cfg.data.dataset}) has {num_classes}")
     given = "the student's are" if adapter is None else "teacher.input gives"
     fix = "" if adapter is not None else "; set teacher.input to convert the student's batches for the teacher"
     if tuple(meta["in_shape"]) != in_shape:

@@ -47,7 +47,8 @@ from typing import Annotated, Any, Union
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
 
 from respkd.checkpoint import CHECKPOINT_NAME
-from respkd.config import format_validation_error, key_suggestion, read_yaml_mapping
+from respkd.config import (MAX_PROBLEMS, PathText, dotted, format_validation_error, join_problems, key_suggestion,
+                           read_yaml_mapping)
 from respkd.errors import RespkdError
 from respkd.plan.bias_stage import BiasStage
 from respkd.plan.ensemble_stage import EnsembleEvalStage
@@ -58,8 +59,8 @@ from respkd.plan.stage import Job, StageBase
 from respkd.plan.sweep_stage import SweepStage
 
 __all__ = [
-    "PLANS_DIR", "STAGE_TYPES", "BiasStage", "EnsembleEvalStage", "Job", "Plan", "RunStage", "SpecialistsStage", "Stage",
-    "SweepStage", "load_plan", "plan_error", "resolve", "resolve_plan_path", "run_plan",
+    "PLANS_DIR", "STAGE_TYPES", "BiasStage", "EnsembleEvalStage", "Job", "Plan", "RunStage", "SpecialistsStage",
+    "Stage", "SweepStage", "load_plan", "plan_error", "resolve", "resolve_plan_path", "run_plan",
 ]
 
 PLANS_DIR = Path("configs/plans")
@@ -84,8 +85,8 @@ Stage = Annotated[
 class Plan(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
     title: str
-    runs_root: str
-    report: str = Field("REPORT.md", pattern=r"^[A-Za-z0-9_.-]+\.md$")
+    runs_root: PathText
+    report: str = Field("REPORT.md", pattern=r"^[A-Za-z0-9_.-]+\.md$", max_length=255)
     stages: list[Stage] = Field(..., min_length=1)
 
 
@@ -110,19 +111,19 @@ def load_plan(name: str) -> Plan:
 
 def plan_error(err: ValidationError) -> str:
     """Validation errors on one line, with the stage kind pydantic puts in the location taken out again."""
-    problems = []
-    for e in err.errors():
+    problems, errors = [], err.errors()
+    for e in errors[:MAX_PROBLEMS]:
         loc = tuple(e["loc"])
         if len(loc) >= 3 and loc[0] == "stages" and isinstance(loc[1], int) and loc[2] in STAGE_TYPES:
             kind, loc = loc[2], loc[:2] + loc[3:]
             if e["type"] == "extra_forbidden" and len(loc) == 3:
-                problems.append(f"unknown key '{'.'.join(map(str, loc))}'" + key_suggestion(loc[2:], STAGE_TYPES[kind]))
+                problems.append(f"unknown key '{dotted(loc)}'" + key_suggestion(loc[2:], STAGE_TYPES[kind]))
                 continue
             e = {**e, "loc": loc}
         if e["type"] == "union_tag_invalid":
             e = {**e, "msg": f"unknown stage kind {e['ctx'].get('tag')!r}: use one of {', '.join(STAGE_TYPES)}"}
         problems.append(format_validation_error([e], root=None))
-    return "; ".join(problems)
+    return join_problems(problems, len(errors))
 
 
 def resolve(plan: Plan, overrides: list[str], root: Path) -> list[Job]:
@@ -160,12 +161,12 @@ def run_plan(name: str, runs_root: str | None = None, overrides: list[str] = (),
     jobs = resolve(plan, list(overrides), root)
     start = time.perf_counter()
     for job in jobs:
-        job.stage.execute(f"[{job.index}/{len(jobs)}]", root, force, log)
+        job.stage.execute(f"[{job.index}/{len(jobs)}]", root, force, _log)
     report = write_report(plan.title, jobs, root, plan.report, time.perf_counter() - start)
     print(report)
     return report
 
 
-def log(line: str) -> None:
+def _log(line: str) -> None:
     """A stage's progress line, on stdout at once."""
     print(line, flush=True)

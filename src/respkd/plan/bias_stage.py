@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
 from respkd.bias import adjust_bias
 from respkd.checkpoint import CHECKPOINT_NAME, read_checkpoint_meta
-from respkd.config import NAME_PATTERN
+from respkd.config import ClassIndex, PathText, RunName
 from respkd.errors import RespkdError
 from respkd.files import atomic_write_text, read_json
 from respkd.plan.stage import Log, StageBase
@@ -23,14 +23,14 @@ class BiasStage(StageBase):
     """Shift output biases of a finished run's model (see :mod:`respkd.bias`); writes ``<name>/``."""
 
     kind: Literal["bias"]
-    run: str
-    name: str | None = Field(None, pattern=NAME_PATTERN)  # default: <run>-bias
-    classes: list[int] = Field(..., min_length=1)
-    shift: float | None = None
+    run: PathText
+    name: RunName | None = None  # default: <run>-bias
+    classes: list[Annotated[ClassIndex, Field(ge=0)]] = Field(..., min_length=1)
+    shift: float | None = Field(None, ge=-1000, le=1000)
     search: bool = False
-    low: float = -15.0
-    high: float = 15.0
-    step: float = Field(0.1, gt=0)
+    low: float = Field(-15.0, ge=-1000, le=1000)
+    high: float = Field(15.0, ge=-1000, le=1000)
+    step: float = Field(0.1, gt=0, le=1000)
 
     MEASURES: ClassVar[tuple[str, ...]] = (
         "shift", "test_errors_before", "test_errors_after", "test_error_pct_before", "test_error_pct_after",

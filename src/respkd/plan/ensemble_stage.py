@@ -10,7 +10,7 @@ from pydantic import Field
 
 from respkd.checkpoint import CHECKPOINT_NAME, read_checkpoint_meta
 from respkd.checkpoint_eval import evaluate_ensemble
-from respkd.config import NAME_PATTERN
+from respkd.config import PathText, RunName, Temperature
 from respkd.files import atomic_write_text, read_json
 from respkd.plan.stage import Log, StageBase
 from respkd.provenance import made_from
@@ -22,11 +22,11 @@ class EnsembleEvalStage(StageBase):
     """Test errors of an ensemble of finished runs, of each member, and of a net distilled from it."""
 
     kind: Literal["ensemble_eval"]
-    name: str = Field(..., pattern=NAME_PATTERN)
-    runs: list[str] = Field(..., min_length=2)
+    name: RunName
+    runs: list[PathText] = Field(..., min_length=2)
     combine: Literal["mean_probs", "mean_logits"] = "mean_probs"
-    temperature: float = Field(1.0, gt=0)
-    distilled: str | None = None
+    temperature: Temperature = 1.0
+    distilled: PathText | None = None
 
     MEASURES: ClassVar[tuple[str, ...]] = ("ensemble_errors", "member_errors_mean", "distilled_errors",
                                            "gain_fraction", "ensemble_error_pct", "member_error_pct_mean",

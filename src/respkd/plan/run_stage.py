@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from respkd.config import load_config, with_seed
+from respkd.config import PathText, Seed, load_config, with_seed
 from respkd.experiment import run_many
 from respkd.plan.stage import Log, StageBase, set_overrides
 from respkd.report import read_summary
@@ -19,9 +19,9 @@ class RunStage(StageBase):
     """Train or distil one config (or one run per seed)."""
 
     kind: Literal["run"] = "run"
-    config: str
+    config: PathText
     set: dict[str, Any] = {}
-    seeds: list[int] | None = Field(None, min_length=1)
+    seeds: list[Seed] | None = Field(None, min_length=1)
 
     MEASURES: ClassVar[tuple[str, ...]] = ("test_errors", "test_error_pct")
     HEADLINE: ClassVar[tuple[str, ...]] = ("test_errors",)

@@ -7,6 +7,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, PrivateAttr
 
+from respkd.config import PathText
 from respkd.plan.stage import Log, StageBase, set_overrides
 from respkd.specialists.config import SpecialistsConfig, load_specialists_config
 from respkd.specialists.results import eval_up_to_date, evaluate_specialists, markdown_section, read_eval
@@ -22,9 +23,9 @@ class SpecialistsStage(StageBase):
     ``--set`` overrides are run-config keys."""
 
     kind: Literal["specialists"]
-    config: str
+    config: PathText
     set: dict[str, Any] = {}
-    workers: int = Field(1, ge=1)
+    workers: int = Field(1, ge=1, le=256)
 
     MEASURES: ClassVar[tuple[str, ...]] = ("generalist_top1", "combined_top1", "generalist_covered_top1",
                                            "combined_covered_top1")

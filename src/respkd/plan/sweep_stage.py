@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, PrivateAttr
 
-from respkd.config import RunConfig, load_config
+from respkd.config import PathText, RunConfig, Temperature, load_config
 from respkd.files import read_json
+from respkd.models import MAX_WIDTH
 from respkd.plan.stage import Log, StageBase, set_overrides
 from respkd.report import read_summary
 from respkd.sweep import Cell, check_plotting, run_sweep, sweep_cells, sweep_folder, sweep_table, width_label
@@ -21,10 +22,10 @@ class SweepStage(StageBase):
     """One distillation config at every temperature (and hidden size): see :mod:`respkd.sweep`."""
 
     kind: Literal["sweep"]
-    config: str
+    config: PathText
     set: dict[str, Any] = {}
-    temperatures: list[float] = Field(..., min_length=1)
-    hidden: list[list[int]] = []
+    temperatures: list[Temperature] = Field(..., min_length=1)
+    hidden: list[list[Annotated[int, Field(ge=1, le=MAX_WIDTH)]]] = []
 
     _base: RunConfig | None = PrivateAttr(None)
     _cells: list[Cell] = PrivateAttr(default_factory=list)  # (hidden, T, config) of each run

@@ -29,7 +29,7 @@ __all__ = [
 
 STATE_NAME = "resume.safetensors"
 STATE_FORMAT = "respkd-train-state-v1"
-WHAT = "training state"
+_WHAT = "training state"  # the noun for the file in messages
 # Config keys that do not change what is computed: a run may resume with other values.
 IGNORED_KEYS = ("train.checkpoint_every_steps",)
 
@@ -55,7 +55,7 @@ def state_problem(out_dir: Path, cfg: RunConfig) -> Refusal | None:
     if not path.is_file():
         return Refusal(f"no training state to resume in {out_dir} (no {STATE_NAME})", "run it without --resume")
     try:
-        meta = read_checkpoint_meta(path, STATE_FORMAT, WHAT)
+        meta = read_checkpoint_meta(path, STATE_FORMAT, _WHAT)
         stored = config_to_dict(validate_config(meta.get("config"), f"{path} (its config)"))
     except RespkdError as err:
         return Refusal(str(err), "pass --force to start over")
@@ -192,7 +192,7 @@ class TrainingState:
 
         Called after :func:`check_start`, which has already judged the state's header (its config among it)."""
         try:
-            tensors, meta = load_checkpoint(self.path, STATE_FORMAT, WHAT)
+            tensors, meta = load_checkpoint(self.path, STATE_FORMAT, _WHAT)
         except RespkdError as err:
             raise RespkdError(f"cannot resume: {err}; pass --force to start over") from None
         stored = meta.get("identity", {})

@@ -28,7 +28,7 @@ from respkd.specialists.config import SpecialistsConfig
 from respkd.specialists.context import (SUBSETS_NAME, generalist_path, is_trained, load_context, specialist_dir,
                                         subsets_spec)
 
-__all__ = ["EVAL_NAME", "accuracy_report", "control_section", "eval_up_to_date", "evaluate_specialists",
+__all__ = ["CHUNK", "EVAL_NAME", "accuracy_report", "control_section", "eval_up_to_date", "evaluate_specialists",
            "markdown_section", "read_eval"]
 
 EVAL_NAME = "eval.json"

@@ -52,7 +52,10 @@ from respkd.specialists.model import (MappedGeneralist, SubsetBatches, dustbin_c
                                       specialist_from_generalist)
 from respkd.specialists.subsets import generalist_probabilities, subsets_record, write_subsets
 
-__all__ = ["check_conflicts", "prepare_run", "specialist_task", "train_all", "train_specialist", "worker_threads"]
+__all__ = [
+    "check_conflicts", "compute_subsets", "current_subsets", "prepare_run", "specialist_task", "train_all",
+    "train_specialist", "worker_threads", "write_common",
+]
 
 
 def compute_subsets(ctx: Context) -> dict[str, Any]:
