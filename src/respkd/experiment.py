@@ -55,6 +55,8 @@ class Prepared:
 
 
 def prepare(cfg: RunConfig, runs_root: Path, force: bool = False) -> Prepared:
+    """Build and check everything a run needs (data, student, init weights, teacher, task) before anything is
+    written; a finished run is refused unless ``force``."""
     out_dir = runs_root / cfg.name
     check_folder_can_hold(runs_root, "runs root")
     check_folder_can_hold(out_dir, "run directory")
