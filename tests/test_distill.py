@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from respkd.data.loader import BatchLoader
+from respkd.config import TrainConfig
+from respkd.data.memory import BatchLoader
 from respkd.distill import Distiller, ResponseRecorder, Supervised
 from respkd.engine import build_optimizer, build_scheduler, train_one_epoch
-from respkd.config import TrainConfig
 from respkd.errors import RespkdError
 from respkd.losses import hard_label_loss, soft_target_loss
 from respkd.models import build_model

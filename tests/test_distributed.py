@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 import respkd
 from respkd import distributed
 from respkd.cli import main
-from respkd.data.loader import BatchLoader
+from respkd.data.memory import BatchLoader
 
 from conftest import make_idx_folder, tiny_config, write_yaml
 
@@ -253,7 +253,7 @@ def test_streamed_image_folders_under_torchrun(tmp_path):
 def test_folder_loader_shares_make_up_the_one_process_batches(tmp_path):
     """FolderLoader (streamed images) with 2 processes: process r's batch k is the r-th half of the 1-process batch k,
     also when resuming part-way (skip); evaluation files are sliced by make_loader, not here."""
-    from respkd.data.imagefolder import FolderLoader, load_image_folders
+    from respkd.data.streamed import FolderLoader, load_image_folders
     from respkd.data.datasets import dataset_info
     from test_recipes import write_image_folders
 

@@ -210,7 +210,7 @@ def test_shipped_plans_validate(tmp_path):
 def test_a_run_finished_before_new_config_keys_existed_still_counts_as_finished(tmp_path, idx_dir):
     # The summary of a run made by an older respkd lacks keys added since (data.val_size, data.transfer, the
     # teacher's ensemble keys); filled with their defaults it is the same config, so plans reuse the run.
-    from respkd.experiment import is_finished
+    from respkd.rundir import is_finished
 
     cfg = validate_config(tiny_config("old", idx_dir, tmp_path))
     stored = json.loads(json.dumps(cfg.model_dump(mode="json")))

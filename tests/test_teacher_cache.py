@@ -14,7 +14,7 @@ from torch import nn
 from conftest import tiny_config, write_yaml
 from respkd.cli import main
 from respkd.config import TrainConfig, validate_config
-from respkd.data.loader import BatchLoader
+from respkd.data.memory import BatchLoader
 from respkd.distill import Distiller
 from respkd.engine import build_optimizer, build_scheduler, train_one_epoch
 from respkd.errors import RespkdError

@@ -12,6 +12,8 @@ from torch import nn
 from respkd.errors import RespkdError
 from respkd.losses import distillation_loss, hard_label_loss
 
+__all__ = ["Distiller", "ResponseRecorder", "Supervised"]
+
 
 class ResponseRecorder:
     """Keeps the latest output of the submodule ``name`` of ``model`` (a forward hook, as MMRazor's recorders).

@@ -15,6 +15,11 @@ from tqdm import tqdm
 
 from respkd.config import TrainConfig
 
+__all__ = [
+    "EpochProgress", "autocast", "build_optimizer", "build_scheduler", "evaluate", "fast_bf16_available",
+    "train_one_epoch", "use_bf16",
+]
+
 
 def fast_bf16_available(device: torch.device) -> bool:
     """Whether bf16 matrix multiplies run natively (and so faster than fp32) on ``device``."""

@@ -53,9 +53,17 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from respkd.data.loader import BatchLoader
+from respkd.data.memory import BatchLoader
 from respkd.engine import autocast
 from respkd.errors import RespkdError, first_line
+from respkd.files import read_json
+from respkd.provenance import differences
+
+__all__ = [
+    "CACHE_FORMAT", "FLOAT16_MIN", "META_NAME", "MIN_PROB", "TeacherCache", "build_cache", "cache_folder", "cache_key",
+    "cache_spec", "find_cache", "full_to_stored", "offsets_digest", "open_cache", "selection_digest", "topk_of",
+    "topk_to_logits",
+]
 
 CACHE_FORMAT = "respkd-teacher-cache-v1"
 META_NAME = "meta.json"
@@ -243,17 +251,17 @@ def open_cache(folder: str | Path, spec: dict[str, Any], verify: bool = True) ->
     """
     folder = Path(folder)
     hint = "delete the folder to rebuild it"
+    if not (folder / META_NAME).exists():
+        raise RespkdError(f"teacher cache {folder}: no {META_NAME}, not a complete cache; {hint}")
     try:
-        meta = json.loads((folder / META_NAME).read_text())
-    except FileNotFoundError:
-        raise RespkdError(f"teacher cache {folder}: no {META_NAME}, not a complete cache; {hint}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise RespkdError(f"teacher cache {folder}: unreadable {META_NAME} ({err}); {hint}") from None
+        meta = read_json(folder / META_NAME, META_NAME)
+    except RespkdError as err:
+        raise RespkdError(f"teacher cache {err}; {hint}") from None
     if not isinstance(meta, dict) or meta.get("format") != CACHE_FORMAT or not isinstance(meta.get("spec"), dict):
         raise RespkdError(f"teacher cache {folder}: not a {CACHE_FORMAT} cache; {hint}")
     stored = meta["spec"]
-    if stored != spec or meta.get("key") != cache_key(spec):
-        diffs = [k for k in sorted(set(stored) | set(spec)) if stored.get(k) != spec.get(k)] or ["key"]
+    if differences(stored, spec) or meta.get("key") != cache_key(spec):
+        diffs = list(dict.fromkeys(k.split(".")[0] for k in differences(stored, spec))) or ["key"]
         shown = "; ".join(f"{k}: cached {_short(stored.get(k))}, needed {_short(spec.get(k))}" for k in diffs[:3])
         raise RespkdError(f"teacher cache {folder} was built for other inputs ({shown}); stale cache, {hint}")
     arrays = {}
