@@ -239,3 +239,40 @@ def test_shipped_configs_validate(path):
     info = dataset_info(cfg.data.dataset)
     classes = len(info.class_names) or 1000  # ImageNet's classes are its folders, unknown until read
     build_model(cfg.model.name, classes, info.image_shape, **cfg.model.options())
+
+
+def test_response_loss_settings_default_to_the_authors():
+    assert validate_config(kd_base()).kd.loss == "kd" and not validate_config(kd_base()).kd.standardize
+    dkd = validate_config({**kd_base(), "kd": {"temperature": 4, "loss": "dkd"}}).kd
+    assert (dkd.dkd.alpha, dkd.dkd.beta, dkd.dkd.warmup_epochs) == (1.0, 8.0, 20) and dkd.dist is None
+    assert dkd.loss_params == {"alpha": 1.0, "beta": 8.0} and dkd.warmup_epochs == 20
+    dist = validate_config({**kd_base(), "kd": {"temperature": 4, "loss": "dist", "dist": {"gamma": 2.0}}}).kd
+    assert dist.loss_params == {"beta": 1.0, "gamma": 2.0} and dist.warmup_epochs == 0
+    kd = validate_config(kd_base()).kd
+    assert kd.loss_params == {} and kd.warmup_epochs == 0 and kd.dkd is None
+    # only logit matching on unstandardized logits depends on a per-example shift of the teacher's logits
+    raw = {loss: validate_config({**kd_base(), "kd": {"temperature": 4, "loss": loss}}).kd.reads_raw_logits
+           for loss in ("kd", "logit_mse", "dkd", "dist")}
+    assert raw == {"kd": False, "logit_mse": True, "dkd": False, "dist": False}
+    assert not validate_config({**kd_base(), "kd": {"temperature": 4, "loss": "logit_mse",
+                                                   "standardize": True}}).kd.reads_raw_logits
+
+
+def test_filled_loss_settings_round_trip_and_old_configs_read_the_same():
+    """The recorded config names the DKD values used; a config recorded before these keys existed validates to the
+    same config as one with them (what lets a finished run be recognised as finished)."""
+    cfg = validate_config({**kd_base(), "kd": {"temperature": 4, "loss": "dkd", "dkd": {"beta": 2.0}}})
+    stored = config_to_dict(cfg)
+    assert stored["kd"]["dkd"] == {"alpha": 1.0, "beta": 2.0, "warmup_epochs": 20}
+    assert config_to_dict(validate_config(stored)) == stored
+    old = config_to_dict(validate_config(kd_base()))
+    for key in ("loss", "standardize", "dkd", "dist"):
+        del old["kd"][key]
+    assert config_to_dict(validate_config(old)) == config_to_dict(validate_config(kd_base()))
+
+
+def test_loss_switched_by_an_override_keeps_its_parameters_checked(tmp_path):
+    path = write_yaml(tmp_path / "c.yaml", {**kd_base(), "kd": {"temperature": 4, "loss": "dkd", "dkd": {"beta": 2}}})
+    with pytest.raises(RespkdError, match="'dkd' settings are for 'loss: dkd', but loss is dist"):
+        load_config(path, ["kd.loss=dist"])
+    assert load_config(path, ["kd.dkd.warmup_epochs=0"]).kd.warmup_epochs == 0

@@ -257,7 +257,8 @@ def prepare(cfg: RunConfig, runs_root: Path, force: bool = False) -> Prepared:
             teacher_input = adapter.spec()
             teacher_response = None if teacher_response is None else f"model.{teacher_response}"
         task: nn.Module = Distiller(student, teacher, kd.temperature, kd.soft_weight, kd.hard_weight,
-                                    kd.student_response, teacher_response)
+                                    kd.student_response, teacher_response, kd.loss, kd.loss_params, kd.standardize,
+                                    kd.warmup_epochs)
         task.check_response_shapes(data.info.image_shape, device)
     else:
         task = Supervised(student)
@@ -280,6 +281,7 @@ def teacher_cache_spec(p: Prepared, loader: BatchLoader, bf16: bool) -> dict[str
         train_selection_sha256=None if p.data.train_index is None else selection_digest(p.data.train_index),
         teacher_input=p.teacher_input,
         teacher_model=p.teacher_meta["model"] if p.cfg.teacher.weights is not None else None,
+        raw_logits=kd.reads_raw_logits,
     )
 
 
@@ -371,6 +373,8 @@ def run(cfg: RunConfig, runs_root: str | Path = "runs", force: bool = False, qui
         f"{len(data.test_labels)} test examples of {cfg.data.dataset}, "
         f"{tc.epochs} epochs, {'bf16' if bf16 else 'fp32'} on {p.device} ({torch.get_num_threads()} threads)"
         + (f" x {distributed.world_size()} processes" if distributed.world_size() > 1 else ""))
+    if cfg.distills and (cfg.kd.loss != "kd" or cfg.kd.standardize):
+        log(f"response loss: {p.task.describe_loss()}")
     if p.init is not None:
         log(f"student initialised with {describe_fit(p.init)}")
     if cfg.distills and p.teacher_meta.get("notes"):
