@@ -154,19 +154,23 @@ def dkd_terms(
     with _float32(student_logits):
         s = student_logits.float() / temperature
         t = teacher_logits.float() / temperature
-        target = F.one_hot(labels, num_classes).bool()
+        index = labels[:, None]
+        target = torch.zeros_like(s, dtype=torch.bool).scatter_(1, index, True)
+        # The teacher's probability of the target and the sum of the others': the authors' sums of the probabilities
+        # times a 0/1 mask, as a gather and a masked sum (the same numbers, fewer operations).
         p_teacher = torch.softmax(t, dim=1)
-        teacher_binary = torch.stack([(p_teacher * target).sum(1), (p_teacher * ~target).sum(1)], dim=1)
+        teacher_binary = torch.cat([p_teacher.gather(1, index), p_teacher.masked_fill(target, 0.0).sum(1, True)], 1)
         log_p_student = torch.log_softmax(s, dim=1)
-        student_log_binary = torch.stack([
-            log_p_student.gather(1, labels[:, None]).squeeze(1),
-            torch.logsumexp(log_p_student.masked_fill(target, float("-inf")), dim=1),
+        student_log_binary = torch.cat([
+            log_p_student.gather(1, index),
+            torch.logsumexp(log_p_student.masked_fill(target, float("-inf")), dim=1, keepdim=True),
         ], dim=1)
-        n = student_logits.shape[0]
-        tckd = F.kl_div(student_log_binary, teacher_binary, reduction="sum") * temperature**2 / n
-        teacher_others = torch.softmax(t - DKD_MASK * target, dim=1)
-        student_log_others = torch.log_softmax(s - DKD_MASK * target, dim=1)
-        nckd = F.kl_div(student_log_others, teacher_others, reduction="sum") * temperature**2 / n
+        scale = temperature**2 / student_logits.shape[0]
+        tckd = F.kl_div(student_log_binary, teacher_binary, reduction="sum") * scale
+        mask = target * DKD_MASK
+        teacher_others = torch.softmax(t - mask, dim=1)
+        student_log_others = torch.log_softmax(s - mask, dim=1)
+        nckd = F.kl_div(student_log_others, teacher_others, reduction="sum") * scale
     return tckd, nckd
 
 
@@ -184,12 +188,13 @@ def dkd_loss(
     return alpha * tckd + beta * nckd
 
 
-def _pearson_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Pearson correlation of each row of ``a`` with the same row of ``b``, with DIST's eps (1e-8) added to the
-    product of the centred rows' norms, as its authors compute it."""
-    a = a - a.mean(dim=1, keepdim=True)
-    b = b - b.mean(dim=1, keepdim=True)
-    return (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1) + PEARSON_EPS)
+def _pearson(a: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:
+    """Pearson correlation of ``a`` and ``b`` along ``dim`` (1: of each row, 0: of each column), with DIST's eps
+    (1e-8) added to the product of the centred vectors' norms, as its authors compute it (they transpose for the
+    columns; reducing along dim 0 is the same arithmetic without the copies)."""
+    a = a - a.mean(dim=dim, keepdim=True)
+    b = b - b.mean(dim=dim, keepdim=True)
+    return (a * b).sum(dim=dim) / (a.norm(dim=dim) * b.norm(dim=dim) + PEARSON_EPS)
 
 
 def dist_terms(
@@ -221,8 +226,8 @@ def dist_terms(
     with _float32(student_logits):
         y_s = torch.softmax(student_logits.float() / temperature, dim=1)
         y_t = torch.softmax(teacher_logits.float() / temperature, dim=1)
-        inter = temperature**2 * (1 - _pearson_rows(y_s, y_t).mean())
-        intra = temperature**2 * (1 - _pearson_rows(y_s.t(), y_t.t()).mean())
+        inter = temperature**2 * (1 - _pearson(y_s, y_t, dim=1).mean())
+        intra = temperature**2 * (1 - _pearson(y_s, y_t, dim=0).mean())
     return inter, intra
 
 
