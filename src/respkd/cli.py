@@ -7,12 +7,13 @@ nothing is written before the input has been checked.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from pathlib import Path
 from typing import NoReturn
 
-from respkd.errors import ReportedElsewhere, RespkdError
+from respkd.errors import ReportedElsewhere, RespkdError, shorten
 
 # What runs under torchrun with several processes (see respkd.distributed); the rest run in one process.
 DISTRIBUTED_COMMANDS = ("train", "distill", "distil", "sweep")
@@ -337,6 +338,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except RespkdError as err:
         print(f"respkd: error: {' '.join(str(err).split())}", file=sys.stderr)  # one line, whatever the message held
+        return 2
+    except OSError as err:  # a path given on the command line that no file system can name (configs check theirs)
+        if err.errno != errno.ENAMETOOLONG:
+            raise
+        print(f"respkd: error: {err.strerror}: '{shorten(str(err.filename))}'", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("respkd: interrupted", file=sys.stderr)

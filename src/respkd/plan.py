@@ -49,11 +49,13 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, Validatio
 
 from respkd.bias import adjust_bias
 from respkd.checkpoint import atomic_write_text, read_checkpoint_meta
-from respkd.config import (NAME_PATTERN, RunConfig, format_validation_error, key_suggestion, load_config,
-                           read_yaml_mapping, with_seed)
+from respkd.config import (MAX_PROBLEMS, ClassIndex, PathText, RunConfig, RunName, Seed, Temperature, dotted,
+                           format_validation_error, join_problems, key_suggestion, load_config, read_yaml_mapping,
+                           with_seed)
 from respkd.errors import RespkdError
 from respkd.evaluate import evaluate_ensemble
 from respkd.experiment import CHECKPOINT_NAME, environment, is_finished, run_many  # is_finished: re-exported
+from respkd.models import MAX_WIDTH
 from respkd.report import read_summary, results_table
 from respkd.sweep import Cell, check_plotting, run_sweep, sweep_cells, sweep_folder, sweep_table, width_label
 
@@ -70,9 +72,9 @@ class RunStage(StageBase):
     """Train or distil one config (or one run per seed)."""
 
     kind: Literal["run"] = "run"
-    config: str
+    config: PathText
     set: dict[str, Any] = {}
-    seeds: list[int] | None = Field(None, min_length=1)
+    seeds: list[Seed] | None = Field(None, min_length=1)
 
     @model_validator(mode="after")
     def _unique_seeds(self) -> "RunStage":
@@ -85,24 +87,24 @@ class SweepStage(StageBase):
     """One distillation config at every temperature (and hidden size): see :mod:`respkd.sweep`."""
 
     kind: Literal["sweep"]
-    config: str
+    config: PathText
     set: dict[str, Any] = {}
-    temperatures: list[float] = Field(..., min_length=1)
-    hidden: list[list[int]] = []
+    temperatures: list[Temperature] = Field(..., min_length=1)
+    hidden: list[list[Annotated[int, Field(ge=1, le=MAX_WIDTH)]]] = []
 
 
 class BiasStage(StageBase):
     """Shift output biases of a finished run's model (see :mod:`respkd.bias`); writes ``<name>/``."""
 
     kind: Literal["bias"]
-    run: str
-    name: str | None = Field(None, pattern=NAME_PATTERN)  # default: <run>-bias
-    classes: list[int] = Field(..., min_length=1)
-    shift: float | None = None
+    run: PathText
+    name: RunName | None = None  # default: <run>-bias
+    classes: list[Annotated[ClassIndex, Field(ge=0)]] = Field(..., min_length=1)
+    shift: float | None = Field(None, ge=-1000, le=1000)
     search: bool = False
-    low: float = -15.0
-    high: float = 15.0
-    step: float = Field(0.1, gt=0)
+    low: float = Field(-15.0, ge=-1000, le=1000)
+    high: float = Field(15.0, ge=-1000, le=1000)
+    step: float = Field(0.1, gt=0, le=1000)
 
     @model_validator(mode="after")
     def _shift_or_search(self) -> "BiasStage":
@@ -123,20 +125,20 @@ class SpecialistsStage(StageBase):
     ``--set`` overrides are run-config keys."""
 
     kind: Literal["specialists"]
-    config: str
+    config: PathText
     set: dict[str, Any] = {}
-    workers: int = Field(1, ge=1)
+    workers: int = Field(1, ge=1, le=256)
 
 
 class EnsembleEvalStage(StageBase):
     """Test errors of an ensemble of finished runs, of each member, and of a net distilled from it."""
 
     kind: Literal["ensemble_eval"]
-    name: str = Field(..., pattern=NAME_PATTERN)
-    runs: list[str] = Field(..., min_length=2)
+    name: RunName
+    runs: list[PathText] = Field(..., min_length=2)
     combine: Literal["mean_probs", "mean_logits"] = "mean_probs"
-    temperature: float = Field(1.0, gt=0)
-    distilled: str | None = None
+    temperature: Temperature = 1.0
+    distilled: PathText | None = None
 
 
 STAGE_TYPES: dict[str, type[StageBase]] = {
@@ -159,8 +161,8 @@ Stage = Annotated[
 class Plan(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
     title: str
-    runs_root: str
-    report: str = Field("REPORT.md", pattern=r"^[A-Za-z0-9_.-]+\.md$")
+    runs_root: PathText
+    report: str = Field("REPORT.md", pattern=r"^[A-Za-z0-9_.-]+\.md$", max_length=255)
     stages: list[Stage] = Field(..., min_length=1)
 
 
@@ -195,19 +197,19 @@ def load_plan(name: str) -> Plan:
 
 def plan_error(err: ValidationError) -> str:
     """Validation errors on one line, with the stage kind pydantic puts in the location taken out again."""
-    problems = []
-    for e in err.errors():
+    problems, errors = [], err.errors()
+    for e in errors[:MAX_PROBLEMS]:
         loc = tuple(e["loc"])
         if len(loc) >= 3 and loc[0] == "stages" and isinstance(loc[1], int) and loc[2] in STAGE_TYPES:
             kind, loc = loc[2], loc[:2] + loc[3:]
             if e["type"] == "extra_forbidden" and len(loc) == 3:
-                problems.append(f"unknown key '{'.'.join(map(str, loc))}'" + key_suggestion(loc[2:], STAGE_TYPES[kind]))
+                problems.append(f"unknown key '{dotted(loc)}'" + key_suggestion(loc[2:], STAGE_TYPES[kind]))
                 continue
             e = {**e, "loc": loc}
         if e["type"] == "union_tag_invalid":
             e = {**e, "msg": f"unknown stage kind {e['ctx'].get('tag')!r}: use one of {', '.join(STAGE_TYPES)}"}
         problems.append(format_validation_error([e], root=None))
-    return "; ".join(problems)
+    return join_problems(problems, len(errors))
 
 
 def stage_config(stage: RunStage | SweepStage, overrides: list[str]) -> RunConfig:
