@@ -52,6 +52,10 @@ def variant_config(kind: str, idx_dir: Path, data_root: Path, cache_dir: Path, t
         cfg = tiny_config(NAME, idx_dir, data_root, threads=1, data={"jitter": 1, "flip": True},
                           train={**train, "optimizer": "adamw", "lr": 0.01, "channels_last": True})
         return {**cfg, "model": {"name": "cnn", "channels": [4, 8]}}
+    if kind == "dkd-warmup":  # online teacher; DKD's warm-up factor is 1/3, 2/3, 1 in epochs 1, 2, 3
+        return tiny_config(NAME, idx_dir, data_root, threads=1, teacher={"checkpoint": str(teacher)},
+                           kd={"temperature": 4.0, "hard_weight": 1.0, "loss": "dkd", "dkd": {"warmup_epochs": 3}},
+                           train=train)
     assert kind == "kd-cache"
     return tiny_config(NAME, idx_dir, data_root, threads=1, data={"jitter": 1, "jitter_views": 2},
                        teacher={"checkpoint": str(teacher)},
@@ -65,7 +69,7 @@ def setup(tmp_path_factory, idx_dir, session_runs):
     base = tmp_path_factory.mktemp("resume")
     teacher = session_runs["teacher_dir"] / "model.safetensors"
     configs = {k: variant_config(k, idx_dir, base / "data", base / "cache", teacher)
-               for k in ("sgd", "adamw", "kd-cache", "cnn-channels-last")}
+               for k in ("sgd", "adamw", "kd-cache", "cnn-channels-last", "dkd-warmup")}
     references: dict[str, Path] = {}
 
     def reference(kind: str) -> Path:
@@ -149,6 +153,17 @@ def test_several_kills_in_one_run(setup, tmp_path, monkeypatch, kind):
     assert [r["step"] for r in summary["resumes"]] == [0, 4, 8, 16]
     if kind == "kd-cache":
         assert summary["teacher_cache"]["used"]
+
+
+@pytest.mark.parametrize("crash,epoch", [("step:10", 2), ("epoch:2", 2)])
+def test_dkd_warm_up_resumes_exactly(setup, tmp_path, monkeypatch, crash, epoch):
+    """Killed in epoch 2 of DKD's warm-up (factor 2/3), or after its metrics line, and resumed in a new Distiller
+    through epoch 3 (factor 1): the factor comes from the epoch being trained, so the resumed run is bitwise the
+    uninterrupted one."""
+    resumed = crash_then_resume(setup["configs"]["dkd-warmup"], tmp_path / "runs", [crash], monkeypatch)
+    assert_same_run(setup["reference"]("dkd-warmup"), resumed)
+    assert json.loads((resumed / "summary.json").read_text())["resumes"][0]["epoch"] == epoch
+    assert "tckd_loss" in (resumed / "metrics.jsonl").read_text()
 
 
 def test_killed_after_the_last_epoch_before_the_summary(setup, tmp_path, monkeypatch):

@@ -80,7 +80,8 @@ def prepare(cfg: RunConfig, runs_root: Path, force: bool = False) -> Prepared:
         teacher_meta, teacher_input = teacher.meta, teacher.input_spec
         kd = cfg.kd
         task: nn.Module = Distiller(student, teacher.module, kd.temperature, kd.soft_weight, kd.hard_weight,
-                                    kd.student_response, teacher.response)
+                                    kd.student_response, teacher.response, kd.loss, kd.loss_params, kd.standardize,
+                                    kd.warmup_epochs)
         task.check_response_shapes(data.info.image_shape, device)
     else:
         task = Supervised(student)
@@ -103,6 +104,7 @@ def teacher_cache_spec(p: Prepared, loader: BatchLoader, bf16: bool) -> dict[str
         train_selection_sha256=None if p.data.train_index is None else selection_digest(p.data.train_index),
         teacher_input=p.teacher_input,
         teacher_model=p.teacher_meta["model"] if p.cfg.teacher.weights is not None else None,
+        raw_logits=kd.reads_raw_logits,
     )
 
 
@@ -149,6 +151,8 @@ def run(cfg: RunConfig, runs_root: str | Path = "runs", force: bool = False, qui
     log = out.open_log(quiet, append=resume)
     params, macs = count_parameters(p.student), count_macs(p.student, data.info.image_shape)
     log(_first_log_line(p, runs_root, params, macs, bf16))
+    if cfg.distills and (cfg.kd.loss != "kd" or cfg.kd.standardize):
+        log(f"response loss: {p.task.describe_loss()}")
     if p.init is not None:
         log(f"student initialised with {describe_fit(p.init)}")
     if cfg.distills and p.teacher_meta.get("notes"):

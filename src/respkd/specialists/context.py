@@ -94,12 +94,6 @@ def load_context(cfg: SpecialistsConfig, runs_root: str | Path, threads: int | N
 
 
 def subsets_spec(ctx: Context) -> dict[str, Any]:
-    d = ctx.gen_cfg.data
-    return {"generalist_weights_sha256": ctx.gen_meta["weights_sha256"], "subsets": ctx.cfg.subsets.model_dump(),
-            "data_sha256": ctx.data.sha256, "train_limit": d.train_limit, "val_size": d.val_size, "val_seed": d.val_seed}
-
-
-def subsets_spec(ctx: Context) -> dict[str, Any]:
     """What ``subsets.json`` must have been found from, to be reused."""
     d = ctx.gen_cfg.data
     return {"generalist_weights_sha256": ctx.gen_meta["weights_sha256"], "subsets": ctx.cfg.subsets.model_dump(),
