@@ -411,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{pair}-teacher {teachers[pair]}: no such file")
 
     from respkd.engine import fast_bf16_available
-    from respkd.experiment import resolve_device
+    from respkd.environment import resolve_device
 
     bf16_rows = args.bf16_rows == "yes" or (args.bf16_rows == "auto" and fast_bf16_available(resolve_device(args.device)))
     started, load_start = time.perf_counter(), os.getloadavg()[0]

@@ -25,13 +25,13 @@ import torch
 from torch import nn
 
 from matmul_limit import linear_products, time_products
-from respkd.checkpoint import read_checkpoint_meta
+from respkd.checkpoint import load_model, read_checkpoint_meta
 from respkd.config import TrainConfig
 from respkd.data.datasets import dataset_info, load_dataset
-from respkd.data.loader import BatchLoader
+from respkd.data.memory import BatchLoader
 from respkd.distill import Distiller, Supervised
 from respkd.engine import autocast, build_optimizer, build_scheduler, evaluate, train_one_epoch
-from respkd.experiment import load_model, resolve_device
+from respkd.environment import resolve_device
 from respkd.models import build_model
 from respkd.teacher_cache import build_cache, cache_spec
 

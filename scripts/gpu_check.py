@@ -306,12 +306,18 @@ def report(results: list[dict[str, Any]], info: dict[str, Any], notes: list[str]
 # -------------------------------------------------------------------------------------------- the resume part
 
 
-def respkd_cli(argv: list[str], deterministic: bool) -> int:
-    """respkd's command line, with deterministic algorithms switched on first when asked."""
+def respkd_cli(argv: list[str], deterministic: bool, crash: str | None) -> int:
+    """respkd's command line, with deterministic algorithms switched on first when asked, and killed by SIGKILL at
+    the crash point ``crash`` (tests/crash_hooks.py: ``step:K`` is after optimizer step K) when given."""
     import torch
 
     if deterministic:  # warn_only: an op without a deterministic kernel is named in the log, not fatal
         torch.use_deterministic_algorithms(True, warn_only=True)
+    if crash is not None:  # the tests' crash points: respkd itself holds no test hook
+        sys.path.insert(0, str(ROOT / "tests"))
+        from crash_hooks import install
+
+        install(crash, setattr, kill=True)
     from respkd.cli import main
 
     return main(argv)
@@ -326,20 +332,19 @@ def resume_part(config: Path, device: str, work: Path, crash_at: int) -> dict[st
     import torch
     from safetensors.torch import load_file
 
-    from respkd.resume import CRASH_ENV
-
     modes = ["deterministic", "default"] if device == "cuda" else ["deterministic"]  # the CPU has one behaviour
     launched = []
     for mode in modes:
-        env = {k: v for k, v in os.environ.items() if k not in (CRASH_ENV, "CUBLAS_WORKSPACE_CONFIG")}
+        env = {k: v for k, v in os.environ.items() if k != "CUBLAS_WORKSPACE_CONFIG"}
         cli = [sys.executable, __file__, "--respkd-cli"]
         if mode == "deterministic":
             env["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
             cli.append("--deterministic")
-        cli += ["train", str(config), "--runs-root"]
-        reference = subprocess.Popen(cli + [str(work / f"reference-{mode}")], env=env, cwd=ROOT)
-        killed = subprocess.Popen(cli + [str(work / f"resumed-{mode}")], env={**env, CRASH_ENV: f"step:{crash_at}"},
-                                  cwd=ROOT)
+        run = ["train", str(config), "--runs-root"]
+        reference = subprocess.Popen(cli + run + [str(work / f"reference-{mode}")], env=env, cwd=ROOT)
+        killed = subprocess.Popen(cli + ["--crash", f"step:{crash_at}"] + run + [str(work / f"resumed-{mode}")],
+                                  env=env, cwd=ROOT)
+        cli += run
         launched.append((mode, env, cli, reference, killed))
     resumes = []
     for mode, env, cli, reference, killed in launched:
@@ -403,8 +408,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--synthetic-mnist", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.respkd_cli is not None:
-        deterministic = args.respkd_cli[:1] == ["--deterministic"]
-        return respkd_cli(args.respkd_cli[1:] if deterministic else args.respkd_cli, deterministic)
+        rest = list(args.respkd_cli)
+        deterministic = rest[:1] == ["--deterministic"]
+        rest = rest[deterministic:]
+        crash = rest[1] if rest[:1] == ["--crash"] else None
+        return respkd_cli(rest[2:] if crash else rest, deterministic, crash)
     if args.part_resume:
         print(REPLY + json.dumps(resume_part(args.part_resume, args.device, args.work, args.crash_step)), flush=True)
         return 0

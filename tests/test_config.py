@@ -269,6 +269,9 @@ STAGES_FULL = {
 }
 # Numbers that exclude a key of the bases: setting one removes that key; with its valid value here.
 EXCLUSIVE = {"keep_classes": ("drop_classes", [7]), "shift": ("search", 1.0)}
+# The settings of one response loss, which the other losses refuse: their base is RUN_FULL with that loss.
+LOSS_FULL = {key: {**RUN_FULL, "kd": {**RUN_FULL["kd"], "loss": key, key: params}} for key, params in
+             (("dkd", {"alpha": 1.0, "beta": 8.0, "warmup_epochs": 20}), ("dist", {"beta": 1.0, "gamma": 1.0}))}
 
 
 def numeric_fields(model, prefix: tuple = ()) -> list[tuple[tuple, type, int]]:
@@ -334,7 +337,9 @@ def _fields_with_bases():
     out = []
     for model, full, validate in cases:
         prefix = ("stages", 0) if "stages" in full else ()
-        out += [(prefix + path, kind, depth, full, validate) for path, kind, depth in numeric_fields(model, ())]
+        for path, kind, depth in numeric_fields(model, ()):
+            base = LOSS_FULL[path[1]] if model is RunConfig and path[:2] in (("kd", "dkd"), ("kd", "dist")) else full
+            out.append((prefix + path, kind, depth, base, validate))
     return out
 
 
@@ -490,3 +495,39 @@ def test_error_line_lists_five_problems_then_how_many_more():
     raw = {**base(), **{f"unknown{i}": 1 for i in range(5000)}}
     msg = error_of(raw)
     assert msg.count("unknown key") == 5 and msg.endswith("; and 4995 more")
+
+def test_response_loss_settings_default_to_the_authors():
+    assert validate_config(kd_base()).kd.loss == "kd" and not validate_config(kd_base()).kd.standardize
+    dkd = validate_config({**kd_base(), "kd": {"temperature": 4, "loss": "dkd"}}).kd
+    assert (dkd.dkd.alpha, dkd.dkd.beta, dkd.dkd.warmup_epochs) == (1.0, 8.0, 20) and dkd.dist is None
+    assert dkd.loss_params == {"alpha": 1.0, "beta": 8.0} and dkd.warmup_epochs == 20
+    dist = validate_config({**kd_base(), "kd": {"temperature": 4, "loss": "dist", "dist": {"gamma": 2.0}}}).kd
+    assert dist.loss_params == {"beta": 1.0, "gamma": 2.0} and dist.warmup_epochs == 0
+    kd = validate_config(kd_base()).kd
+    assert kd.loss_params == {} and kd.warmup_epochs == 0 and kd.dkd is None
+    # only logit matching on unstandardized logits depends on a per-example shift of the teacher's logits
+    raw = {loss: validate_config({**kd_base(), "kd": {"temperature": 4, "loss": loss}}).kd.reads_raw_logits
+           for loss in ("kd", "logit_mse", "dkd", "dist")}
+    assert raw == {"kd": False, "logit_mse": True, "dkd": False, "dist": False}
+    assert not validate_config({**kd_base(), "kd": {"temperature": 4, "loss": "logit_mse",
+                                                   "standardize": True}}).kd.reads_raw_logits
+
+
+def test_filled_loss_settings_round_trip_and_old_configs_read_the_same():
+    """The recorded config names the DKD values used; a config recorded before these keys existed validates to the
+    same config as one with them (what lets a finished run be recognised as finished)."""
+    cfg = validate_config({**kd_base(), "kd": {"temperature": 4, "loss": "dkd", "dkd": {"beta": 2.0}}})
+    stored = config_to_dict(cfg)
+    assert stored["kd"]["dkd"] == {"alpha": 1.0, "beta": 2.0, "warmup_epochs": 20}
+    assert config_to_dict(validate_config(stored)) == stored
+    old = config_to_dict(validate_config(kd_base()))
+    for key in ("loss", "standardize", "dkd", "dist"):
+        del old["kd"][key]
+    assert config_to_dict(validate_config(old)) == config_to_dict(validate_config(kd_base()))
+
+
+def test_loss_switched_by_an_override_keeps_its_parameters_checked(tmp_path):
+    path = write_yaml(tmp_path / "c.yaml", {**kd_base(), "kd": {"temperature": 4, "loss": "dkd", "dkd": {"beta": 2}}})
+    with pytest.raises(RespkdError, match="'dkd' settings are for 'loss: dkd', but loss is dist"):
+        load_config(path, ["kd.loss=dist"])
+    assert load_config(path, ["kd.dkd.warmup_epochs=0"]).kd.warmup_epochs == 0

@@ -24,17 +24,17 @@ from safetensors.torch import load_file
 
 from respkd import distributed
 from respkd.config import TrainConfig, validate_config
-from respkd.data.loader import BatchLoader
+from respkd.data.memory import BatchLoader
 from respkd.distill import Distiller, Supervised
 from respkd.engine import autocast, build_optimizer, build_scheduler, train_one_epoch
 from respkd.errors import RespkdError
 from respkd.experiment import run
 from respkd.losses import distillation_loss
 from respkd.models import build_model
-from respkd.resume import CRASH_ENV, CRASH_MODE_ENV, SimulatedCrash
 from respkd.teacher_cache import build_cache, cache_spec
 
 from conftest import tiny_config
+from crash_hooks import SimulatedCrash, install
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVICE = os.environ.get("RESPKD_GPU_TESTS_DEVICE", "cuda")
@@ -117,11 +117,9 @@ def test_killed_run_resumed_on_the_gpu_is_bitwise_identical(tmp_path, idx_dir, m
     torch.use_deterministic_algorithms(True, warn_only=True)  # an op without a deterministic kernel warns
     try:
         run(cfg, tmp_path / "reference", quiet=True)
-        monkeypatch.setenv(CRASH_MODE_ENV, "raise")
-        monkeypatch.setenv(CRASH_ENV, "step:7")  # epoch 2's first step; the state of step 6 (epoch 1's end) is kept
-        with pytest.raises(SimulatedCrash):
+        with monkeypatch.context() as patch, pytest.raises(SimulatedCrash):
+            install("step:7", patch.setattr)  # epoch 2's first step; the state of step 6 (epoch 1's end) is kept
             run(cfg, tmp_path / "resumed", quiet=True)
-        monkeypatch.delenv(CRASH_ENV)
         run(cfg, tmp_path / "resumed", quiet=True, resume=True)
     finally:
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])

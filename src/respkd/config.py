@@ -247,10 +247,44 @@ class TeacherConfig(Section):
         return (self.combine or "mean_probs") if self.is_ensemble else None
 
 
+class DKDConfig(Section):
+    """Decoupled KD's parameters (:func:`respkd.losses.dkd_loss`). The defaults are the authors' CIFAR-100 settings
+    (mdistiller's ``CFG.DKD``: alpha 1, beta 8, warm-up 20 epochs; their T 4 is ``kd.temperature``)."""
+
+    alpha: LossWeight = 1.0  # weight of TCKD
+    beta: LossWeight = 8.0  # weight of NCKD
+    # The DKD term is multiplied by min(epoch / warmup_epochs, 1), epochs counted from 1; 0: no warm-up.
+    warmup_epochs: int = Field(20, ge=0, le=MAX_EPOCHS)
+
+
+class DISTConfig(Section):
+    """DIST's parameters (:func:`respkd.losses.dist_loss`); the defaults are the authors' (beta = gamma = 1)."""
+
+    beta: LossWeight = 1.0  # weight of the inter-class relation (rows)
+    gamma: LossWeight = 1.0  # weight of the intra-class relation (columns)
+
+
 class KDConfig(Section):
+    """How the student learns from the teacher (see :mod:`respkd.losses`):
+    ``loss = hard_weight * CE + soft_weight * response term``.
+
+    ``loss`` picks the response term: ``kd`` (Hinton's soft targets at ``temperature``), ``logit_mse`` (logit
+    matching; no temperature), ``dkd`` (with the ``dkd`` parameters) or ``dist`` (with the ``dist`` parameters), each
+    at ``temperature``; ``standardize`` standardizes both models' logits first (Sun et al. 2024). The parameters of the
+    chosen loss are filled in with its defaults; giving those of another loss is an error.
+
+    What a top-k cache (``cache_topk``) can serve: it stores the teacher's k largest probabilities at ``temperature``
+    (the rest spread evenly), so it serves the losses that read only the teacher's softened probabilities at that T:
+    ``kd``, ``dkd`` and ``dist``. Not ``logit_mse`` nor ``standardize``, which read the logits themselves.
+    """
+
     temperature: Temperature
     soft_weight: LossWeight = 1.0
     hard_weight: LossWeight = 0.0
+    loss: Literal["kd", "logit_mse", "dkd", "dist"] = "kd"
+    standardize: bool = False
+    dkd: DKDConfig | None = None
+    dist: DISTConfig | None = None
     # The response to distil: the model's output by default, or the output of a named submodule.
     student_response: str | None = None
     teacher_response: str | None = None
@@ -259,6 +293,14 @@ class KDConfig(Section):
     cache: bool = False
     cache_topk: int | None = Field(None, ge=1, le=MAX_CLASSES)
     cache_dir: PathText = "data/teacher_cache"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _loss_defaults(cls, data: Any) -> Any:
+        """The chosen loss's parameters with their defaults, so a run's recorded config names the values it used."""
+        if isinstance(data, dict) and data.get("loss") in ("dkd", "dist") and data.get(data["loss"]) is None:
+            data = {**data, data["loss"]: {}}
+        return data
 
     @model_validator(mode="after")
     def _topk_needs_cache(self) -> "KDConfig":
@@ -271,6 +313,40 @@ class KDConfig(Section):
         if not self.soft_weight and not self.hard_weight:
             raise ValueError("'soft_weight' and 'hard_weight' are both 0: nothing to learn from")
         return self
+
+    @model_validator(mode="after")
+    def _loss_settings(self) -> "KDConfig":
+        for key in ("dkd", "dist"):
+            if getattr(self, key) is not None and self.loss != key:
+                raise ValueError(f"'{key}' settings are for 'loss: {key}', but loss is {self.loss}")
+        if self.cache_topk is not None and (self.loss == "logit_mse" or self.standardize):
+            what = "'loss: logit_mse'" if self.loss == "logit_mse" else "'standardize: true'"
+            raise ValueError(f"{what} reads the teacher's logits, but a top-k cache holds only its k largest "
+                             "probabilities at T (it serves kd, dkd, dist): drop 'cache_topk' for a full cache")
+        if self.loss == "dkd" and (self.student_response or self.teacher_response):
+            raise ValueError("'loss: dkd' splits each response by its true class, so it distils the models' class "
+                             "outputs: drop 'student_response' / 'teacher_response'")
+        return self
+
+    @property
+    def loss_params(self) -> dict[str, float]:
+        """The chosen loss's own parameters, by the names of its function in respkd.losses."""
+        if self.loss == "dkd":
+            return {"alpha": self.dkd.alpha, "beta": self.dkd.beta}
+        if self.loss == "dist":
+            return {"beta": self.dist.beta, "gamma": self.dist.gamma}
+        return {}
+
+    @property
+    def warmup_epochs(self) -> int:
+        """Epochs over which the response term warms up linearly (DKD's; 0 for the other losses)."""
+        return self.dkd.warmup_epochs if self.loss == "dkd" else 0
+
+    @property
+    def reads_raw_logits(self) -> bool:
+        """Whether the loss depends on the teacher's logits themselves, not only up to a constant per example
+        (softmax, standardization and so every other loss ignore one): logit matching without standardization."""
+        return self.loss == "logit_mse" and not self.standardize
 
 
 class TrainConfig(Section):

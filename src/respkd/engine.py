@@ -15,6 +15,11 @@ from tqdm import tqdm
 
 from respkd.config import TrainConfig
 
+__all__ = [
+    "EpochProgress", "autocast", "build_optimizer", "build_scheduler", "evaluate", "fast_bf16_available",
+    "train_one_epoch", "use_bf16",
+]
+
 
 def fast_bf16_available(device: torch.device) -> bool:
     """Whether bf16 matrix multiplies run natively (and so faster than fp32) on ``device``."""
@@ -92,7 +97,8 @@ def train_one_epoch(
     """One pass over ``loader``; returns the mean of every loss term and the epoch's wall time.
 
     ``task`` is a :class:`~respkd.distill.Supervised` or :class:`~respkd.distill.Distiller`; ``student`` is the
-    trained model, whose ``apply_constraints()`` (max-norm) runs after every step when it has one.
+    trained model, whose ``apply_constraints()`` (max-norm) runs after every step when it has one. A task with a
+    ``set_epoch(epoch)`` (:meth:`respkd.distill.Distiller.set_epoch`) is told the epoch first.
     ``teacher_logits(indices, epoch)``, when given, returns the teacher's outputs for the batch's example ids
     (e.g. :meth:`respkd.teacher_cache.TeacherCache.for_loader`), handed to the Distiller instead of a teacher pass.
     ``done``: the part of this epoch already trained (resuming); ``loader`` must then yield only the batches after
@@ -101,6 +107,9 @@ def train_one_epoch(
     (:func:`respkd.distributed.all_reduce_mean`): one collective per epoch, not per step.
     """
     task.train()
+    set_epoch = getattr(task, "set_epoch", None)  # a Distiller whose loss warms up over epochs (DKD) reads it
+    if set_epoch is not None:
+        set_epoch(epoch)
     constrain = getattr(student, "apply_constraints", None)
     show = sys.stderr.isatty() if progress is None else progress
     state = done or EpochProgress()

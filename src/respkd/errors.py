@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import difflib
 
+__all__ = [
+    "QUOTE_LENGTH", "ReportedElsewhere", "RespkdError", "closest_name", "first_line", "quote", "shorten",
+]
+
 
 class RespkdError(Exception):
     """A problem with the user's input (config, data, checkpoint, command line): shown as one line, no traceback."""

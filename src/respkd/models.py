@@ -17,6 +17,12 @@ from torch import nn
 
 from respkd.errors import RespkdError, closest_name, first_line, quote, shorten
 
+__all__ = [
+    "MAX_LAYERS", "MAX_WIDTH", "MLP", "BasicBlock", "CifarResNet", "MaxNormMixin", "ModelFactory", "SmallCNN",
+    "accepts_option", "build_model", "check_number", "check_widths", "cnn", "count_macs", "count_parameters",
+    "list_models", "mlp", "register_model", "resnet32x4", "resnet8x4",
+]
+
 ModelFactory = Callable[..., nn.Module]
 _REGISTRY: dict[str, ModelFactory] = {}
 

@@ -6,13 +6,19 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
+from respkd.checkpoint import SUMMARY_NAME
 from respkd.errors import RespkdError
+from respkd.files import read_json
 from respkd.seeds import fmt_mean_std, group_runs, seed_report
+
+__all__ = [
+    "COLUMNS", "METRIC_KEYS", "SUMMARY_KEYS", "group_row", "read_summary", "read_table_summary", "results_json",
+    "results_table", "run_groups", "table_row",
+]
 
 COLUMNS = ("Model", "Params(M)", "Flops(G)", "Top-1 (%)", "Top-5 (%)", "Test errors", "Config", "Download")
 # what the table and the seed statistics read; anything else in summary.json is optional here
@@ -21,13 +27,10 @@ METRIC_KEYS = ("top1", "top5", "errors", "n")
 
 
 def read_summary(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "summary.json"
+    path = run_dir / SUMMARY_NAME
     if not path.is_file():
         raise RespkdError(f"{run_dir}: no summary.json (the run has not finished)")
-    try:
-        summary = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise RespkdError(f"{path}: not valid JSON ({err})") from None
+    summary = read_json(path, "summary")
     if not isinstance(summary, dict) or not isinstance(summary.get("metrics"), dict):
         raise RespkdError(f"{path}: not a respkd run summary (expected a JSON object with 'metrics')")
     return summary

@@ -16,6 +16,11 @@ from respkd.config import (MAX_CLASSES, LossWeight, ModelConfig, PathText, RunNa
                            TrainConfig, format_validation_error, read_yaml_mapping)
 from respkd.errors import RespkdError
 
+__all__ = [
+    "SUBSET_RULES", "CombineConfig", "GeneralistRef", "SoftTargetsConfig", "SpecialistConfig", "SpecialistsConfig",
+    "SubsetsConfig", "load_specialists_config", "validate_specialists_config",
+]
+
 SUBSET_RULES = ("correlation", "zero_diagonal", "covariance")
 
 
