@@ -23,6 +23,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file
 
 from respkd import distributed
+from respkd.compilation import compile_unavailable
 from respkd.config import TrainConfig, validate_config
 from respkd.data.memory import BatchLoader
 from respkd.distill import Distiller, Supervised
@@ -83,12 +84,14 @@ def test_bf16_autocast_runs_the_models_in_bf16_and_the_kd_loss_in_float32():
     assert all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
 
 
+@pytest.mark.parametrize("resident", [True, False])
 @gpu
-def test_teacher_cache_built_and_read_on_the_gpu(tmp_path):
+def test_teacher_cache_built_and_read_on_the_gpu(tmp_path, resident):
+    """Device-resident (the cache read onto the GPU, indexed there) and host-fed (memory-mapped rows copied)."""
     dev = device()
     images, labels = random_images(300)
     loader = BatchLoader(images, labels, 64, MEAN, STD, shuffle=True, jitter=1, jitter_views=2, drop_last=True,
-                         device=dev)
+                         device=dev, device_resident=resident)
     task = Distiller(mlp([32], 0), mlp([64], 1), temperature=4.0)
     spec = cache_spec(teacher_weights_sha256="test", teacher_response=None, dataset="mnist", data_sha256="test",
                       train_limit=None, n_train=len(images), mean=MEAN, std=STD, loader=loader, teacher_bf16=False)
@@ -99,6 +102,7 @@ def test_teacher_cache_built_and_read_on_the_gpu(tmp_path):
         for x, _, idx in loader:
             got = lookup(idx, epoch)
             assert got.device == x.device and got.dtype == torch.float32
+            assert idx.device == (x.device if resident else torch.device("cpu"))
             online = task.teacher_logits(x)
             # stored as float16 rows shifted so each maximum is 0 (the same softmax at every T)
             torch.testing.assert_close(got, online - online.amax(1, keepdim=True), rtol=0.0, atol=1e-2)
@@ -112,6 +116,7 @@ def test_killed_run_resumed_on_the_gpu_is_bitwise_identical(tmp_path, idx_dir, m
     cfg = validate_config(tiny_config(
         "gpu-resume", idx_dir, tmp_path / "data", device=DEVICE,
         model={"name": "mlp", "hidden": [64], "dropout_input": 0.2, "dropout_hidden": 0.5},
+        data={"device_resident": True},
         train={"epochs": 2, "batch_size": 100, "checkpoint_every_steps": 4, "precision": "bf16"}))
     before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)  # an op without a deterministic kernel warns
@@ -133,6 +138,26 @@ def test_killed_run_resumed_on_the_gpu_is_bitwise_identical(tmp_path, idx_dir, m
 
     assert metrics(resumed) == metrics(reference) and len(metrics(reference)) == 2
     assert json.loads((resumed / "summary.json").read_text())["resumes"] == [{"epoch": 2, "batch": 0, "step": 6}]
+
+
+@gpu
+def test_compiled_distillation_matches_eager(tmp_path, idx_dir, session_runs):
+    """train.compile with inductor (Triton kernels on CUDA, C++ on the CPU), online teacher compiled too: the same
+    losses as the eager run within float32 rounding of fused kernels."""
+    reason = compile_unavailable(device())
+    if reason is not None:
+        pytest.skip(f"torch.compile is not available here: {reason}")
+    losses, summary = {}, {}
+    for compiled in (False, True):
+        cfg = validate_config(tiny_config(
+            f"compiled-{compiled}", idx_dir, tmp_path / "data", device=DEVICE, data={"device_resident": True},
+            teacher={"checkpoint": str(session_runs["teacher_dir"] / "model.safetensors")},
+            kd={"temperature": 4.0, "hard_weight": 0.5}, train={"compile": compiled}))
+        summary[compiled] = run(cfg, tmp_path / "runs", quiet=True)
+        lines = (tmp_path / "runs" / cfg.name / "metrics.jsonl").read_text().splitlines()
+        losses[compiled] = [json.loads(line)["loss"] for line in lines]
+    assert summary[True]["compiled"] and summary[True]["device_resident"]
+    assert losses[True] == pytest.approx(losses[False], rel=1e-3)
 
 
 @gpu

@@ -123,6 +123,10 @@ class DataConfig(Section):
     flip: bool = False
     # Processes decoding images for streamed datasets (imagenet); in-memory datasets need none and ignore it.
     workers: int = Field(8, ge=0, le=256)
+    # In-memory datasets: keep the images, labels and teacher cache on the training device, so a step copies nothing
+    # from the host (true), or build each batch in host memory and copy it (false); null: on CUDA when they fit in
+    # half of its memory, on the CPU false (see respkd.data.residency). Both give bitwise the same batches.
+    device_resident: bool | None = None
     train_limit: int | None = Field(None, ge=1, le=MAX_COUNT)  # keep only the first N training examples (quick runs)
     test_limit: int | None = Field(None, ge=1, le=MAX_COUNT)  # evaluate on the first N test examples only
     # A validation split held out of the training set (stratified by class, seeded by val_seed) BEFORE the transfer
@@ -139,7 +143,7 @@ class DataConfig(Section):
                              f"{', '.join(DATA_SOURCES[self.dataset])}")
         if self.dataset in STREAMED_DATASETS:
             # Its augmentation is torchvision's reference recipe, and it is never held in memory to be split.
-            given = [k for k in ("jitter", "jitter_views", "flip", "val_size") if getattr(self, k)]
+            given = [k for k in ("jitter", "jitter_views", "flip", "val_size", "device_resident") if getattr(self, k)]
             if self.transfer.active:
                 given.append("transfer")
             if given:
@@ -368,6 +372,9 @@ class TrainConfig(Section):
     # AMX, but is several times *slower* on CPUs without them; "auto" picks bf16 only where it is fast.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     channels_last: bool = False
+    # Run the student (and an online teacher) through torch.compile; where compile cannot work here, one log line
+    # says why and the run trains without it (see respkd.compilation).
+    compile: bool = False
     # Also write the training state (<run>/resume.safetensors, see respkd.resume) every this many optimizer steps,
     # besides every epoch end; 0: at epoch ends only. Changing it does not change the run, so a resume ignores it.
     checkpoint_every_steps: int = Field(0, ge=0, le=MAX_COUNT)

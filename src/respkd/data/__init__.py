@@ -10,6 +10,7 @@ The modules behind it:
 * :mod:`~respkd.data.datasets`: the datasets held in memory, their checksummed caches and raw MNIST-style files;
   :mod:`~respkd.data.idx`, :mod:`~respkd.data.cifar` and :mod:`~respkd.data.safe_pickle` read the raw releases.
 * :mod:`~respkd.data.memory`: :class:`~respkd.data.memory.BatchLoader`, batches of in-memory tensors.
+* :mod:`~respkd.data.residency`: whether those batches are made on the training device or in host memory.
 * :mod:`~respkd.data.streamed`: class folders of image files, decoded by worker processes.
 * :mod:`~respkd.data.transfer`: the training examples a run learns from (validation hold-out, transfer set).
 """
@@ -22,6 +23,7 @@ from respkd import distributed
 from respkd.config import RunConfig
 from respkd.data.datasets import Splits, dataset_info, input_normalization, load_dataset
 from respkd.data.memory import BatchLoader
+from respkd.data.residency import device_resident
 from respkd.data.streamed import FolderLoader, FolderSplits, load_image_folders
 from respkd.data.transfer import select
 
@@ -59,10 +61,12 @@ def make_loader(
                             rank=rank if train else 0, world_size=world if train else 1)
     images, labels = {"train": (data.train_images, data.train_labels), "test": (data.test_images, data.test_labels),
                       "val": (data.val_images, data.val_labels)}[split]
+    resident = device_resident(data, cfg, torch.device(device))
     if not train:
         part = distributed.shard(len(labels))
         return BatchLoader(images[part], labels[part], EVAL_BATCH, mean, std, device=device,
-                           channels_last=tc.channels_last)
+                           channels_last=tc.channels_last, device_resident=resident)
     return BatchLoader(images, labels, tc.batch_size, mean, std, shuffle=True, jitter=d.jitter,
                        jitter_views=d.jitter_views, flip=d.flip, drop_last=len(images) > tc.batch_size, seed=cfg.seed,
-                       device=device, channels_last=tc.channels_last, rank=rank, world_size=world)
+                       device=device, channels_last=tc.channels_last, rank=rank, world_size=world,
+                       device_resident=resident)
