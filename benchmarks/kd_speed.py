@@ -17,7 +17,11 @@ one-cycle) and precision in every row, this measures seconds per epoch of:
   pipelines     the input pipelines alone: respkd's batches, the tensor Dataset + DataLoader, the PIL one
 
 in fp32 for the comparison, plus bf16-autocast rows where bf16 is fast (``--bf16-rows auto``: CUDA, or a CPU with
-avx512_bf16/AMX). Every row runs in its own process (benchmarks/kd_speed_worker.py), all started together; then the
+avx512_bf16/AMX). respkd's rows (student, teacher, online, cached) run with device-resident batches and teacher cache
+(``data.device_resident: true``) and, with ``--feeds resident host`` (the default), again host-fed (``false``: each
+batch built in host memory and copied; on the CPU only the cached row differs, its cache memory-mapped instead of
+read into a tensor, so only it is repeated); ``--compile-rows`` adds ``torch.compile``'d twins of the training rows,
+compiled during the warm-up round (its time is reported). Every row runs in its own process (benchmarks/kd_speed_worker.py), all started together; then the
 epochs are interleaved round-robin (one epoch of every row, then the next epoch of every row, ...), so a shared
 machine's drift reaches every row alike: one warm-up round, then ``--epochs`` timed rounds (at least 5 for figures
 to quote). Reported: the median and the range of each row's timed epochs, test accuracy after the same epochs (a
@@ -56,23 +60,37 @@ from kd_speed_worker import METHODS, PAIRS, REPLY
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_METHODS = list(METHODS)
 BF16_METHODS = ("matmul", "student", "teacher", "online", "cached", "torchdistill")
+FED_METHODS = ("student", "teacher", "online", "cached")  # respkd's BatchLoader feeds them: resident or host-fed
+COMPILED_METHODS = ("student", "online", "cached")
+FEEDS = ("resident", "host")
 
 
 @dataclass(frozen=True)
 class Run:
-    """One row: a method at one precision (and, for torchdistill's box, one DataLoader worker count)."""
+    """One row: a method at one precision (and, for torchdistill's box, one DataLoader worker count; for respkd's
+    rows, device-resident or host-fed batches, eager or compiled)."""
 
     method: str
     bf16: bool = False
     workers: int | None = None
+    resident: bool = True
+    compiled: bool = False
 
     @property
     def key(self) -> str:
-        return self.method + ("-bf16" if self.bf16 else "") + ("" if self.workers is None else f"-w{self.workers}")
+        return (self.method + ("-bf16" if self.bf16 else "") + ("" if self.resident else "-host")
+                + ("-compiled" if self.compiled else "") + ("" if self.workers is None else f"-w{self.workers}"))
 
 
-def plan_runs(methods: list[str], bf16_rows: bool, torchdistill_workers: list[int], student_is_mlp: bool) -> list[Run]:
-    """The rows of one pair, in the order they take their turn in each round."""
+def plan_runs(methods: list[str], bf16_rows: bool, torchdistill_workers: list[int], student_is_mlp: bool,
+              feeds: tuple[str, ...] = ("resident",), compile_rows: bool = False, on_cpu: bool = True) -> list[Run]:
+    """The rows of one pair, in the order they take their turn in each round.
+
+    ``feeds`` (``resident``, ``host``): respkd's rows with device-resident batches and teacher cache, with host-fed
+    ones, or both (respkd.data.residency). On the CPU host and device are one memory, so there only the cached row
+    differs (its cache memory-mapped or read into a tensor) and only it gets a host-fed twin. ``compile_rows`` adds
+    torch.compile'd twins of respkd's training rows (device-resident).
+    """
     runs = []
     for bf16 in (False, True) if bf16_rows else (False,):
         for method in methods:
@@ -82,6 +100,11 @@ def plan_runs(methods: list[str], bf16_rows: bool, torchdistill_workers: list[in
                 continue  # the limit is that of Linear layers; a convolutional student has no such figure here
             if method == "torchdistill":
                 runs += [Run(method, bf16, w) for w in torchdistill_workers]
+            elif method in FED_METHODS:
+                runs += [Run(method, bf16, resident=feed == "resident") for feed in feeds
+                         if feed == "resident" or not on_cpu or method == "cached"]
+                if compile_rows and method in COMPILED_METHODS:
+                    runs.append(Run(method, bf16, compiled=True))
             else:
                 runs.append(Run(method, bf16))
     return runs
@@ -137,8 +160,10 @@ def measure(runs: list[Run], base_job: dict[str, Any], epochs: int, tag: str) ->
     results: dict[str, dict[str, Any]] = {}
     workers: dict[str, Worker] = {}
     for run in runs:
-        results[run.key] = {"method": run.method, "bf16": run.bf16, "workers": run.workers, "epoch_s": []}
-        workers[run.key] = Worker({**base_job, "method": run.method, "bf16": run.bf16, "workers": run.workers})
+        row = {"method": run.method, "bf16": run.bf16, "workers": run.workers, "resident": run.resident,
+               "compiled": run.compiled}
+        results[run.key] = {**row, "epoch_s": []}
+        workers[run.key] = Worker({**base_job, **row})
 
     def ask(key: str, command: str | None) -> dict[str, Any] | None:
         try:
@@ -217,13 +242,26 @@ def ratios(results: dict[str, dict[str, Any]], bf16: bool) -> dict[str, Any]:
     student, teacher, online, cached = (med(m + suffix) for m in ("student", "teacher", "online", "cached"))
     peer = fastest_torchdistill(results, bf16)
     matmul = med("matmul" + suffix)
+
+    fed_from_host = any(r.get("resident") is False and r["bf16"] == bf16 and "median_s" in r for r in results.values())
+
+    def host(method: str) -> float | None:  # the host-fed row, or where it has none (the CPU) the resident one
+        return (med(method + suffix + "-host") or med(method + suffix)) if fed_from_host else None
+
     out = {
         "cached_over_student": ratio(cached, student),
         "online_over_student_plus_teacher": ratio(online, student + teacher if student and teacher else None),
         "teacher_over_student": ratio(teacher, student),
+        "host_cached_over_student": ratio(host("cached"), host("student")),
+        "host_online_over_student_plus_teacher": ratio(
+            host("online"), host("student") + host("teacher") if host("student") and host("teacher") else None),
         "torchdistill_over_cached": ratio(med(peer), cached),
         "torchdistill_over_online": ratio(med(peer), online),
         "torchdistill_fastest": peer,
+        "host_over_resident": {m: ratio(med(m + suffix + "-host"), med(m + suffix)) for m in FED_METHODS
+                               if med(m + suffix + "-host")},
+        "compiled_over_eager": {m: ratio(med(m + suffix + "-compiled"), med(m + suffix)) for m in COMPILED_METHODS
+                                if med(m + suffix + "-compiled")},
         "over_matmul": {k: ratio(r.get("median_s"), matmul) for k, r in results.items()
                         if r["bf16"] == bf16 and "median_s" in r},
     }
@@ -245,6 +283,16 @@ def timing(r: dict[str, Any]) -> str:
 
 
 def row_label(r: dict[str, Any], fastest: set[str], key: str) -> str:
+    label = method_label(r, fastest, key)
+    if r["method"] not in FED_METHODS:
+        return label
+    notes = ["device-resident batches" if r.get("resident", True) else "host-fed batches"]
+    if r.get("compiled"):  # the warm-up epoch is where compilation happens
+        notes.append("compiled" + (f", warm-up epoch {r['warmup_s']:.1f} s" if "warmup_s" in r else ""))
+    return f"{label} [{'; '.join(notes)}]"
+
+
+def method_label(r: dict[str, Any], fastest: set[str], key: str) -> str:
     method = r["method"]
     if method == "matmul":
         rate = statistics.median(r["gflops_per_s"]) if r.get("gflops_per_s") else None
@@ -272,6 +320,8 @@ RATIO_LABELS = {
     "online_over_student_plus_teacher": "online KD / (student only + teacher forward) (1.0: nothing beyond the "
                                         "teacher's own forward pass)",
     "teacher_over_student": "teacher forward / student only (what online KD must add)",
+    "host_cached_over_student": "cached KD / student only, host-fed batches",
+    "host_online_over_student_plus_teacher": "online KD / (student only + teacher forward), host-fed batches",
     "torchdistill_over_cached": "torchdistill box (fastest worker count) / respkd cached KD",
     "torchdistill_over_online": "torchdistill box (fastest worker count) / respkd online KD",
     "torchdistill_pil_over_cached": "torchdistill KDLoss + PIL Dataset loop / respkd cached KD",
@@ -317,6 +367,12 @@ def pair_table(pair: str, results: dict[str, dict[str, Any]], meta: dict[str, An
         values = [fmt(by_precision[p].get(name)) for p in by_precision]
         if any(v != "-" for v in values):
             lines.append(f"| {label} | " + " | ".join(values) + " |")
+    for name, label in (("host_over_resident", "host-fed / device-resident"), ("compiled_over_eager",
+                                                                              "compiled / eager")):
+        for method in FED_METHODS:
+            values = [fmt(by_precision[p][name].get(method)) for p in by_precision]
+            if any(v != "-" for v in values):
+                lines.append(f"| {method}: {label} | " + " | ".join(values) + " |")
     return "\n".join(lines), by_precision
 
 
@@ -384,6 +440,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-root", default="data", help="respkd's dataset cache folder")
     parser.add_argument("--methods", nargs="+", choices=DEFAULT_METHODS, default=DEFAULT_METHODS)
+    parser.add_argument("--feeds", nargs="+", choices=FEEDS, default=list(FEEDS),
+                        help="respkd's rows with device-resident and/or host-fed batches (data.device_resident; on "
+                             "the CPU only the cached row differs, so only it gets a host-fed row)")
+    parser.add_argument("--compile-rows", action="store_true",
+                        help="add torch.compile'd rows of respkd's training methods (compiled in the warm-up epoch)")
     parser.add_argument("--note", help="a line printed under the machine line (e.g. that the machine was shared)")
     parser.add_argument("--out", help="write all measurements as JSON here, and the markdown beside it (.md)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -422,7 +483,8 @@ def main(argv: list[str] | None = None) -> int:
                            "commit": git_commit(), "date": datetime.date.today().isoformat(), "pairs": {}}
     tables = []
     for pair in args.pairs:
-        runs = plan_runs(args.methods, bf16_rows, args.torchdistill_workers, PAIRS[pair]["student"]["name"] == "mlp")
+        runs = plan_runs(args.methods, bf16_rows, args.torchdistill_workers, PAIRS[pair]["student"]["name"] == "mlp",
+                         tuple(args.feeds), args.compile_rows, resolve_device(args.device).type == "cpu")
         base_job = {"pair": pair, "teacher_path": teachers[pair], "epochs": args.epochs,
                     "train_limit": args.train_limit, "test_limit": args.test_limit, "synthetic": args.synthetic,
                     "batch_size": args.batch_size, "lr": args.lr, "jitter": args.jitter,

@@ -26,6 +26,7 @@ from torch import nn
 
 from matmul_limit import linear_products, time_products
 from respkd.checkpoint import load_model, read_checkpoint_meta
+from respkd.compilation import compile_modules, compile_unavailable
 from respkd.config import TrainConfig
 from respkd.data.datasets import dataset_info, load_dataset
 from respkd.data.memory import BatchLoader
@@ -174,10 +175,12 @@ class Bench:
             teacher = build_model(spec.pop("name"), self.data.num_classes, self.info.image_shape, **spec)
         return teacher.to(self.device, memory_format=self.memory_format).eval().requires_grad_(False)
 
-    def batch_loader(self) -> BatchLoader:
+    def batch_loader(self, resident: bool = True) -> BatchLoader:
+        """respkd's training batches, device-resident or host-fed (respkd.data.residency)."""
         return BatchLoader(self.train_x, self.train_y, self.job["batch_size"], self.mean, self.std, shuffle=True,
                            jitter=self.job["jitter"], jitter_views=self.job["jitter_views"], drop_last=True,
-                           seed=self.job["seed"], device=self.device, channels_last=self.channels_last)
+                           seed=self.job["seed"], device=self.device, channels_last=self.channels_last,
+                           device_resident=resident)
 
     def steps_per_epoch(self) -> int:
         return len(self.train_x) // self.job["batch_size"]
@@ -292,9 +295,9 @@ class MatmulOnly(Method):
 
 
 class TeacherForward(Method):
-    def __init__(self, bench: Bench, bf16: bool) -> None:
+    def __init__(self, bench: Bench, bf16: bool, resident: bool) -> None:
         super().__init__(bench)
-        self.bf16, self.teacher, self.loader = bf16, bench.make_teacher(), bench.batch_loader()
+        self.bf16, self.teacher, self.loader = bf16, bench.make_teacher(), bench.batch_loader(resident)
 
     def epoch(self) -> dict[str, Any]:
         self.epoch_number += 1
@@ -309,14 +312,18 @@ class TeacherForward(Method):
 
 
 class RespkdTraining(Method):
-    """respkd's engine: ``train_one_epoch`` on in-memory batches, hard labels or distillation."""
+    """respkd's engine: ``train_one_epoch`` on in-memory batches (device-resident or host-fed), hard labels or
+    distillation; compiled (the student, and an online teacher) as ``train.compile`` does, when asked."""
 
-    def __init__(self, bench: Bench, kind: str, bf16: bool) -> None:
+    def __init__(self, bench: Bench, kind: str, bf16: bool, resident: bool = True, compiled: bool = False) -> None:
         super().__init__(bench)
         self.kind, self.bf16 = kind, bf16
-        self.student, self.loader = bench.make_student(), bench.batch_loader()
+        self.student, self.loader = bench.make_student(), bench.batch_loader(resident)
         self.task = Supervised(self.student) if kind == "student" else \
             Distiller(self.student, bench.make_teacher(), bench.temperature)
+        if compiled:
+            compile_modules([self.student] + ([self.task.teacher] if kind == "online" else []), bench.device,
+                            lambda line: print(line, file=sys.stderr))
         self.optimizer = build_optimizer(self.student, bench.cfg)
         self.scheduler = build_scheduler(self.optimizer, bench.cfg, len(self.loader))
         self.lookup = None
@@ -551,9 +558,9 @@ def build_method(bench: Bench, job: dict[str, Any]) -> Method:
     if method == "matmul":
         return MatmulOnly(bench, bf16)
     if method == "teacher":
-        return TeacherForward(bench, bf16)
+        return TeacherForward(bench, bf16, job["resident"])
     if method in ("student", "online", "cached"):
-        return RespkdTraining(bench, method, bf16)
+        return RespkdTraining(bench, method, bf16, job["resident"], job["compiled"])
     if method == "torchdistill":
         return TorchdistillBox(bench, job["workers"], bf16)
     if method == "torchdistill_pil":
@@ -572,6 +579,9 @@ def serve(job: dict[str, Any]) -> int:
             reply({"skipped": f"torchdistill is not installed ({err}); run `make benchmark-setup`"})
             return 0
     bench = Bench(job)
+    if job["compiled"] and (reason := compile_unavailable(bench.device)) is not None:
+        reply({"skipped": f"torch.compile is not available here ({reason})"})
+        return 0
     method = build_method(bench, job)
     reply({"ready": True, **bench.describe()})
     for line in sys.stdin:

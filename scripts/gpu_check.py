@@ -4,22 +4,27 @@ in at most 5 minutes of one GPU, each part in its own process with a time limit.
 Parts, in order:
 
   data       the offline MNIST converted to respkd's cache once (the later parts read it)
-  tests      ``pytest -m gpu tests/test_gpu.py``: bf16 autocast KD loss in float32, the teacher cache on CUDA,
-             bitwise resume on CUDA, channels-last CNN on CUDA, an NCCL process group in one process
-  resume     a training run killed (SIGKILL) part-way and resumed with ``--resume``, against the same run
+  tests      ``pytest -m gpu tests/test_gpu.py``: bf16 autocast KD loss in float32, the teacher cache on CUDA
+             (device-resident and host-fed), bitwise resume on CUDA, train.compile with inductor, channels-last CNN
+             on CUDA, an NCCL process group in one process
+  resume     a training run (the respkd CLI in its own process) killed by SIGKILL part-way, at a crash point of
+             tests/crash_hooks.py, and resumed with ``--resume``, against the same run
              uninterrupted: with deterministic algorithms (``torch.use_deterministic_algorithms(True,
              warn_only=True)`` and ``CUBLAS_WORKSPACE_CONFIG=:4096:8``) and without, the largest weight
              difference of each
   torchrun   ``torchrun --standalone --nproc_per_node 1 -m respkd.cli distill`` of a small config on the GPU
   speed_mlp  benchmarks/kd_speed.py on the GPU, MNIST MLPs: one warm-up and two timed epochs of every method
-             (fp32 and bf16) and of torchdistill's DistillationBox pipeline (DataLoader with 0 and 4 workers)
+             (fp32 and bf16), respkd's with device-resident batches and teacher cache and again host-fed (each batch
+             built in host memory and copied), and of torchdistill's DistillationBox pipeline (DataLoader with 0 and
+             4 workers)
   speed_cnn  the same for the Fashion-MNIST CNNs (channels-last), one timed epoch; on synthetic images of its
              shape when no Fashion-MNIST files are found
 
 A part that fails or runs out of time is logged (gpu_check.log) and the next one still runs; gpu_check.md and
 gpu_check.json say which parts failed, with the card's name and the speed table. Exit status 1 when any part failed.
 
-``--device cpu --tiny`` runs every part on the CPU with tiny synthetic data (how the tests check this script);
+``--device cpu --tiny`` runs every part on the CPU with tiny synthetic data (a rehearsal without a GPU; the tests
+of this script, in tests/test_gpu.py, run its plan, its driver and its resume part);
 ``--dry-run`` prints the plan and runs nothing.
 """
 
@@ -42,6 +47,7 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parents[1]
 REPLY = "GPUCHECK "
 BUDGET_S = 285  # the whole check, its set-up included, within 5 minutes of GPU time
+MIN_PART_S = 5  # a part is not started with less of the budget left
 MNIST_TEACHER = ROOT / "results" / "mnist" / "mnist-teacher-1200" / "model.safetensors"
 RESUME_NAME, TORCHRUN_NAME = "gpu-resume", "gpu-torchrun"
 
@@ -136,7 +142,7 @@ def plan(s: Setting) -> tuple[list[Part], list[str]]:
                          "package's folder): the CNN epoch ran on synthetic images of its shape (timing only).")
     parts = [
         Part("data", "MNIST cache", 40, data, summarize=last_line),
-        Part("tests", "pytest -m gpu", 75,
+        Part("tests", "pytest -m gpu", 100,  # the compile test's first inductor compilation is most of it
              [py, "-m", "pytest", "-m", "gpu", str(ROOT / "tests" / "test_gpu.py"), "-q", "-p", "no:cacheprovider",
               "-o", "addopts="], env={"RESPKD_GPU_TESTS_DEVICE": s.device}, summarize=last_line),
         Part("resume", "kill + --resume vs uninterrupted", 70,
@@ -211,9 +217,6 @@ def run_part(part: Part, limit: float, log) -> dict[str, Any]:
     log.write(f"\n===== {part.name}: {' '.join(shlex.quote(c) for c in part.command)}\n")
     log.flush()
     start = time.perf_counter()
-    if limit < 5:
-        return {"name": part.name, "what": part.what, "status": "not run (out of time)", "seconds": 0.0,
-                "result": ""}
     proc = subprocess.Popen(part.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
                             env={**os.environ, "PYTHONUNBUFFERED": "1", **part.env}, start_new_session=True)
     try:
@@ -229,8 +232,8 @@ def run_part(part: Part, limit: float, log) -> dict[str, Any]:
         result = part.summarize(output) if part.summarize else ""
     except Exception as err:  # a summary that cannot be read is reported, not fatal
         result = f"(summary unreadable: {type(err).__name__}: {err})"
-    if status != "ok":  # what went wrong first, then whatever the summary could still read
-        result = "; ".join(t for t in (last_line(output), result) if t)
+    if status != "ok":  # what went wrong first, then whatever else the summary could still read
+        result = "; ".join(dict.fromkeys(t for t in (last_line(output), result) if t))
     return {"name": part.name, "what": part.what, "status": status, "seconds": time.perf_counter() - start,
             "result": result}
 
@@ -245,7 +248,8 @@ def device_description(device: str) -> dict[str, Any]:
 
 
 def speed_table(out: Path) -> list[str]:
-    """One row per benchmark row, one column per pair (MNIST MLP, Fashion-MNIST CNN), s/epoch medians."""
+    """One row per benchmark row (respkd's with device-resident and host-fed batches, torchdistill's box), one column
+    per pair (MNIST MLP, Fashion-MNIST CNN), s/epoch medians; then the benchmark's ratios."""
     pairs = {}
     for name in ("mlp", "cnn"):
         try:
@@ -271,15 +275,19 @@ def speed_table(out: Path) -> list[str]:
             else:
                 cells.append("skipped" if "skipped" in r else "failed")
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
-    names = {"cached_over_student": "cached / student", "online_over_student_plus_teacher": "online / (student + "
-             "teacher)", "torchdistill_over_cached": "torchdistill / cached", "torchdistill_over_online":
-             "torchdistill / online"}
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from kd_speed import FED_METHODS, RATIO_LABELS  # the benchmark's own names for its ratios
+
+    columns = [p["ratios"][prec] for p in pairs.values() for prec in p["ratios"]]
     lines += ["", "| ratio of medians | " + " | ".join(f"{titles[n]} {prec}" for n in pairs for prec in
                                                          pairs[n]["ratios"]) + " |",
-              "| --- |" + " --- |" * sum(len(p["ratios"]) for p in pairs.values())]
-    for name, label in names.items():
-        cells = [p["ratios"][prec].get(name) for p in pairs.values() for prec in p["ratios"]]
-        lines.append(f"| {label} | " + " | ".join("-" if c is None else f"{c:.3f}" for c in cells) + " |")
+              "| --- |" + " --- |" * len(columns)]
+    labelled = [(label, [c.get(name) for c in columns]) for name, label in RATIO_LABELS.items()]
+    labelled += [(f"{method}: host-fed / device-resident", [c.get("host_over_resident", {}).get(method)
+                                                           for c in columns]) for method in FED_METHODS]
+    for label, cells in labelled:
+        if any(c is not None for c in cells):
+            lines.append(f"| {label} | " + " | ".join("-" if c is None else f"{c:.3f}" for c in cells) + " |")
     return lines
 
 
@@ -455,11 +463,12 @@ def check(args: argparse.Namespace, parser: argparse.ArgumentParser, started: fl
     with open(s.out / "gpu_check.log", "w") as log:
         for part in parts:
             failed_first = [r["name"] for r in results if r["name"] in part.needs and r["status"] != "ok"]
-            if failed_first:  # e.g. without the data these parts could only fail, slowly
-                result = {"name": part.name, "what": part.what, "status": f"not run ({failed_first[0]} failed)",
-                          "seconds": 0.0, "result": ""}
+            left = args.budget - (time.time() - started)
+            if failed_first or left < MIN_PART_S:  # without the data these parts could only fail, slowly
+                why = f"{failed_first[0]} failed" if failed_first else "out of time"
+                result = {"name": part.name, "what": part.what, "status": f"not run ({why})", "seconds": 0.0,
+                          "result": ""}
             else:
-                left = args.budget - (time.time() - started)
                 result = run_part(part, min(part.cap_s, left), log)
             results.append(result)
             print(f"  {result['name']}: {result['status']} ({result['seconds']:.0f} s) {result['result']}",

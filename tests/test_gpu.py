@@ -2,9 +2,11 @@
 
 The tests marked ``gpu`` run on CUDA and are skipped without it; scripts/gpu_check.sh runs them on the GPU machine
 (``pytest -m gpu tests/test_gpu.py``). ``RESPKD_GPU_TESTS_DEVICE=cpu`` runs the same tests on the CPU instead (gloo
-in place of NCCL): what ``gpu_check.sh --device cpu --tiny`` does, so their code is exercised without a GPU too.
-The unmarked tests run scripts/gpu_check.sh itself on the CPU at tiny sizes: its plan, every part, and the report
-of a part that fails.
+in place of NCCL, inductor's C++ kernels in place of Triton's): what ``gpu_check.sh --device cpu --tiny`` does.
+The unmarked tests check scripts/gpu_check.sh on the CPU: its plan on a GPU, its driver (parts that fail, time out,
+need a failed part or exceed the budget, the report and the speed table, with stand-in parts that take
+milliseconds) and its kill-and-resume part for real at tiny sizes; the benchmark it runs has tests of its own
+(tests/test_kd_speed.py).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 import torch.distributed as dist
 from safetensors.torch import load_file
 
@@ -231,19 +234,17 @@ def test_nccl_process_group_in_one_process(monkeypatch):
 
 # --------------------------------------------------------------------- scripts/gpu_check.sh, on the CPU
 
-
-def gpu_check(*args: str, out: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHON": sys.executable}
-    env.pop("OUT", None)
-    return subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), *args, "--out", str(out)], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=timeout)
-
+sys.path.insert(0, str(ROOT / "scripts"))
+import gpu_check  # noqa: E402
 
 PARTS = ["data", "tests", "resume", "torchrun", "speed_mlp", "speed_cnn"]
 
 
 def test_gpu_check_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
-    proc = gpu_check("--dry-run", out=tmp_path / "out")
+    env = {**os.environ, "PYTHON": sys.executable}
+    env.pop("OUT", None)
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--dry-run", "--out", str(tmp_path / "out")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     planned = [line.split(" (at most")[0] for line in proc.stdout.splitlines() if " (at most " in line]
     assert planned == PARTS
@@ -252,28 +253,111 @@ def test_gpu_check_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_gpu_check_on_the_cpu_runs_every_part_and_names_the_one_that_failed(tmp_path):
+def setting(tmp_path, device: str = "cuda", tiny: bool = False) -> gpu_check.Setting:
+    return gpu_check.Setting(sys.executable, device, tiny, tmp_path / "out", tmp_path / "work", tmp_path / "data")
+
+
+def test_the_plan_on_a_gpu(tmp_path):
+    parts, notes = gpu_check.plan(setting(tmp_path))
+    by_name = {p.name: p for p in parts}
+    assert list(by_name) == PARTS
+    assert sum(p.cap_s for p in parts[1:4]) < gpu_check.BUDGET_S  # the checks before the benchmarks always fit
+    tests = by_name["tests"]
+    assert tests.command[-6:-4] == [str(ROOT / "tests" / "test_gpu.py"), "-q"] and ["-m", "gpu"] == tests.command[3:5]
+    assert tests.env == {"RESPKD_GPU_TESTS_DEVICE": "cuda"}
+    resume = by_name["resume"].command
+    assert resume[resume.index("--crash-step") + 1] == "110" and resume[resume.index("--device") + 1] == "cuda"
+    assert by_name["resume"].needs == by_name["torchrun"].needs == ("data",)
+    for name in ("speed_mlp", "speed_cnn"):  # both feeds (the default) and torchdistill's box, on the GPU
+        command = by_name[name].command
+        assert "--feeds" not in command and "torchdistill" in command and command[command.index("--device") + 1] == "cuda"
+    assert "--synthetic" not in by_name["speed_mlp"].command
+    if not gpu_check.fashion_mnist_found(tmp_path / "data"):
+        assert "--synthetic" in by_name["speed_cnn"].command and "synthetic images" in notes[0]
+    config = yaml.safe_load((tmp_path / "work" / "resume.yaml").read_text())
+    assert config["device"] == "cuda" and config["train"]["checkpoint_every_steps"] == 25
+
+
+def fake_part(name: str, code: str, cap: int = 30, needs: tuple[str, ...] = ()) -> gpu_check.Part:
+    return gpu_check.Part(name, f"what {name} is", cap, [sys.executable, "-c", code], summarize=gpu_check.last_line,
+                          needs=needs)
+
+
+def test_the_check_runs_every_part_and_reports_what_failed(tmp_path, monkeypatch):
+    """A part that fails, one that runs out of time (killed), one that needs a failed part (not run), one broken
+    on purpose (--break): each is reported, the others still run, and the exit status is 1."""
+    parts = [fake_part("data", "print('mnist ok')"), fake_part("tests", "print('3 passed'); raise SystemExit('boom')"),
+             fake_part("slow", "import time; print('started', flush=True); time.sleep(60)", cap=1),
+             fake_part("after", "print('ran')", needs=("tests",)), fake_part("broken", "print('fine')"),
+             fake_part("last", "print('done')", needs=("data",))]
+    monkeypatch.setattr(gpu_check, "plan", lambda s: (parts, ["A note for the report."]))
     out = tmp_path / "out"
-    proc = gpu_check("--device", "cpu", "--tiny", "--break", "speed_cnn", out=out)
-    assert proc.returncode == 1, proc.stdout + proc.stderr  # a part failed: the check says so in its status
+    assert gpu_check.main(["--device", "cpu", "--tiny", "--out", str(out), "--break", "broken"]) == 1
     report = json.loads((out / "gpu_check.json").read_text())
-    status = {p["name"]: p["status"] for p in report["parts"]}
-    assert list(status) == PARTS
-    assert all(status[name] == "ok" for name in PARTS[:-1]), report["parts"]
-    assert status["speed_cnn"].startswith("failed")
-    results = {p["name"]: p["result"] for p in report["parts"]}
-    assert "broken on purpose" in results["speed_cnn"]
-    assert "passed" in results["tests"]  # the gpu tests, run on the CPU here
-    assert results["resume"] == "deterministic: bitwise identical, same metrics"
-    assert results["torchrun"].startswith("finished: 1 process, test errors")
+    status = {p["name"]: (p["status"], p["result"]) for p in report["parts"]}
+    assert status == {
+        "data": ("ok", "mnist ok"), "tests": ("failed (exit status 1)", "boom"),
+        "slow": ("failed (timed out after 1 s)", "started"), "after": ("not run (tests failed)", ""),
+        "broken": ("failed (exit status 1)", "broken broken on purpose (--break)"),
+        "last": ("ok", "done")}
+    assert report["device"]["device"] == "cpu" and report["notes"] == ["A note for the report."]
     text = (out / "gpu_check.md").read_text()
-    assert "Failed parts: speed_cnn." in text
-    assert sum(line.startswith(f"| {name} |") for line in text.splitlines() for name in PARTS) == len(PARTS)
-    speed_rows = [line.split(" | ")[0][2:] for line in text.split("## One epoch per method")[1].splitlines()
-                  if line.startswith("| ") and "---" not in line][1:]
-    assert speed_rows[:2] == ["student", "cached"]
-    assert "===== speed_cnn" in (out / "gpu_check.log").read_text()
-    # what comes back from the GPU machine: at most 8 plain files, no folders
-    files = sorted(p.name for p in out.iterdir())
-    assert files == ["gpu_check.json", "gpu_check.log", "gpu_check.md", "kd_speed_gpu_mlp.json",
-                     "kd_speed_gpu_mlp.md"]
+    assert text.startswith("# GPU check: CPU (tiny sizes: a test of this script, not a measurement)")
+    assert "Failed parts: tests, slow, after, broken." in text and "A note for the report." in text
+    assert "| tests | what tests is | failed (exit status 1) |" in text
+    assert "No speed figures: both speed parts failed." in text
+    assert "===== slow" in (out / "gpu_check.log").read_text()
+    # what comes back from the GPU machine: plain files, no folders
+    assert sorted(p.name for p in out.iterdir()) == ["gpu_check.json", "gpu_check.log", "gpu_check.md"]
+
+
+def test_parts_past_the_budget_are_not_run(tmp_path, monkeypatch):
+    parts = [fake_part("first", "import time; time.sleep(1.2)"), fake_part("second", "print('too late')")]
+    monkeypatch.setattr(gpu_check, "plan", lambda s: (parts, []))
+    assert gpu_check.main(["--device", "cpu", "--tiny", "--out", str(tmp_path), "--budget", "5.5"]) == 1
+    status = [p["status"] for p in json.loads((tmp_path / "gpu_check.json").read_text())["parts"]]
+    assert status == ["ok", "not run (out of time)"]  # 4.3 s were left: under the 5 s a part needs
+
+
+def test_the_summaries_and_the_speed_table(tmp_path):
+    modes = [{"mode": "deterministic", "bitwise": True, "max_abs_diff": 0.0, "metrics_equal": True},
+             {"mode": "default", "bitwise": False, "max_abs_diff": 1.5e-7, "metrics_equal": False}]
+    output = "noise\n" + gpu_check.REPLY + json.dumps({"modes": modes}) + "\n"
+    assert gpu_check.summarize_resume(output) == \
+        "deterministic: bitwise identical, same metrics; default: max |diff| 1.5e-07, metrics differ"
+    run_dir = tmp_path / "run"
+    assert gpu_check.summarize_torchrun(run_dir) == "no summary.json"
+    run_dir.mkdir()
+    (run_dir / "summary.json").write_text(json.dumps({"processes": 1, "metrics": {"errors": 3, "n": 200},
+                                                      "seconds_per_epoch": 0.5}))
+    assert gpu_check.summarize_torchrun(run_dir) == "finished: 1 process, test errors 3/200, 0.5 s/epoch"
+
+    def row(median):
+        return {"method": "m", "bf16": False, "median_s": median, "min_s": median / 2, "max_s": median * 2}
+
+    results = {"student": row(1.0), "student-host": row(1.5), "cached": row(1.02),
+               "torchdistill-w0": {"method": "torchdistill", "bf16": False, "skipped": "not installed"},
+               "online-bf16": {"method": "online", "bf16": True, "error": "start: exit status 1"}}
+    ratios = {"fp32": {"cached_over_student": 1.02, "host_over_resident": {"student": 1.5}}, "bf16": {}}
+    (tmp_path / "kd_speed_gpu_mlp.json").write_text(json.dumps({"pairs": {"mlp": {"results": results,
+                                                                                  "ratios": ratios}}}))
+    assert gpu_check.summarize_speed(tmp_path / "kd_speed_gpu_mlp.json") == "5 rows, failed: online-bf16, 1 skipped"
+    table = gpu_check.speed_table(tmp_path)
+    assert table[0] == "| row | MNIST MLPs 1200-1200 -> 800-800 s/epoch |"
+    assert "| student-host | 1.500 (0.750-3.000) |" in table and "| torchdistill-w0 | skipped |" in table
+    assert "| online-bf16 | failed |" in table
+    assert "| cached KD / student only (1.0: distillation costs nothing extra) | 1.020 | - |" in table
+    assert "| student: host-fed / device-resident | 1.500 | - |" in table
+
+
+def test_the_resume_part_kills_the_command_and_compares(tmp_path):
+    """The part itself, tiny on the CPU: the CLI killed by SIGKILL at step 9 (epoch 2, after the state of step 8),
+    resumed, and compared with the uninterrupted run."""
+    s = setting(tmp_path, "cpu", tiny=True)
+    gpu_check.synthetic_mnist(s.data_root)
+    gpu_check.plan(s)  # writes the configs
+    found = gpu_check.resume_part(s.work / "resume.yaml", "cpu", s.work, gpu_check.crash_step(s))
+    assert found == {"modes": [{"mode": "deterministic", "bitwise": True, "max_abs_diff": 0.0, "metrics_equal": True,
+                                "crash_step": 9}]}
+    summary = json.loads((s.work / "resumed-deterministic" / gpu_check.RESUME_NAME / "summary.json").read_text())
+    assert summary["resumes"] == [{"epoch": 2, "batch": 2, "step": 8}]

@@ -1,11 +1,12 @@
-"""benchmarks/kd_speed.py: the matmul limit counts what a training step multiplies, the rows interleave round-robin,
-the ratios come from the medians, a failing row leaves the others running, and torchdistill's box trains the same
-objective as respkd's rows."""
+"""benchmarks/kd_speed.py: the matmul limit counts what a training step multiplies, the rows (device-resident,
+host-fed, compiled) are planned as asked, interleave round-robin in their worker processes, the ratios come from
+the medians, a failing row leaves the others running, and torchdistill's box trains the same objective as respkd's
+rows. One measurement of three tiny rows in worker processes serves the tests of the driver; the methods themselves
+are also run in this process."""
 
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,7 +20,9 @@ from respkd.models import build_model
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import kd_speed  # noqa: E402
 from kd_speed import Run, measure, pair_table, plan_runs, ratios, spread  # noqa: E402
+from kd_speed_worker import Bench, MatmulOnly, RespkdTraining  # noqa: E402
 from matmul_limit import linear_products, time_products  # noqa: E402
 
 SMALL_JOB = {"pair": "mlp", "teacher_path": None, "epochs": 1, "train_limit": 512, "test_limit": 200,
@@ -67,6 +70,20 @@ def test_rows_of_a_pair_in_their_order_with_one_torchdistill_row_per_worker_coun
     assert [r.key for r in plan_runs(["matmul", "student"], False, [0], False)] == ["student"]
 
 
+def test_host_fed_and_compiled_rows():
+    methods = ["student", "teacher", "online", "cached", "torchdistill"]
+    on_gpu = plan_runs(methods, False, [0], True, ("resident", "host"), compile_rows=True, on_cpu=False)
+    assert [r.key for r in on_gpu] == [
+        "student", "student-host", "student-compiled", "teacher", "teacher-host", "online", "online-host",
+        "online-compiled", "cached", "cached-host", "cached-compiled", "torchdistill-w0"]
+    assert [(r.resident, r.compiled) for r in on_gpu[:3]] == [(True, False), (False, False), (True, True)]
+    # on the CPU only the cached row's work differs between the feeds (its cache memory-mapped or a tensor)
+    on_cpu = plan_runs(methods, False, [0], True, ("resident", "host"))
+    assert [r.key for r in on_cpu] == ["student", "teacher", "online", "cached", "cached-host", "torchdistill-w0"]
+    assert [r.key for r in plan_runs(["cached"], True, [0], True, ("host",), on_cpu=False)] == [
+        "cached-host", "cached-bf16-host"]
+
+
 def test_spread_of_the_timed_epochs():
     assert spread([3.0, 1.0, 2.0, 5.0, 4.0]) == {"median_s": 3.0, "min_s": 1.0, "max_s": 5.0, "q1_s": 2.0, "q3_s": 4.0}
 
@@ -92,9 +109,28 @@ def test_ratios_are_those_of_the_medians_with_the_fastest_torchdistill_row():
     assert fp32["over_matmul"]["online"] == 3.0 and "student-bf16" not in fp32["over_matmul"]
     bf16 = ratios(results, bf16=True)
     assert bf16["cached_over_student"] is None and bf16["over_matmul"] == {"student-bf16": None}
+    assert fp32["host_cached_over_student"] is None and fp32["host_over_resident"] == {}  # no host-fed rows
     table, _ = pair_table("mlp", results, {"batch_size": 128, "epochs": 5, "teacher": {"mlp": "random"}})
     assert "| KD, torchdistill DistillationBox from YAML, tensor Dataset, DataLoader with 1 worker, fastest |" in table
     assert "| cached KD / student only (1.0: distillation costs nothing extra) | 1.250 | - |" in table
+    assert "| student only (respkd) [device-resident batches] | fp32 | 4.000 (4.000-4.000) | 2.00 |" in table
+
+
+def test_ratios_of_host_fed_and_compiled_rows():
+    results = {"student": row("student", 4.0), "teacher": row("teacher", 1.0), "online": row("online", 6.0),
+               "cached": row("cached", 5.0), "cached-host": {**row("cached", 5.5), "resident": False},
+               "student-compiled": {**row("student", 3.0), "compiled": True, "warmup_s": 40.0}}
+    fp32 = ratios(results, bf16=False)
+    assert fp32["host_over_resident"] == {"cached": 5.5 / 5.0}
+    # on the CPU the other rows have no host-fed twin: theirs is the resident one
+    assert fp32["host_cached_over_student"] == 5.5 / 4.0
+    assert fp32["host_online_over_student_plus_teacher"] == 6.0 / 5.0
+    assert fp32["compiled_over_eager"] == {"student": 3.0 / 4.0}
+    table, _ = pair_table("mlp", results, {"batch_size": 128, "epochs": 5, "teacher": {"mlp": "random"}})
+    assert "| cached KD / student only, host-fed batches | 1.375 |" in table
+    assert "| cached: host-fed / device-resident | 1.100 |" in table
+    assert "| student: compiled / eager | 0.750 |" in table
+    assert "| student only (respkd) [device-resident batches; compiled, warm-up epoch 40.0 s] | fp32 |" in table
 
 
 @pytest.mark.skipif(not torchdistill_installed(), reason="torchdistill is not installed (make benchmark-setup)")
@@ -122,50 +158,83 @@ def test_torchdistill_box_trains_the_objective_of_respkds_rows():
     assert box.box.optimizer.defaults["nesterov"] and box.box.optimizer.defaults["momentum"] == 0.9
 
 
-def test_a_failing_row_is_reported_and_the_others_still_run():
-    results = measure([Run("student"), Run("no_such_method")], SMALL_JOB, epochs=1, tag="test")
-    assert "unknown method no_such_method" in results["no_such_method"]["error"]
-    assert len(results["student"]["epoch_s"]) == 1 and results["student"]["median_s"] > 0
-    assert 0 <= results["student"]["test_top1"] <= 100
+def test_host_fed_and_resident_rows_train_alike_and_matmul_counts_its_rate():
+    """The workers' methods in this process: the cached row host-fed (memory-mapped cache) and device-resident (the
+    cache a tensor) train the same student bitwise; the matmul row reports its products' rate."""
+    bench = Bench({**SMALL_JOB, "method": "cached", "bf16": False, "workers": None})
+    students = []
+    for resident in (False, True):
+        method = RespkdTraining(bench, "cached", False, resident=resident)
+        assert method.prepare()["cache_build_s"] > 0
+        assert method.epoch()["epoch_s"] > 0
+        assert 0 <= method.finish()["test_top1"] <= 100
+        students.append(method.student.state_dict())
+    assert all(torch.equal(students[0][k], students[1][k]) for k in students[0])
+    matmul = MatmulOnly(bench, False).epoch()
+    assert matmul["epoch_s"] > 0 and matmul["gflops_per_s"] > 0
 
 
 @pytest.fixture(scope="module")
-def benchmark_run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("kd_speed") / "kd.json"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "kd_speed.py"), "--pairs", "mlp", "--random-teacher",
-           "--synthetic", "--train-limit", "512", "--test-limit", "200", "--epochs", "2", "--threads", "1",
-           "--bf16-rows", "no", "--methods", "matmul", "student", "cached", "torchdistill",
-           "--torchdistill-workers", "0", "--out", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr
-    return out
+def measured() -> dict:
+    """Three rows interleaved in worker processes, one of them failing: 4 steps an epoch, 1 warm-up + 2 timed."""
+    job = {**SMALL_JOB, "train_limit": 256, "test_limit": 100, "batch_size": 64, "epochs": 2}
+    return measure([Run("student"), Run("cached"), Run("no_such_method")], job, epochs=2, tag="test")
 
 
-def test_benchmark_interleaves_the_rows_round_robin(benchmark_run):
-    results = json.loads(benchmark_run.read_text())["pairs"]["mlp"]["results"]
-    assert list(results) == ["matmul", "student", "cached", "torchdistill-w0"]
-    timed = {k: r for k, r in results.items() if "skipped" not in r}  # torchdistill may not be installed
-    assert len(timed) >= 3
+def test_a_failing_row_is_reported_and_the_others_still_run(measured):
+    assert "unknown method no_such_method" in measured["no_such_method"]["error"]
+    for key in ("student", "cached"):
+        r = measured[key]
+        assert "error" not in r and len(r["epoch_s"]) == 2 and r["min_s"] <= r["median_s"] <= r["max_s"]
+        assert 0 <= r["test_top1"] <= 100 and r["n_train"] == 256 and r["resident"] is True
+    assert measured["cached"]["cache_build_s"] > 0
+
+
+def test_the_rows_interleave_round_robin(measured):
+    timed = {k: r for k, r in measured.items() if "error" not in r}
     # the wall-clock order of all epochs: round 0 (warm-up) of every row, then round 1 of every row, ...
     order = sorted((start, end, k, i) for k, r in timed.items() for i, (start, end) in enumerate(r["wall"]))
     assert [(k, i) for _, _, k, i in order] == [(k, i) for i in range(3) for k in timed]
     assert all(a[1] <= b[0] for a, b in zip(order, order[1:]))  # one epoch at a time
-    for r in timed.values():
-        assert len(r["epoch_s"]) == 2 and r["min_s"] <= r["median_s"] <= r["max_s"]
 
 
-def test_benchmark_reports_ratios_of_its_medians_and_a_table(benchmark_run):
-    data = json.loads(benchmark_run.read_text())
-    results, fp32 = data["pairs"]["mlp"]["results"], data["pairs"]["mlp"]["ratios"]["fp32"]
-    assert fp32["cached_over_student"] == results["cached"]["median_s"] / results["student"]["median_s"]
-    assert fp32["over_matmul"]["matmul"] == 1.0
-    assert results["cached"]["cache_build_s"] > 0
+def test_the_command_writes_its_measurements_and_table(tmp_path, monkeypatch, measured):
+    """kd_speed.main with the measurement above standing in for the rows it plans: the JSON, the markdown beside
+    it, the header naming the command, and the ratios from the medians."""
+    planned = []
+
+    def measure_planned(runs, base_job, epochs, tag):
+        planned.append(([r.key for r in runs], base_job, epochs))
+        return measured
+
+    monkeypatch.setattr(kd_speed, "measure", measure_planned)
+    out = tmp_path / "kd.json"
+    args = ["--pairs", "mlp", "--random-teacher", "--synthetic", "--train-limit", "256", "--batch-size", "64",
+            "--epochs", "2", "--bf16-rows", "no", "--methods", "student", "cached", "--note", "A shared machine.",
+            "--out", str(out)]
+    assert kd_speed.main(args) == 0
+    assert planned[0][0] == ["student", "cached", "cached-host"] and planned[0][2] == 2
+    assert planned[0][1]["synthetic"] and planned[0][1]["teacher_path"] is None
+    data = json.loads(out.read_text())
+    fp32 = data["pairs"]["mlp"]["ratios"]["fp32"]
+    assert fp32["cached_over_student"] == measured["cached"]["median_s"] / measured["student"]["median_s"]
     assert data["machine"]["cores"] >= 1 and data["machine"]["torch"] == torch.__version__
-    text = benchmark_run.with_suffix(".md").read_text()
-    assert text.startswith("<!-- Output of: python benchmarks/kd_speed.py --pairs mlp")
+    text = out.with_suffix(".md").read_text()
+    assert text.startswith("<!-- Output of: python benchmarks/kd_speed.py --pairs mlp --random-teacher")
+    assert "A shared machine." in text and "random images (timing only)" in text
     assert "Only 2 timed epochs per row: a short run, not figures to quote." in text
-    assert "| student only (respkd) | fp32 | " in text and "random images (timing only)" in text
-    if "skipped" in results["torchdistill-w0"]:
-        assert "torchdistill is not installed" in text
-    else:
-        assert "DataLoader with 0 workers, fastest" in text
+    assert "| student only (respkd) [device-resident batches] | fp32 | " in text
+    assert "failed: start: exit status 1: " in text  # the failing row, in its place
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--epochs", "0"], "--epochs must be at least 1"),
+    (["--train-limit", "100"], "--train-limit 100 is less than one batch of 128"),
+    (["--train-limit", "256", "--epochs", "1"], "too few optimiser steps"),
+    (["--jitter", "2"], "--jitter with the cached method needs --jitter-views"),
+    ([], "give --mlp-teacher PATH, or --random-teacher"),
+])
+def test_the_command_refuses_bad_arguments(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        kd_speed.main(["--pairs", "mlp", *args])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
