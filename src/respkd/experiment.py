@@ -4,6 +4,7 @@ A run directory ``<runs_root>/<name>/`` holds:
   config.yaml     the validated config, overrides applied
   environment.json  library versions, machine, threads, git commit
   metrics.jsonl   one JSON line per epoch, appended as training goes (nothing is lost on a crash)
+  tensorboard/    with train.tensorboard: true, the same per-epoch metrics as TensorBoard scalars
   log.txt         the human-readable log
   model.safetensors  the trained student with its metadata (see respkd.checkpoint)
   summary.json    final metrics, parameter count, multiply-adds, wall time: what the results table reads
@@ -43,6 +44,7 @@ from respkd.ensemble import load_ensemble
 from respkd.errors import RespkdError
 from respkd.models import build_model, count_macs, count_parameters
 from respkd.resume import STATE_NAME, TrainingState, check_start, has_state, state_problem
+from respkd.tensorboard import EpochScalars, require_tensorboard
 from respkd.teacher_cache import TeacherCache, build_cache, cache_spec, find_cache, selection_digest
 from respkd.weights import describe_fit, init_student, load_external_teacher
 
@@ -324,6 +326,8 @@ def run(cfg: RunConfig, runs_root: str | Path = "runs", force: bool = False, qui
     distributed.setup(resolve_device(cfg.device))
     with distributed.together():
         check_start(out_dir, cfg, resume=resume, force=force, finished=(out_dir / SUMMARY_NAME).exists())
+        if cfg.train.tensorboard:
+            require_tensorboard()
         p = prepare(cfg, runs_root, force)
         data, tc = p.data, cfg.train
         distributed.check_batch_size(tc.batch_size, len(data.train_labels))
@@ -446,7 +450,8 @@ def train_epochs(
     tc, ev = p.cfg.train, None
     main = distributed.is_main_process()  # under torchrun the others train and evaluate but write nothing
     metrics = open_metrics(p.out_dir / "metrics.jsonl", state.position.epochs_done) if main else open(os.devnull, "w")
-    with metrics as metrics_file:
+    scalars = EpochScalars(p.out_dir, tc.tensorboard and main, state.position.epochs_done)
+    with metrics as metrics_file, scalars:
         for epoch in range(state.position.epochs_done + 1, tc.epochs + 1):
             done = state.position.epoch  # the part of this epoch trained before a resume (usually nothing)
             train_loader.set_epoch(epoch, skip=done.batches)
@@ -458,6 +463,7 @@ def train_epochs(
             record = {"epoch": epoch, **stats, "test_top1": ev["top1"], "test_top5": ev["top5"],
                       "test_errors": ev["errors"], "test_loss": ev["loss"]}
             metrics_file.write(json.dumps(record) + "\n")
+            scalars.write(record)
             losses = " ".join(f"{k}={v:.4f}" for k, v in stats.items() if k.endswith("loss"))
             log(f"epoch {epoch:>3}/{tc.epochs} {losses} lr={stats['lr']:.4g} test_errors={ev['errors']} "
                 f"top1={ev['top1']:.2f} ({stats['epoch_time_s']:.1f}s)")

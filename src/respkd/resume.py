@@ -52,7 +52,7 @@ STATE_NAME = "resume.safetensors"
 STATE_FORMAT = "respkd-train-state-v1"
 WHAT = "training state"
 # Config keys that do not change what is computed: a run may resume with other values.
-IGNORED_KEYS = ("train.checkpoint_every_steps",)
+IGNORED_KEYS = ("train.checkpoint_every_steps", "train.tensorboard")
 
 
 def gather_per_process(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
