@@ -137,7 +137,7 @@ def plot_curves(curves: list[Curve], teachers: list[TeacherLine], path: Path, ti
     check_figure_path(path)
     plt = pyplot("respkd plot")
     from matplotlib.lines import Line2D
-    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+    from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter, ScalarFormatter
 
     fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=120)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -172,6 +172,7 @@ def plot_curves(curves: list[Curve], teachers: list[TeacherLine], path: Path, ti
     ax_err.legend(fontsize=8)
     for ax in (ax_loss, ax_err):
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3, which="major")
     if title:
         fig.suptitle(title)
