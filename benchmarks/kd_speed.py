@@ -106,13 +106,13 @@ def _sync(device) -> None:
 def worker(job: dict[str, Any]) -> dict[str, Any]:
     import torch
 
-    from respkd.checkpoint import read_checkpoint_meta
+    from respkd.checkpoint import load_model, read_checkpoint_meta
     from respkd.config import TrainConfig
     from respkd.data.datasets import load_dataset
-    from respkd.data.loader import BatchLoader
+    from respkd.data.memory import BatchLoader
     from respkd.distill import Distiller, Supervised
     from respkd.engine import autocast, build_optimizer, build_scheduler, evaluate, train_one_epoch, use_bf16
-    from respkd.experiment import load_model, resolve_device
+    from respkd.environment import resolve_device
     from respkd.models import build_model
     from respkd.teacher_cache import build_cache, cache_spec
 

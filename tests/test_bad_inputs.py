@@ -5,6 +5,8 @@ traceback, and not one byte written or overwritten: the case's whole world (runs
 folders, the input files, the working directory) is snapshotted before and after, files and folders alike.
 Most cases call ``respkd.cli.main`` in-process (fast); those marked ``subprocess`` run ``python -m respkd.cli`` for
 real, which also proves that nothing (a warning, a library's log line) slips onto stderr outside Python's capture.
+Every case must also end within a time bound (``Case.within``): the hostile sizes (deep nesting, megabytes, 10^5
+keys, YAML bombs) within a few seconds, however large the input.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -228,6 +231,7 @@ class Case:
     expect: tuple[str, ...] = ()  # fragments the error line must contain
     subprocess: bool = False  # run `python -m respkd.cli` for real instead of main() in-process
     usage: bool = False  # an argparse usage error (main raises SystemExit(2) instead of returning 2)
+    within: float | None = None  # seconds the command may take (default: 10 in-process, 60 as a subprocess)
 
 
 def train(**changes) -> Callable[[World], list[str]]:
@@ -306,6 +310,27 @@ CASES: dict[str, Case] = {
         "tiny-student-kd", distil=True, teacher={"checkpoint": str(w.runs)}), *w.run_args()], ("not a file",)),
     "cache-topk-without-cache": Case(distill(**{"kd.cache_topk": 3}), ("'cache_topk' needs 'cache: true'",)),
     "cache-topk-above-classes": Case(distill(**{"kd.cache": True, "kd.cache_topk": 50}), ("cache_topk is 50",)),
+    # ---- configs: the response loss and its parameters
+    "unknown-loss": Case(distill(**{"kd.loss": "crd"}), ("'kd.loss'", "'crd'")),
+    "dkd-params-under-dist": Case(distill(**{"kd.loss": "dist", "kd.dkd": {"alpha": 1.0}}),
+                                  ("'dkd' settings are for 'loss: dkd', but loss is dist",)),
+    "dist-params-under-default-kd": Case(distill(**{"kd.dist": {"beta": 2.0}}),
+                                         ("'dist' settings are for 'loss: dist', but loss is kd",)),
+    "dkd-negative-alpha": Case(distill(**{"kd.loss": "dkd", "kd.dkd": {"alpha": -1.0}}), ("'kd.dkd.alpha'", "-1")),
+    "dkd-negative-warmup": Case(distill(**{"kd.loss": "dkd", "kd.dkd": {"warmup_epochs": -2}}),
+                                ("'kd.dkd.warmup_epochs'", "-2")),
+    "dkd-warmup-not-an-int": Case(distill(**{"kd.loss": "dkd", "kd.dkd": {"warmup_epochs": 2.5}}),
+                                  ("'kd.dkd.warmup_epochs'",)),
+    "dkd-misspelt-param": Case(distill(**{"kd.loss": "dkd", "kd.dkd": {"betta": 8.0}}),
+                               ("unknown key 'kd.dkd.betta'", "did you mean 'beta'")),
+    "dist-gamma-nan": Case(distill(**{"kd.loss": "dist", "kd.dist": {"gamma": float("nan")}}), ("'kd.dist.gamma'",)),
+    "standardize-not-a-bool": Case(distill(**{"kd.standardize": "yes"}), ("'kd.standardize'",)),
+    "logit-mse-with-topk-cache": Case(distill(**{"kd.loss": "logit_mse", "kd.cache": True, "kd.cache_topk": 3}),
+                                      ("'loss: logit_mse' reads the teacher's logits", "drop 'cache_topk'")),
+    "standardize-with-topk-cache": Case(distill(**{"kd.standardize": True, "kd.cache": True, "kd.cache_topk": 3}),
+                                        ("'standardize: true' reads the teacher's logits",)),
+    "dkd-on-a-named-response": Case(distill(**{"kd.loss": "dkd", "kd.teacher_response": "layers.0"}),
+                                    ("'loss: dkd' splits each response by its true class",)),
     # ---- data folders
     "data-folder-missing": Case(train(**{"data.path": "/nonexistent/mnist"}), ("does not exist",)),
     "data-folder-empty": Case(lambda w: ["train", w.config(**{"data.path": str(w.root / "inputs")}),
@@ -500,6 +525,391 @@ CASES: dict[str, Case] = {
 }
 
 
+# ---------------------------------------------------------------- hostile sizes: the YAML reader's bounds, every range
+# Inputs are generated inside the case (in its tmp world), each at or beyond a bound: nesting depth (32), file size
+# (4 MiB), keys (10,000), key length (128), values after alias expansion (50,000), integer literals (100 characters).
+
+FAST = 3.0  # seconds: a hostile input is refused this quickly however large it is
+
+
+def nested_list(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+def nested_map(depth: int) -> str:
+    return "{a: " * depth + "1" + "}" * depth
+
+
+def block_map(depth: int) -> str:
+    """``a:`` under ``a:`` ``depth`` times, in block style (one more space of indentation a level)."""
+    return "".join(" " * i + "a:\n" for i in range(depth)) + " " * depth + "1\n"
+
+
+def laughs(levels: int = 9, width: int = 10, mapping: bool = False) -> str:
+    """The "billion laughs" bomb: each level an anchored collection of ``width`` aliases of the level below."""
+    lines = [f"l0: &l0 [{', '.join(['lol'] * width)}]"]
+    for i in range(1, levels):
+        items = [f"*l{i - 1}"] * width
+        body = "{" + ", ".join(f"k{j}: {a}" for j, a in enumerate(items)) + "}" if mapping else f"[{', '.join(items)}]"
+        lines.append(f"l{i}: &l{i} {body}")
+    return "\n".join(lines) + "\n"
+
+
+def many_keys(n: int, indent: str = "") -> str:
+    return "".join(f"{indent}key{i}: {i}\n" for i in range(n))
+
+
+def config_text(w: World, name: str = "tiny-teacher", **changes) -> str:
+    """The good config's YAML text (``World.config``), to which a case appends or into which it splices."""
+    return Path(w.config(name, **changes)).read_text()
+
+
+def hostile(make: Callable[[World], str | bytes]) -> Callable[[World], list[str]]:
+    """``respkd train FILE``, FILE holding ``make(world)`` (text or bytes)."""
+    return lambda w: ["train", w.file("hostile.yaml", make(w)), *w.run_args()]
+
+
+def with_set(*overrides: str | Callable[[World], str]) -> Callable[[World], list[str]]:
+    """``respkd train`` of the good config with ``--set`` overrides (strings, or built from the world)."""
+    return lambda w: ["train", w.config(), *[a for o in overrides for a in ("--set", o(w) if callable(o) else o)],
+                      *w.run_args()]
+
+
+def sparse_file(w: World, size: int) -> str:
+    """A file of ``size`` bytes that takes no disk space (outside the world: a snapshot would read it)."""
+    path = w.root.parent / "sparse.yaml"
+    with open(path, "wb") as f:
+        f.truncate(size)
+    return str(path)
+
+
+def plan_text(w: World, stage: dict | None = None, **top) -> str:
+    """A plan of one run stage (the good config), with ``stage`` keys and top-level keys changed."""
+    body = {"title": "t", "runs_root": str(w.runs), "stages": [{"config": w.config("fresh-run"), **(stage or {})}]}
+    return yaml.safe_dump({**body, **top}, sort_keys=False)
+
+
+def reproduce(make: Callable[[World], str]) -> Callable[[World], list[str]]:
+    return lambda w: ["reproduce", w.file("plan.yaml", make(w))]
+
+
+def specialists_text(w: World, **sections) -> str:
+    """A specialists config of the finished 'tiny-teacher' as generalist, with sections replaced by ``sections``."""
+    cfg = {"name": "tiny-specialists", "generalist": {"run": "tiny-teacher"},
+           "subsets": {"count": 2, "max_size": 5, "min_size": 1, "n_init": 2},
+           "specialist": {"soft_targets": {"temperature": 2.0},
+                          "train": {"epochs": 1, "lr": 0.05, "schedule": "constant", "precision": "fp32"}}}
+    for dotted, value in sections.items():
+        *parents, leaf = dotted.split(".")
+        node = cfg
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return yaml.safe_dump(cfg, sort_keys=False)
+
+
+def specialists(**sections) -> Callable[[World], list[str]]:
+    return lambda w: ["specialists", "subsets", w.file("spec.yaml", specialists_text(w, **sections)),
+                      "--runs-root", str(w.runs)]
+
+
+HUGE = 2**70
+LONG = "k" * 100_000
+HOSTILE: dict[str, Case] = {
+    # ---- nesting depth (the composer used to recurse: RecursionError and a traceback thousands of lines long)
+    **{f"yaml-nested-lists-{d}": Case(hostile(lambda w, d=d: config_text(w) + f"deep: {nested_list(d)}\n"),
+                                      ("nest",), within=FAST)
+       for d in (100, 1000, 10_000, 100_000)},
+    "yaml-nested-lists-100000-subprocess": Case(hostile(lambda w: f"deep: {nested_list(100_000)}\n"),
+                                                ("nesting depth",), subprocess=True),
+    **{f"yaml-nested-maps-{d}": Case(hostile(lambda w, d=d: config_text(w) + f"deep: {nested_map(d)}\n"),
+                                     ("nested deeper than 32 levels",), within=FAST) for d in (33, 100, 1000, 100_000)},
+    "yaml-nested-block-maps-100": Case(hostile(lambda w: config_text(w) + "deep:\n" + block_map(100).replace(
+        "\n", "\n ")), ("nested deeper than 32 levels",), within=FAST),
+    "yaml-nested-block-maps-1000": Case(hostile(lambda w: block_map(1000)), ("nested deeper than 32 levels",),
+                                        within=FAST),
+    "yaml-nested-block-sequences-1000": Case(hostile(lambda w: "- " * 1000 + "1\n"), ("nested deeper",), within=FAST),
+    "yaml-nested-mixed-10000": Case(hostile(lambda w: "x: " + "[{a: " * 5000 + "1" + "}]" * 5000 + "\n"),
+                                    ("nest",), within=FAST),
+    "yaml-nested-in-a-real-key": Case(hostile(lambda w: config_text(w).replace("- 32", "- " + nested_list(40))),
+                                      ("nested deeper than 32 levels",), within=FAST),
+    "yaml-nested-just-past-the-bound": Case(hostile(lambda w: "a: " + nested_list(32) + "\n"),
+                                            ("nested deeper than 32 levels", "line 1"), within=FAST),
+    "set-value-nested-lists": Case(with_set("model.hidden=" + nested_list(10_000)), ("override 'model.hidden=[[[",
+                                                                                    "nest"), within=FAST),
+    "set-value-nested-maps": Case(with_set("train=" + nested_map(1000)), ("override", "nested deeper than 32"),
+                                  within=FAST),
+    "set-value-nested-past-its-keys": Case(with_set("a.b.c.d.e.f.g.h.i.j=" + nested_list(25)),
+                                           ("nested deeper than 32",), within=FAST),
+    "set-key-of-100000-parts": Case(with_set(".".join(["a"] * 100_000) + "=1"), ("nested deeper than 32",),
+                                    within=FAST),
+    "set-key-of-32-parts": Case(with_set(".".join(["a"] * 32) + "=1"), ("nested deeper than 32",), within=FAST),
+    "plan-nested-100000": Case(reproduce(lambda w: plan_text(w) + f"deep: {nested_map(100_000)}\n"),
+                               ("plan", "nested deeper than 32"), within=FAST),
+    "specialists-nested-100000": Case(lambda w: ["specialists", "subsets", w.file("spec.yaml", specialists_text(
+        w) + f"deep: {nested_map(100_000)}\n"), "--runs-root", str(w.runs)], ("nested deeper than 32",), within=FAST),
+    # ---- file size (checked before reading; at most 4 MiB are ever read)
+    "yaml-file-of-5-mib": Case(hostile(lambda w: config_text(w) + "# " + "x" * (5 * 2**20) + "\n"),
+                               ("larger than 4 MiB",), within=FAST),
+    "yaml-file-one-byte-over": Case(hostile(lambda w: (config_text(w) + "#").ljust(4 * 2**20 + 1, "x")),
+                                    ("larger than 4 MiB",), within=FAST),
+    "yaml-file-of-4-mib-comment": Case(hostile(lambda w: (config_text(w, epochs=1) + "#").ljust(4 * 2**20 - 1, "x")
+                                               + "\n"), ("unknown key 'epochs'",), within=FAST),
+    "yaml-file-of-4-mib-blank-lines": Case(hostile(lambda w: config_text(w, epochs=1) + "\n" * (4 * 2**20 - 400)),
+                                           ("unknown key 'epochs'",), within=FAST),
+    "yaml-file-of-4-mib-string": Case(hostile(lambda w: config_text(w).replace("name: tiny-teacher", "name: " + "x" * (
+        4 * 2**20 - 600))), ("'name'", "at most 100 characters", "xxxx..."), within=FAST),
+    "yaml-sparse-file-of-1-gib": Case(lambda w: ["train", sparse_file(w, 2**30), *w.run_args()],
+                                      ("larger than 4 MiB",), within=FAST),
+    "yaml-dev-zero": Case(lambda w: ["train", "/dev/zero", *w.run_args()], ("larger than 4 MiB",), within=FAST),
+    "set-value-of-5-mib": Case(with_set("name=" + "x" * (5 * 2**20)), ("larger than 4 MiB",), within=FAST),
+    "plan-file-of-5-mib": Case(reproduce(lambda w: plan_text(w) + "#" * (5 * 2**20)), ("plan", "larger than 4 MiB"),
+                               within=FAST),
+    # ---- number of keys (10,000 at most; a file of 10^5 unknown keys took over 90 s to refuse)
+    "yaml-100000-unknown-keys": Case(hostile(lambda w: config_text(w) + many_keys(100_000)), ("more than 10000 keys",),
+                                     within=FAST),
+    "yaml-1000000-keys": Case(hostile(lambda w: many_keys(1_000_000)), ("larger than 4 MiB",), within=FAST),
+    "yaml-100000-keys-in-a-flow-mapping": Case(hostile(lambda w: "x: {" + ", ".join(f"k{i}: 1" for i in range(
+        100_000)) + "}\n"), ("more than 10000 keys",), within=FAST),
+    "yaml-100000-keys-in-a-section": Case(hostile(lambda w: config_text(w).replace("train:\n", "train:\n" + many_keys(
+        100_000, "  "))), ("more than 10000 keys",), within=FAST),
+    "yaml-100000-model-options": Case(hostile(lambda w: config_text(w).replace("model:\n", "model:\n" + many_keys(
+        100_000, "  "))), ("more than 10000 keys",), within=FAST),
+    "yaml-6000-unknown-keys": Case(hostile(lambda w: config_text(w) + many_keys(6000)),
+                                   ("unknown key 'key0'", "unknown key 'key4'", "and 5995 more"), within=FAST),
+    "yaml-6000-unknown-keys-in-a-section": Case(hostile(lambda w: config_text(w).replace("train:\n", "train:\n" + (
+        many_keys(6000, "  ")))), ("unknown key 'train.key0'", "and 5995 more"), within=FAST),
+    "plan-100000-keys": Case(reproduce(lambda w: plan_text(w) + many_keys(100_000)), ("plan", "more than 10000 keys"),
+                             within=FAST),
+    "plan-6000-unknown-stage-keys": Case(reproduce(lambda w: plan_text(w, {f"k{i}": 1 for i in range(6000)})),
+                                         ("unknown key 'stages.0.k0'", "and 5995 more"), within=FAST),
+    "specialists-100000-keys": Case(lambda w: ["specialists", "subsets", w.file("spec.yaml", specialists_text(
+        w) + many_keys(100_000)), "--runs-root", str(w.runs)], ("more than 10000 keys",), within=FAST),
+    # ---- key length (128 characters at most; errors quote 40 and '...')
+    "yaml-key-of-100000-characters": Case(hostile(lambda w: config_text(w) + f"? {LONG}\n: 1\n"),
+                                          ("a key of 100000 characters (at most 128)", "'" + "k" * 40 + "...'"),
+                                          within=FAST),
+    "yaml-quoted-key-of-100000-characters": Case(hostile(lambda w: config_text(w) + f'"{LONG}": 1\n'),
+                                                 ("invalid YAML",), within=FAST),
+    "yaml-key-of-129-characters": Case(hostile(lambda w: config_text(w) + f"? {'k' * 129}\n: 1\n"),
+                                       ("a key of 129 characters",), within=FAST),
+    "yaml-unknown-key-of-128-characters": Case(hostile(lambda w: config_text(w) + f"{'k' * 128}: 1\n"),
+                                               ("unknown key '" + "k" * 40 + "...'",), within=FAST),
+    "yaml-long-key-in-model-options": Case(hostile(lambda w: config_text(w).replace("model:\n", f"model:\n  ? {LONG}\n"
+                                                                                   "  : 1\n")), ("a key of 100000",),
+                                           within=FAST),
+    "yaml-long-model-option-in-flow": Case(train(model={"name": "mlp", "h" * 120: 1}),
+                                           ("has no option '" + "h" * 40 + "...'",), within=FAST),
+    "yaml-duplicate-long-key": Case(hostile(lambda w: config_text(w) + f"{'k' * 100}: 1\n{'k' * 100}: 2\n"),
+                                    ("duplicate key '" + "k" * 40 + "...'",), within=FAST),
+    "set-key-of-100000-characters": Case(with_set(LONG + "=1"), ("a key of 100000 characters (at most 128)",
+                                                                 "override '" + "k" * 40 + "...'"), within=FAST),
+    "set-section-of-100000-characters": Case(with_set(LONG + ".epochs=1"), ("a key of 100000 characters",), within=FAST),
+    "set-unknown-key-of-128-characters": Case(with_set("k" * 128 + "=1"), ("unknown key '" + "k" * 40 + "...'",),
+                                              within=FAST),
+    "set-unknown-key-no-suggestion-for-long-keys": Case(with_set("train.lr" + "r" * 120 + "=1"),
+                                                        ("unknown key 'train.lr",), within=FAST),
+    # ---- long strings where a path, a run name or a model name goes
+    "name-of-100000-characters": Case(train(name="x" * 100_000), ("'name'", "at most 100 characters"), within=FAST),
+    "name-of-101-characters": Case(train(name="x" * 101), ("'name'", "at most 100 characters"), within=FAST),
+    "data-path-part-of-300-bytes": Case(train(**{"data.path": "x" * 300}), ("'data.path'", "255"), within=FAST),
+    "data-root-of-6000-bytes": Case(train(**{"data.root": "x/" * 3000}), ("'data.root'", "4096"), within=FAST),
+    "teacher-run-of-100000-characters": Case(distill(teacher={"run": "x" * 100_000}), ("'teacher.run'",), within=FAST),
+    "teacher-checkpoint-part-of-300-bytes": Case(distill(teacher={"checkpoint": "x" * 300 + ".safetensors"}),
+                                                 ("'teacher.checkpoint'", "255"), within=FAST),
+    "ensemble-member-of-300-bytes": Case(distill(teacher={"runs": ["tiny-teacher", "y" * 300]}), ("'teacher.runs.1'",),
+                                         within=FAST),
+    "init-checkpoint-of-300-bytes": Case(train(init={"checkpoint": "z" * 300}), ("'init.checkpoint'",), within=FAST),
+    "kd-cache-dir-of-300-bytes": Case(distill(**{"kd.cache_dir": "c" * 300}), ("'kd.cache_dir'",), within=FAST),
+    "model-name-of-100000-characters": Case(train(model={"name": "m" * 100_000}), ("unknown model '" + "m" * 40 + "...'",),
+                                            within=FAST),
+    "torchvision-model-of-100000-characters": Case(train(model={"name": "torchvision." + "m" * 100_000}),
+                                                   ("unknown torchvision model '" + "m" * 40 + "...'",), within=FAST),
+    "eval-path-part-of-300-bytes": Case(lambda w: ["eval", "x" * 300 + ".safetensors"], ("File name too long",
+                                                                                       "'" + "x" * 40 + "...'")),
+    "reproduce-path-part-of-300-bytes": Case(lambda w: ["reproduce", "p" * 300 + ".yaml"], ("File name too long",)),
+    "train-config-path-part-of-300-bytes": Case(lambda w: ["train", "c" * 300 + ".yaml"], ("cannot read",)),
+    "device-of-100000-characters": Case(train(device="d" * 100_000), ("'device'", "at most 32"), within=FAST),
+    # ---- YAML bombs (aliases: tiny in memory, 10^9 values once walked)
+    "yaml-billion-laughs-lists": Case(hostile(lambda w: config_text(w) + laughs()), ("more than 50000 values",),
+                                      within=FAST),
+    "yaml-billion-laughs-maps": Case(hostile(lambda w: config_text(w) + laughs(mapping=True)),
+                                     ("more than 50000 values",), within=FAST),
+    "yaml-bomb-in-a-real-key": Case(hostile(lambda w: laughs(6) + config_text(w).replace("- 32", "- 32\n  - *l5")),
+                                    ("more than 50000 values",), within=FAST),
+    "yaml-bomb-wide-and-shallow": Case(hostile(lambda w: "a: &a [" + ", ".join(["1"] * 30_000) + "]\nb: [*a, *a]\n"),
+                                       ("more than 50000 values",), within=FAST),
+    "yaml-merge-key-bomb": Case(hostile(lambda w: "a: &a {" + ", ".join(f"k{i}: 1" for i in range(5000)) + "}\n" + "".join(
+        f"b{i}: {{<<: *a}}\n" for i in range(20))), ("more than 50000 values",), within=FAST),
+    "yaml-recursive-list-alias": Case(hostile(lambda w: "a: &a [1, *a]\n"), ("inside the collection it names",),
+                                      within=FAST),
+    "yaml-recursive-map-alias": Case(hostile(lambda w: "a: &a {b: *a}\n"), ("inside the collection it names",),
+                                     within=FAST),
+    "yaml-undefined-alias": Case(hostile(lambda w: config_text(w) + "x: *nowhere\n"), ("invalid YAML", "nowhere"),
+                                 within=FAST),
+    "set-value-bomb": Case(with_set("model.hidden=[" + ", ".join(["&a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"] + [
+        "*a"] * 6000) + "]"), ("override", "more than 50000 values"), within=FAST),
+    "plan-bomb": Case(reproduce(lambda w: plan_text(w) + laughs()), ("plan", "more than 50000 values"), within=FAST),
+    # ---- bytes that are not a YAML text
+    "yaml-latin-1": Case(train_file("name: caf\xe9\n".encode("latin-1")), ("cannot read", "utf-8"), within=FAST),
+    "yaml-utf-16": Case(train_file("name: a\nmodel: {name: mlp}\n".encode("utf-16")), ("cannot read",), within=FAST),
+    "yaml-nul-in-the-middle": Case(hostile(lambda w: config_text(w) + "x: a\x00b\n"), ("invalid YAML",), within=FAST),
+    "yaml-nul-first": Case(train_file(b"\x00name: a\n"), ("invalid YAML",), within=FAST),
+    "yaml-control-character": Case(train_file("name: a\x07b\n"), ("invalid YAML",), within=FAST),
+    "yaml-random-bytes": Case(train_file(np.random.default_rng(0).bytes(4096)), ("cannot read",), within=FAST),
+    "yaml-gzip-bytes": Case(lambda w: ["train", str(w.idx / IDX_NAMES["train_images"]), *w.run_args()],
+                            ("cannot read",), within=FAST),
+    "yaml-lone-surrogate": Case(train_file('name: "\\ud800"\nmodel: {name: mlp}\ntrain: {epochs: 1, lr: 0.1}\n'),
+                                ("invalid YAML", "Unicode"), within=FAST),
+    "yaml-binary-tag": Case(train_file("name: !!binary aGVsbG8=\nmodel: {name: mlp}\ntrain: {epochs: 1, lr: 0.1}\n"),
+                            ("'name'",), within=FAST),
+    # ---- documents that are not a mapping
+    "yaml-a-number": Case(train_file("42\n"), ("expected a mapping",), within=FAST),
+    "yaml-a-string": Case(train_file("just some text\n"), ("expected a mapping",), within=FAST),
+    "yaml-null": Case(train_file("~\n"), ("expected a mapping",), within=FAST),
+    "yaml-a-bool": Case(train_file("true\n"), ("expected a mapping",), within=FAST),
+    "yaml-only-comments": Case(train_file("# nothing here\n# at all\n"), ("expected a mapping",), within=FAST),
+    "yaml-two-documents": Case(train_file("name: a\n---\nname: b\n"), ("invalid YAML",), within=FAST),
+    "plan-a-list": Case(reproduce(lambda w: "- title\n- stages\n"), ("plan", "expected a mapping"), within=FAST),
+    "specialists-a-number": Case(lambda w: ["specialists", "subsets", w.file("spec.yaml", "7\n")],
+                                 ("expected a mapping",), within=FAST),
+    # ---- integers too long to be one (Python's int() stops at 4300 digits with a ValueError)
+    "yaml-integer-of-100000-digits": Case(hostile(lambda w: config_text(w).replace("seed: 0", "seed: " + "9" * 100_000)),
+                                          ("an integer of 100000 characters (at most 100)",), within=FAST),
+    "yaml-hex-integer-of-100000-digits": Case(hostile(lambda w: config_text(w).replace("seed: 0", "seed: 0x" + "f" * 99_998)),
+                                              ("an integer of 100000 characters",), within=FAST),
+    "yaml-sexagesimal-integer": Case(hostile(lambda w: config_text(w).replace("seed: 0", "seed: " + ":".join(
+        ["59"] * 40_000))), ("an integer of 119999 characters",), within=FAST),
+    "set-integer-of-5000-digits": Case(with_set("seed=" + "9" * 5000), ("override", "an integer of 5000 characters"),
+                                       within=FAST),
+    "yaml-integer-of-100-digits": Case(train(seed=10**99), ("'seed'", "4294967295"), within=FAST),
+    # ---- every size, width, count and rate: 0, -1, huge, float-where-int, bool-where-int, nan, 2**70
+    "epochs-zero": Case(train(**{"train.epochs": 0}), ("'train.epochs'", "greater than or equal to 1")),
+    "epochs-huge": Case(train(**{"train.epochs": 10**6}), ("'train.epochs'", "100000")),
+    "epochs-2-70": Case(train(**{"train.epochs": HUGE}), ("'train.epochs'",)),
+    "epochs-float": Case(train(**{"train.epochs": 2.0}), ("'train.epochs'", "valid integer")),
+    "batch-size-negative": Case(train(**{"train.batch_size": -1}), ("'train.batch_size'",)),
+    "batch-size-2-70": Case(train(**{"train.batch_size": HUGE}), ("'train.batch_size'", "1048576")),
+    "batch-size-bool": Case(train(**{"train.batch_size": True}), ("'train.batch_size'", "valid integer")),
+    "lr-zero": Case(train(**{"train.lr": 0}), ("'train.lr'", "greater than 0")),
+    "lr-negative": Case(train(**{"train.lr": -0.1}), ("'train.lr'",)),
+    "lr-huge": Case(train(**{"train.lr": 1e300}), ("'train.lr'", "100")),  # ran, and failed in torch with a traceback
+    "lr-nan": Case(train(**{"train.lr": float("nan")}), ("'train.lr'",)),
+    "momentum-one": Case(train(**{"train.momentum": 1.0}), ("'train.momentum'", "less than 1")),
+    "momentum-negative": Case(train(**{"train.momentum": -0.5}), ("'train.momentum'",)),
+    "weight-decay-huge": Case(train(**{"train.weight_decay": 1e300}), ("'train.weight_decay'",)),
+    "warmup-fraction-one": Case(train(**{"train.warmup_fraction": 1.0}), ("'train.warmup_fraction'",)),
+    "gamma-above-one": Case(train(**{"train.gamma": 10.0}), ("'train.gamma'",)),
+    "milestone-zero": Case(train(**{"train.milestones": [0]}), ("'train.milestones.0'",)),
+    "milestone-2-70": Case(train(**{"train.milestones": [HUGE]}), ("'train.milestones.0'",)),
+    "milestone-twice": Case(train(**{"train.milestones": [3, 3]}), ("lists an epoch twice",)),
+    "checkpoint-every-steps-2-70": Case(train(**{"train.checkpoint_every_steps": HUGE}),
+                                        ("'train.checkpoint_every_steps'",)),
+    "checkpoint-every-steps-negative": Case(train(**{"train.checkpoint_every_steps": -1}),
+                                            ("'train.checkpoint_every_steps'",)),
+    "seed-float": Case(train(seed=1.0), ("'seed'", "valid integer")),
+    "seed-bool": Case(train(seed=True), ("'seed'",)),
+    "threads-zero": Case(train(threads=0), ("'threads'",)),
+    "workers-2-70": Case(train(**{"data.workers": HUGE}), ("'data.workers'", "256")),
+    "workers-negative": Case(train(**{"data.workers": -1}), ("'data.workers'",)),
+    "jitter-views-2-70": Case(train(**{"data.jitter": 2, "data.jitter_views": HUGE}), ("'data.jitter_views'",)),
+    "train-limit-zero": Case(train(**{"data.train_limit": 0}), ("'data.train_limit'",)),
+    "test-limit-2-70": Case(train(**{"data.test_limit": HUGE}), ("'data.test_limit'",)),
+    "val-size-negative": Case(train(**{"data.val_size": -1}), ("'data.val_size'",)),
+    "val-size-2-70": Case(train(**{"data.val_size": HUGE}), ("'data.val_size'",)),
+    "val-size-equal-to-data": Case(train(**{"data.val_size": 600}), ("data.val_size is 600", "only 600")),
+    "val-seed-2-70": Case(train(**{"data.val_seed": HUGE}), ("'data.val_seed'",)),
+    "transfer-fraction-zero": Case(train(**{"data.transfer": {"fraction": 0}}), ("'data.transfer.fraction'",)),
+    "transfer-fraction-above-one": Case(train(**{"data.transfer": {"fraction": 1.5}}), ("'data.transfer.fraction'",)),
+    "transfer-fraction-tiny": Case(train(**{"data.transfer": {"fraction": 1e-300}}), ("leaves none",)),
+    "transfer-class-2-70": Case(train(**{"data.transfer": {"drop_classes": [HUGE]}}),
+                                ("'data.transfer.drop_classes.0'",)),
+    "transfer-negative-class": Case(train(**{"data.transfer": {"keep_classes": [-1]}}), ("negative class index",)),
+    "temperature-zero": Case(distill(**{"kd.temperature": 0}), ("'kd.temperature'",)),
+    "temperature-tiny": Case(distill(**{"kd.temperature": 1e-300}), ("'kd.temperature'", "0.01")),  # trained on NaN
+    "temperature-huge": Case(distill(**{"kd.temperature": 1e300}), ("'kd.temperature'", "1000")),  # OverflowError
+    "temperature-bool": Case(distill(**{"kd.temperature": True}), ("'kd.temperature'",)),
+    "soft-weight-negative": Case(distill(**{"kd.soft_weight": -1}), ("'kd.soft_weight'",)),
+    "soft-weight-huge": Case(distill(**{"kd.soft_weight": 1e300}), ("'kd.soft_weight'",)),
+    "hard-weight-2-70": Case(distill(**{"kd.hard_weight": HUGE}), ("'kd.hard_weight'",)),
+    "both-weights-zero": Case(distill(**{"kd.soft_weight": 0, "kd.hard_weight": 0}), ("nothing to learn from",)),
+    "cache-topk-zero": Case(distill(**{"kd.cache": True, "kd.cache_topk": 0}), ("'kd.cache_topk'",)),
+    "cache-topk-2-70": Case(distill(**{"kd.cache": True, "kd.cache_topk": HUGE}), ("'kd.cache_topk'",)),
+    "teacher-input-size-zero": Case(distill(**{"teacher.input": {"size": 0}}), ("'size' must be from 1 to 4096",)),
+    "teacher-input-size-huge": Case(distill(**{"teacher.input": {"size": [10**6, 10**6]}}), ("'size' must be from 1",)),
+    "set-epochs-float-inf": Case(with_set("train.epochs=1e999"), ("'train.epochs'",)),
+    "set-lr-nan": Case(with_set("train.lr=.nan"), ("'train.lr'",)),
+    "set-seed-2-70": Case(with_set(f"seed={HUGE}"), ("'seed'",)),
+    "set-batch-size-zero": Case(with_set("train.batch_size=0"), ("'train.batch_size'",)),
+    # ---- model options: checked by each factory (a zero width used to warn from torch's init, then train)
+    "mlp-hidden-zero": Case(train(model={"name": "mlp", "hidden": [0]}), ("model 'mlp'", "'hidden' widths must be from 1 "
+                                                                        "to 65536, got 0")),
+    "mlp-hidden-zero-second-layer": Case(train(model={"name": "mlp", "hidden": [8, 0]}), ("'hidden' widths",)),
+    "mlp-hidden-2-70": Case(train(model={"name": "mlp", "hidden": [HUGE]}), ("'hidden' widths",)),
+    "mlp-hidden-10-9": Case(train(model={"name": "mlp", "hidden": [10**9]}), ("'hidden' widths",)),
+    "mlp-hidden-bool": Case(train(model={"name": "mlp", "hidden": [True]}), ("'hidden' must be a list of integers",)),
+    "mlp-hidden-float": Case(train(model={"name": "mlp", "hidden": [8.0]}), ("'hidden' must be a list of integers",)),
+    "mlp-hidden-not-a-list": Case(train(model={"name": "mlp", "hidden": 8}), ("'hidden' must be a list",)),
+    "mlp-hidden-101-layers": Case(train(model={"name": "mlp", "hidden": [4] * 101}), ("0 to 100 layers",)),
+    "mlp-dropout-one": Case(train(model={"name": "mlp", "dropout_input": 1.0}), ("'dropout_input'", "below 1")),
+    "mlp-dropout-negative": Case(train(model={"name": "mlp", "dropout_hidden": -0.1}), ("'dropout_hidden'",)),
+    "mlp-dropout-bool": Case(train(model={"name": "mlp", "dropout_hidden": True}), ("'dropout_hidden'",)),
+    "mlp-max-norm-zero": Case(train(model={"name": "mlp", "max_norm": 0}), ("'max_norm' must be above 0",)),
+    "mlp-max-norm-negative": Case(train(model={"name": "mlp", "max_norm": -1}), ("'max_norm'",)),  # renorm traceback
+    "mlp-max-norm-2-70": Case(train(model={"name": "mlp", "max_norm": HUGE}), ("'max_norm'",)),  # OverflowError
+    "mlp-max-norm-infinite": Case(train(model={"name": "mlp", "max_norm": float("inf")}), ("finite",)),
+    "cnn-channels-zero": Case(train(model={"name": "cnn", "channels": [0]}), ("model 'cnn'", "'channels' widths")),
+    "cnn-channels-empty": Case(train(model={"name": "cnn", "channels": []}), ("'channels' must list 1 to 100",)),
+    "cnn-channels-negative": Case(train(model={"name": "cnn", "channels": [8, -1]}), ("'channels' widths",)),
+    "cnn-channels-10-9": Case(train(model={"name": "cnn", "channels": [10**9]}), ("'channels' widths",)),
+    "cnn-too-many-blocks": Case(train(model={"name": "cnn", "channels": [4] * 6}), ("at most 5",)),
+    "cnn-dropout-one": Case(train(model={"name": "cnn", "channels": [4], "dropout": 1.0}), ("'dropout'",)),
+    "teacher-model-hidden-zero": Case(lambda w: ["distill", w.config("tiny-student-kd", distil=True, teacher={
+        "weights": str(w.ckpt), "model": {"name": "mlp", "hidden": [0]}}), *w.run_args()], ("'hidden' widths",)),
+    # ---- plans: the same reader, and a range for every number of every stage kind
+    "plan-seed-2-70": Case(reproduce(lambda w: plan_text(w, {"seeds": [HUGE]})), ("'stages.0.seeds.0'",)),
+    "plan-seed-negative": Case(reproduce(lambda w: plan_text(w, {"seeds": [0, -1]})), ("'stages.0.seeds.1'",)),
+    "plan-sweep-temperature-zero": Case(reproduce(lambda w: plan_text(w, {"kind": "sweep", "temperatures": [0]})),
+                                        ("'stages.0.temperatures.0'",)),
+    "plan-sweep-hidden-zero": Case(reproduce(lambda w: plan_text(w, {"kind": "sweep", "temperatures": [2],
+                                                                     "hidden": [[0]]})), ("'stages.0.hidden.0.0'",)),
+    "plan-sweep-hidden-2-70": Case(reproduce(lambda w: plan_text(w, {"kind": "sweep", "temperatures": [2],
+                                                                     "hidden": [[HUGE]]})), ("'stages.0.hidden.0.0'",)),
+    "plan-specialists-workers-zero": Case(reproduce(lambda w: plan_text(w, {"kind": "specialists", "workers": 0})),
+                                          ("'stages.0.workers'",)),
+    "plan-specialists-workers-2-70": Case(reproduce(lambda w: plan_text(w, {"kind": "specialists", "workers": HUGE})),
+                                          ("'stages.0.workers'",)),
+    "plan-bias-step-zero": Case(reproduce(lambda w: yaml.safe_dump({"title": "t", "runs_root": str(w.runs), "stages": [
+        {"kind": "bias", "run": "tiny-teacher", "classes": [3], "search": True, "step": 0}]})), ("'stages.0.step'",)),
+    "plan-bias-shift-huge": Case(reproduce(lambda w: yaml.safe_dump({"title": "t", "runs_root": str(w.runs), "stages": [
+        {"kind": "bias", "run": "tiny-teacher", "classes": [3], "shift": 1e300}]})), ("'stages.0.shift'",)),
+    "plan-ensemble-temperature-negative": Case(reproduce(lambda w: yaml.safe_dump({
+        "title": "t", "runs_root": str(w.runs), "stages": [{"kind": "ensemble_eval", "name": "e", "runs": [
+            "tiny-teacher", "tiny-student-kd"], "temperature": -1}]})), ("'stages.0.temperature'",)),
+    "plan-report-name-of-300-bytes": Case(reproduce(lambda w: plan_text(w, report="r" * 300 + ".md")), ("'report'",)),
+    "plan-runs-root-part-of-300-bytes": Case(reproduce(lambda w: plan_text(w, runs_root="q" * 300)), ("'runs_root'",)),
+    "plan-stage-unknown-key-of-128-characters": Case(reproduce(lambda w: plan_text(w, {"s" * 128: 1})),
+                                                     ("unknown key 'stages.0." + "s" * 40 + "...'",)),
+    # ---- specialists configs
+    "specialists-count-zero": Case(specialists(**{"subsets.count": 0}), ("'subsets.count'",)),
+    "specialists-n-init-huge": Case(specialists(**{"subsets.n_init": 10**9}), ("'subsets.n_init'",)),
+    "specialists-partners-2-70": Case(specialists(**{"subsets.partners": HUGE}), ("'subsets.partners'",)),
+    "specialists-combine-steps-zero": Case(specialists(**{"combine.steps": 0}), ("'combine.steps'",)),
+    "specialists-combine-steps-huge": Case(specialists(**{"combine.steps": 10**9}), ("'combine.steps'",)),
+    "specialists-combine-lr-zero": Case(specialists(**{"combine.lr": 0}), ("'combine.lr'",)),
+    "specialists-temperature-zero": Case(specialists(**{"specialist.soft_targets.temperature": 0}),
+                                         ("'specialist.soft_targets.temperature'",)),
+    "specialists-both-weights-zero": Case(specialists(**{"specialist.soft_targets": {
+        "temperature": 2.0, "soft_weight": 0, "hard_weight": 0}}), ("nothing to learn from",)),
+    "specialists-subset-fraction-one": Case(specialists(**{"specialist.subset_fraction": 1.0}),
+                                            ("'specialist.subset_fraction'",)),
+    "specialists-train-epochs-2-70": Case(specialists(**{"specialist.train.epochs": HUGE}),
+                                          ("'specialist.train.epochs'",)),
+    "specialists-name-of-101-characters": Case(specialists(name="s" * 101), ("'name'",)),
+}
+CASES |= HOSTILE
+
+
 @pytest.fixture
 def world(tmp_path, session_runs, idx_dir, monkeypatch) -> World:
     root = tmp_path / "world"
@@ -534,13 +944,17 @@ def test_bad_input(case, world, capsys):
     spec = CASES[case]
     argv = spec.argv(world)  # builds the inputs; the snapshot is taken after, so only the command is judged
     before = snapshot(world.root)
+    start = time.perf_counter()
     code, out, err, by_argparse = run_cli(argv, spec.subprocess, capsys)
+    seconds = time.perf_counter() - start
+    assert seconds < (spec.within or (60 if spec.subprocess else 10)), f"took {seconds:.1f} s"
     assert "Traceback" not in out + err, err
     assert by_argparse in (None, spec.usage), "refused by argparse" if by_argparse else "expected argparse to refuse it"
     lines = err.splitlines()
     assert code == 2, (code, err)
     assert len(lines) == 1, err
     assert lines[0].startswith("respkd: error: "), err
+    assert len(lines[0]) < 1000, f"an error line of {len(lines[0])} characters"  # input is quoted shortened
     for fragment in spec.expect:
         assert fragment in lines[0], lines[0]
     assert snapshot(world.root) == before, "a bad input wrote or changed files"
@@ -550,3 +964,10 @@ def test_corpus_size():
     """The issue asks for at least 30 named cases; every kind of input is represented."""
     assert len(CASES) >= 40
     assert sum(c.subprocess for c in CASES.values()) >= 5
+    classes = {"nesting": ("nested",), "size": ("mib", "gib", "dev-zero"), "many keys": ("keys",),
+               "long keys": ("key-of", "long-key", "long-model-option"), "long strings": ("characters", "bytes"),
+               "bombs": ("laughs", "bomb", "alias"), "not text": ("latin", "utf", "nul", "control", "random", "gzip"),
+               "not a mapping": ("a-number", "a-string", "null", "a-bool", "comments", "documents", "a-list"),
+               "huge integers": ("2-70", "integer", "huge", "10-9"), "zero": ("zero",)}
+    for what, fragments in classes.items():  # each hostile class holds several cases
+        assert sum(any(f in name for f in fragments) for name in HOSTILE) >= 5, what

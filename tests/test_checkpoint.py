@@ -12,15 +12,14 @@ from safetensors.torch import save_file
 
 from respkd.checkpoint import (
     CHECKPOINT_FORMAT,
-    atomic_write,
-    atomic_write_text,
     load_checkpoint,
+    load_model,
     read_checkpoint_meta,
     save_checkpoint,
     tensors_digest,
 )
 from respkd.errors import RespkdError
-from respkd.experiment import load_model
+from respkd.files import atomic_write, atomic_write_text
 from respkd.models import build_model
 
 META = {"model": {"name": "mlp", "hidden": [6]}, "num_classes": 10, "in_shape": [1, 4, 4], "note": "hello"}

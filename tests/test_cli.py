@@ -160,7 +160,7 @@ BAD_INPUTS = {
                              ["unknown key 'train.lr_rate'", "did you mean 'lr'"]),
     "wrong-type": ("train", lambda t, s: teacher_like(s, **{"train.epochs": "ten"}), ["'train.epochs'", "'ten'"]),
     "temperature-zero": ("distill", lambda t, s: distill_like(s, **{"kd.temperature": 0}),
-                         ["'kd.temperature'", "greater than 0"]),
+                         ["'kd.temperature'", "greater than or equal to 0.01"]),
     "teacher-without-kd": ("distill", lambda t, s: teacher_like(s, **{"teacher.run": "tiny-teacher"}),
                            ["'teacher' and 'kd' go together"]),
     "class-count-mismatch": ("distill", lambda t, s: distill_like(

@@ -1,4 +1,6 @@
-"""Distiller: the teacher stays frozen and in eval mode through training; responses from named submodules."""
+"""Distiller: the teacher stays frozen and in eval mode through training; responses from named submodules; the
+response losses (DKD with its warm-up over epochs, DIST, logit matching, standardization) online, cached and with an
+ensemble teacher."""
 
 from __future__ import annotations
 
@@ -6,12 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-from respkd.data.loader import BatchLoader
+from respkd.config import TrainConfig
+from respkd.data.memory import BatchLoader
 from respkd.distill import Distiller, ResponseRecorder, Supervised
 from respkd.engine import build_optimizer, build_scheduler, train_one_epoch
-from respkd.config import TrainConfig
 from respkd.errors import RespkdError
-from respkd.losses import hard_label_loss, soft_target_loss
+from respkd.ensemble import Ensemble
+from respkd.losses import dist_loss, dkd_loss, hard_label_loss, logit_mse_loss, soft_target_loss, standardize_logits
 from respkd.models import build_model
 
 IN_SHAPE = (1, 8, 8)
@@ -201,3 +204,99 @@ def test_unknown_submodule_name_lists_near_names():
     with pytest.raises(RespkdError, match="near: .*body") as info:
         ResponseRecorder(TwoHeads(0), "body.9")
     assert "body.9" in str(info.value)
+
+
+# ---------------------------------------------------------------- response losses
+
+
+LOSSES = {
+    "kd": ({}, lambda s, t, y: soft_target_loss(s, t, 3.0)),
+    "logit_mse": ({}, lambda s, t, y: logit_mse_loss(s, t)),
+    "dkd": ({"alpha": 1.0, "beta": 8.0}, lambda s, t, y: dkd_loss(s, t, y, 3.0, 1.0, 8.0)),
+    "dist": ({"beta": 1.0, "gamma": 2.0}, lambda s, t, y: dist_loss(s, t, 3.0, 1.0, 2.0)),
+}
+
+
+@pytest.mark.parametrize("standardize", [False, True])
+@pytest.mark.parametrize("loss", list(LOSSES))
+def test_distiller_loss_is_the_chosen_response_term_online_and_cached(loss, standardize):
+    params, response = LOSSES[loss]
+    teacher = make_teacher()
+    torch.manual_seed(3)
+    student = build_model("mlp", 10, IN_SHAPE, hidden=[8])
+    d = Distiller(student, teacher, 3.0, soft_weight=0.7, hard_weight=0.4, loss=loss, loss_params=params,
+                  standardize=standardize).eval()
+    x, y = torch.randn(6, *IN_SHAPE), torch.tensor([0, 1, 2, 3, 4, 9])
+    out = d(x, y)
+    s, t_ = student(x), teacher(x)
+    prepared = (standardize_logits(s), standardize_logits(t_)) if standardize else (s, t_)
+    expected = 0.7 * response(*prepared, y) + 0.4 * hard_label_loss(s, y)
+    assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+    torch.testing.assert_close(out["logits"], s)
+    cached = d(x, y, teacher_logits=t_.detach())  # teacher logits from a cache: the same loss
+    assert cached["loss"].item() == pytest.approx(out["loss"].item(), rel=1e-6)
+
+
+def test_dkd_warm_up_follows_the_epoch():
+    teacher = make_teacher()
+    torch.manual_seed(3)
+    student = build_model("mlp", 10, IN_SHAPE, hidden=[8])
+    d = Distiller(student, teacher, 4.0, soft_weight=2.0, hard_weight=1.0, loss="dkd",
+                  loss_params={"alpha": 1.0, "beta": 8.0}, warmup_epochs=4).eval()
+    x, y = torch.randn(6, *IN_SHAPE), torch.tensor([0, 1, 2, 3, 4, 9])
+    with pytest.raises(RuntimeError, match="call set_epoch"):
+        d(x, y)
+    s, t_ = student(x), teacher(x)
+    dkd, hard = dkd_loss(s, t_, y, 4.0, 1.0, 8.0).item(), hard_label_loss(s, y).item()
+    for epoch, factor in [(1, 0.25), (2, 0.5), (3, 0.75), (4, 1.0), (9, 1.0)]:  # min(epoch / warmup, 1), as mdistiller
+        d.set_epoch(epoch)
+        out = d(x, y)
+        assert out["loss"].item() == pytest.approx(2.0 * factor * dkd + hard, rel=1e-5), epoch
+        assert out["tckd_loss"].item() + 8.0 * out["nckd_loss"].item() == pytest.approx(dkd, rel=1e-5)  # unweighted
+    assert "dkd (alpha=1, beta=8), warmed up over 4 epochs" == d.describe_loss()
+
+
+def test_engine_tells_the_distiller_its_epoch():
+    torch.manual_seed(2)
+    student = build_model("mlp", 10, IN_SHAPE, hidden=[16])
+    d = Distiller(student, make_teacher(), 4.0, hard_weight=1.0, loss="dkd", loss_params={"alpha": 1.0, "beta": 8.0},
+                  warmup_epochs=20)
+    cfg = TrainConfig(epochs=3, lr=0.05, schedule="constant", batch_size=16)
+    optimizer = build_optimizer(student, cfg)
+    loader = tiny_loader()
+    scheduler = build_scheduler(optimizer, cfg, len(loader))
+    loader.set_epoch(3)
+    stats = train_one_epoch(d, student, loader, optimizer, scheduler, torch.device("cpu"), False, 3, progress=False)
+    assert d.epoch == 3 and {"tckd_loss", "nckd_loss", "hard_loss"} <= set(stats)
+
+
+def test_distiller_refuses_bad_loss_settings():
+    student, teacher = build_model("mlp", 10, IN_SHAPE, hidden=[8]), make_teacher()
+    with pytest.raises(RespkdError, match="unknown response loss 'crd'"):
+        Distiller(student, teacher, 4.0, loss="crd")
+    with pytest.raises(RespkdError, match=r"loss 'dkd' takes the parameters \(alpha, beta\), got \(\)"):
+        Distiller(student, teacher, 4.0, loss="dkd")
+    with pytest.raises(RespkdError, match="warmup_epochs must be >= 0"):
+        Distiller(student, teacher, 4.0, warmup_epochs=-1)
+    two = Distiller(build_model("mlp", 2, IN_SHAPE, hidden=[8]), make_teacher(num_classes=2), 4.0, loss="dkd",
+                    loss_params={"alpha": 1.0, "beta": 8.0})
+    with pytest.raises(RespkdError, match="dkd needs at least 3 classes, the responses have 2") as err:
+        two.check_response_shapes(IN_SHAPE, torch.device("cpu"))
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("loss", ["dkd", "dist", "logit_mse"])
+def test_ensemble_teacher_with_the_other_losses(loss):
+    """An ensemble is one teacher: its combined output is what every loss reads (mean_logits: the members' mean)."""
+    params, response = LOSSES[loss]
+    members = [make_teacher(), make_teacher()]
+    with torch.no_grad():
+        members[1][-1].weight.mul_(-0.5)  # two different members
+    ensemble = Ensemble(members, "mean_logits")
+    torch.manual_seed(3)
+    student = build_model("mlp", 10, IN_SHAPE, hidden=[8])
+    d = Distiller(student, ensemble, 3.0, loss=loss, loss_params=params).eval()
+    x, y = torch.randn(6, *IN_SHAPE), torch.tensor([0, 1, 2, 3, 4, 9])
+    with torch.no_grad():
+        mean_logits = (members[0](x) + members[1](x)) / 2
+    assert d(x, y)["loss"].item() == pytest.approx(response(student(x), mean_logits, y).item(), rel=1e-5)

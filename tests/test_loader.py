@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from respkd.config import TrainConfig
-from respkd.data.loader import BatchLoader, jitter_offsets, translate
+from respkd.data.memory import BatchLoader, jitter_offsets, translate
 from respkd.engine import build_optimizer, build_scheduler, evaluate
 
 

@@ -1,4 +1,6 @@
-"""The KD loss against a hand computation, its closed-form gradient, float32 under autocast, weights, errors."""
+"""The response losses against hand computations (numpy, float64, explicit loops): KD with its closed-form gradient,
+logit matching, DKD with its decomposition identity, DIST, logit standardization; float32 under autocast, finite
+gradients at extreme logits, weights, errors."""
 
 from __future__ import annotations
 
@@ -9,7 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from respkd.losses import distillation_loss, hard_label_loss, soft_target_loss, soft_targets
+from respkd.losses import (
+    RESPONSE_LOSSES, distillation_loss, dist_loss, dist_terms, dkd_loss, dkd_terms, hard_label_loss, logit_mse_loss,
+    response_loss, soft_target_loss, soft_targets, standardize_logits,
+)
 
 STUDENT = [[1.0, 2.0, 0.5], [-1.0, 0.0, 3.0]]
 TEACHER = [[2.0, 0.0, 1.0], [0.5, 0.5, -2.0]]
@@ -147,3 +152,201 @@ def test_non_positive_temperature_raises(t):
 def test_class_count_mismatch_raises():
     with pytest.raises(ValueError, match="number of classes"):
         soft_target_loss(torch.zeros(2, 10), torch.zeros(2, 5), 2.0)
+
+
+# ---------------------------------------------------------------- the response-KD family
+
+# 4 examples of 5 classes: a tiny batch whose numbers are easy to recompute by hand.
+S5 = [[1.0, 2.0, 0.5, -1.0, 0.0], [-1.0, 0.0, 3.0, 1.5, 0.5], [0.2, -0.3, 0.1, 2.2, -1.7], [2.5, 1.0, -0.5, 0.0, 0.3]]
+T5 = [[2.0, 0.0, 1.0, -0.5, 0.5], [0.5, 0.5, -2.0, 2.5, 1.0], [-1.0, 0.8, 0.3, 1.9, 0.0], [1.5, 2.0, -1.0, 0.2, 0.4]]
+Y5 = [1, 3, 3, 0]
+
+
+def kl_np(p, q) -> float:
+    return sum(pk * math.log(pk / qk) for pk, qk in zip(p, q) if pk > 0)
+
+
+def hand_dkd_parts(s_row, t_row, y, t):
+    """(TCKD, NCKD, teacher's p_target) of one example, T^2 not applied, from the definitions."""
+    ps, pt = softmax_np(s_row, t), softmax_np(t_row, t)
+    tckd = kl_np([pt[y], 1 - pt[y]], [ps[y], 1 - ps[y]])
+    others = [k for k in range(len(ps)) if k != y]
+    ps_o = [ps[k] / (1 - ps[y]) for k in others]
+    pt_o = [pt[k] / (1 - pt[y]) for k in others]
+    return tckd, kl_np(pt_o, ps_o), pt[y]
+
+
+def pearson_np(a, b, eps=1e-8) -> float:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    a, b = a - a.mean(), b - b.mean()
+    return float((a * b).sum() / (np.sqrt((a * a).sum()) * np.sqrt((b * b).sum()) + eps))
+
+
+def hand_dist(student, teacher, t, beta, gamma) -> float:
+    ys = np.array([softmax_np(r, t) for r in student])
+    yt = np.array([softmax_np(r, t) for r in teacher])
+    rows = [pearson_np(ys[i], yt[i]) for i in range(len(ys))]
+    cols = [pearson_np(ys[:, k], yt[:, k]) for k in range(ys.shape[1])]
+    return t * t * (beta * (1 - sum(rows) / len(rows)) + gamma * (1 - sum(cols) / len(cols)))
+
+
+def test_logit_mse_is_the_squared_error_summed_over_classes_and_averaged_over_examples():
+    total = 0.0
+    for s_row, t_row in zip(S5, T5):
+        total += sum((a - b) ** 2 for a, b in zip(s_row, t_row))
+    loss = logit_mse_loss(torch.tensor(S5), torch.tensor(T5))
+    assert loss.dtype == torch.float32 and loss.shape == ()
+    assert loss.item() == pytest.approx(total / len(S5), rel=1e-6)
+    # not shift-invariant: raw logits are compared (one example's teacher logits + 1 adds C * 1^2 / N ... and more)
+    shifted = torch.tensor(T5)
+    shifted[0] += 1.0
+    expected = (total + sum(2 * (b - a) + 1 for a, b in zip(S5[0], T5[0]))) / len(S5)
+    assert logit_mse_loss(torch.tensor(S5), shifted).item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("t,alpha,beta", [(1.0, 1.0, 8.0), (4.0, 1.0, 8.0), (2.0, 0.5, 2.0)])
+def test_dkd_matches_hand_computation(t, alpha, beta):
+    parts = [hand_dkd_parts(s_row, t_row, y, t) for s_row, t_row, y in zip(S5, T5, Y5)]
+    hand_tckd = t * t * sum(p[0] for p in parts) / len(parts)
+    hand_nckd = t * t * sum(p[1] for p in parts) / len(parts)
+    s, t_, y = torch.tensor(S5), torch.tensor(T5), torch.tensor(Y5)
+    tckd, nckd = dkd_terms(s, t_, y, t)
+    assert tckd.item() == pytest.approx(hand_tckd, rel=1e-5) and nckd.item() == pytest.approx(hand_nckd, rel=1e-5)
+    loss = dkd_loss(s, t_, y, t, alpha, beta)
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(alpha * hand_tckd + beta * hand_nckd, rel=1e-5)
+
+
+@pytest.mark.parametrize("t", [1.0, 4.0, 20.0])
+def test_dkd_decomposition_identity_per_example(t):
+    """KL(q_t || q_s) = TCKD + (1 - p_teacher,target) * NCKD for every example (the DKD paper's identity), i.e. KD is
+    DKD with alpha = 1 and beta = 1 - p_teacher,target."""
+    for s_row, t_row, y in zip(S5, T5, Y5):
+        s, t_, lab = torch.tensor([s_row]), torch.tensor([t_row]), torch.tensor([y])
+        kd = soft_target_loss(s, t_, t).item()
+        tckd, nckd = dkd_terms(s, t_, lab, t)
+        p_target = softmax_np(t_row, t)[y]
+        # float32 KLs of nearly equal distributions at high T: absolute rounding of about 1e-7 * T^2
+        close = {"rel": 1e-5, "abs": 2e-7 * t * t}
+        assert kd == pytest.approx(tckd.item() + (1 - p_target) * nckd.item(), **close)
+        assert kd == pytest.approx(dkd_loss(s, t_, lab, t, alpha=1.0, beta=1 - p_target).item(), **close)
+        assert kd == pytest.approx(t * t * kl_np(softmax_np(t_row, t), softmax_np(s_row, t)), **close)
+        # with DKD's weights alpha = beta = 1 the NCKD term is no longer scaled down by 1 - p_target: more than KD
+        assert dkd_loss(s, t_, lab, t, alpha=1.0, beta=1.0).item() >= kd
+
+
+def test_dkd_needs_three_classes_and_labels():
+    with pytest.raises(ValueError, match="at least 3 classes"):
+        dkd_loss(torch.randn(4, 2), torch.randn(4, 2), torch.tensor([0, 1, 1, 0]), 4.0, 1.0, 8.0)
+    with pytest.raises(ValueError, match="true labels"):
+        dkd_loss(torch.tensor(S5), torch.tensor(T5), None, 4.0, 1.0, 8.0)
+
+
+@pytest.mark.parametrize("t,beta,gamma", [(1.0, 1.0, 1.0), (4.0, 1.0, 1.0), (2.0, 2.0, 0.5)])
+def test_dist_matches_hand_computation(t, beta, gamma):
+    loss = dist_loss(torch.tensor(S5), torch.tensor(T5), t, beta, gamma)
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(hand_dist(S5, T5, t, beta, gamma), rel=1e-5)
+    inter, intra = dist_terms(torch.tensor(S5), torch.tensor(T5), t)
+    assert inter.item() == pytest.approx(hand_dist(S5, T5, t, 1.0, 0.0), rel=1e-5)
+    assert intra.item() == pytest.approx(hand_dist(S5, T5, t, 0.0, 1.0), rel=1e-5)
+
+
+def test_dist_is_zero_when_student_equals_teacher():
+    logits = torch.tensor(T5)
+    value = dist_loss(logits, logits.clone(), 4.0, 1.0, 1.0).item()
+    assert value == pytest.approx(0.0, abs=1e-4)  # what is left is the eps's: T^2 * mean(eps / (|a|^2 + eps))
+    assert value == pytest.approx(hand_dist(T5, T5, 4.0, 1.0, 1.0), abs=2e-6)
+    assert dist_loss(torch.tensor(S5), logits, 4.0, 1.0, 1.0).item() > 0.1
+
+
+def test_standardize_logits_rows_have_mean_0_and_std_1():
+    z = torch.tensor(S5) * 7.0 + 3.0
+    out = standardize_logits(z)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.mean(dim=1), torch.zeros(4), rtol=0, atol=1e-6)
+    torch.testing.assert_close(out.std(dim=1), torch.ones(4), rtol=0, atol=1e-6)  # torch.std: n - 1
+    hand = [(np.asarray(r) - np.mean(r)) / (1e-7 + np.std(r, ddof=1)) for r in z.tolist()]
+    torch.testing.assert_close(out.double(), torch.tensor(np.array(hand)), rtol=1e-5, atol=1e-6)
+    # scale- and shift-free: the student may match the teacher's logits up to a scale and shift of its own
+    torch.testing.assert_close(standardize_logits(torch.tensor(S5)), out, rtol=1e-5, atol=1e-6)
+    assert torch.equal(standardize_logits(torch.full((1, 5), 2.0)), torch.zeros(1, 5))  # a constant row: zeros
+
+
+def test_standardized_kd_matches_hand_computation():
+    def standardized(rows):
+        return [((np.asarray(r) - np.mean(r)) / (1e-7 + np.std(r, ddof=1))).tolist() for r in rows]
+
+    out = distillation_loss(torch.tensor(S5), torch.tensor(T5), torch.tensor(Y5), 2.0, soft_weight=9.0,
+                            hard_weight=0.1, standardize=True)
+    soft = hand_loss(standardized(S5), standardized(T5), 2.0)
+    hard = F.cross_entropy(torch.tensor(S5), torch.tensor(Y5)).item()  # the cross-entropy reads the raw logits
+    assert out["soft_loss"].item() == pytest.approx(soft, rel=1e-5)
+    assert out["hard_loss"].item() == pytest.approx(hard, rel=1e-6)
+    assert out["loss"].item() == pytest.approx(9.0 * soft + 0.1 * hard, rel=1e-5)
+
+
+PARAMS = {"kd": {}, "logit_mse": {}, "dkd": {"alpha": 1.0, "beta": 8.0}, "dist": {"beta": 1.0, "gamma": 1.0}}
+
+
+@pytest.mark.parametrize("standardize", [False, True])
+@pytest.mark.parametrize("t", [1.0, 4.0])
+@pytest.mark.parametrize("loss", RESPONSE_LOSSES)
+def test_gradients_are_finite_at_extreme_logits(loss, t, standardize):
+    """|z| = 100: probabilities round to 0 at T = 1 (exp(-200)); no loss may turn that into inf or NaN."""
+    g = torch.Generator().manual_seed(0)
+    sign = lambda: torch.randint(0, 2, (6, 10), generator=g).float() * 2 - 1  # noqa: E731
+    student = (100.0 * sign()).requires_grad_(True)
+    teacher = 100.0 * sign()
+    labels = torch.randint(0, 10, (6,), generator=g)
+    out = distillation_loss(student, teacher, labels, t, hard_weight=1.0, loss=loss, loss_params=PARAMS[loss],
+                            standardize=standardize)
+    out["loss"].backward()
+    assert all(torch.isfinite(v).all() for v in out.values()), out
+    assert torch.isfinite(student.grad).all() and student.grad.abs().sum() > 0
+
+
+def test_dkd_at_extreme_logits_matches_float64():
+    # where the authors' torch.log(summed probabilities) would give -inf, the log-space TCKD is still exact
+    s = [[100.0, -100.0, 100.0, -100.0], [-100.0, 100.0, -100.0, -100.0]]
+    t_ = [[-100.0, 100.0, 100.0, -100.0], [100.0, -100.0, 100.0, -100.0]]
+    y = [1, 3]
+    parts = [hand_dkd_parts(a, b, c, 1.0) for a, b, c in zip(s, t_, y)]
+    tckd, nckd = dkd_terms(torch.tensor(s), torch.tensor(t_), torch.tensor(y), 1.0)
+    assert tckd.item() == pytest.approx(sum(p[0] for p in parts) / 2, rel=1e-5)
+    assert nckd.item() == pytest.approx(sum(p[1] for p in parts) / 2, rel=1e-5)
+
+
+@pytest.mark.parametrize("loss", RESPONSE_LOSSES)
+def test_every_loss_is_float32_under_bf16_autocast(loss):
+    torch.manual_seed(0)
+    w, x = torch.randn(8, 10), torch.randn(4, 8)
+    teacher_logits, labels = torch.randn(4, 10) * 5, torch.tensor([0, 3, 9, 5])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        student_logits = x @ w
+        assert student_logits.dtype == torch.bfloat16
+        out = distillation_loss(student_logits, teacher_logits.bfloat16(), labels, 4.0, hard_weight=1.0, loss=loss,
+                                loss_params=PARAMS[loss], standardize=True)
+        assert standardize_logits(student_logits).dtype == torch.float32
+    for key, value in out.items():
+        assert value.dtype == torch.float32, key
+    ref = distillation_loss(student_logits.float(), teacher_logits.bfloat16().float(), labels, 4.0, hard_weight=1.0,
+                            loss=loss, loss_params=PARAMS[loss], standardize=True)
+    assert out["loss"].item() == pytest.approx(ref["loss"].item(), rel=1e-6)
+
+
+def test_response_loss_names_its_terms_and_checks_its_parameters():
+    s, t_, y = torch.tensor(S5), torch.tensor(T5), torch.tensor(Y5)
+    terms = {loss: set(response_loss(loss, s, t_, y, 4.0, **PARAMS[loss])[1]) for loss in RESPONSE_LOSSES}
+    assert terms == {"kd": {"soft_loss"}, "logit_mse": {"mse_loss"}, "dkd": {"tckd_loss", "nckd_loss"},
+                     "dist": {"inter_loss", "intra_loss"}}
+    value, parts = response_loss("dkd", s, t_, y, 4.0, alpha=2.0, beta=3.0)
+    assert value.item() == pytest.approx(2.0 * parts["tckd_loss"].item() + 3.0 * parts["nckd_loss"].item(), rel=1e-6)
+    with pytest.raises(ValueError, match=r"loss 'dist' takes the parameters \(beta, gamma\), got \(alpha, beta\)"):
+        response_loss("dist", s, t_, y, 4.0, alpha=1.0, beta=1.0)
+    with pytest.raises(ValueError, match="unknown response loss 'crd'"):
+        response_loss("crd", s, t_, y, 4.0)
+    out = distillation_loss(s, t_, y, 4.0, soft_weight=0.5, hard_weight=2.0, loss="dist", loss_params=PARAMS["dist"])
+    assert set(out) == {"loss", "inter_loss", "intra_loss", "hard_loss"}
+    expected = 0.5 * (out["inter_loss"] + out["intra_loss"]) + 2.0 * out["hard_loss"]
+    assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-6)

@@ -136,3 +136,33 @@ def test_misspelt_model_option_names_it():
 def test_misspelt_torchvision_option_is_an_error():
     with pytest.raises(RespkdError, match="zero_init_residuall"):
         build_model("torchvision.resnet18", 10, (1, 32, 32), zero_init_residuall=True)
+
+
+def test_cnn_blocks_are_bounded_by_what_the_input_allows():
+    """Each block after the first halves the resolution: 28 -> 14 -> 7 -> 3 -> 1 takes 5 blocks, a 6th has no pixel."""
+    assert build_model("cnn", 10, (1, 28, 28), channels=[4] * 5)(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    with pytest.raises(RespkdError, match="28-pixel inputs allow at most 5"):
+        build_model("cnn", 10, (1, 28, 28), channels=[4] * 6)
+    assert build_model("cnn", 10, (3, 32, 32), channels=[4] * 6)(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("options, fragment", [
+    ({"hidden": [0]}, "'hidden' widths must be from 1 to 65536, got 0"),
+    ({"hidden": [65537]}, "got 65537"),
+    ({"hidden": [True]}, "must be a list of integers"),
+    ({"hidden": "8"}, "must be a list of integers"),
+    ({"dropout_input": 1}, "'dropout_input' must be a number from 0 to below 1, got 1"),
+    ({"dropout_hidden": float("nan")}, "got nan"),
+    ({"max_norm": 0.0}, "'max_norm' must be above 0"),
+    ({"max_norm": 1001}, "from 0 to 1000"),
+])
+def test_mlp_options_have_ranges(options, fragment):
+    with pytest.raises(RespkdError, match=r"^model 'mlp': ") as info:
+        build_model("mlp", 10, (1, 28, 28), **options)
+    assert fragment in str(info.value)
+
+
+def test_mlp_options_at_their_bounds_build():
+    model = build_model("mlp", 10, (1, 4, 4), hidden=[1, 3], dropout_input=0.0, dropout_hidden=0.99, max_norm=1000)
+    assert [m.out_features for m in model.features if isinstance(m, nn.Linear)] == [1, 3]
+    assert build_model("mlp", 10, (1, 4, 4), hidden=[]).classifier.in_features == 16  # no hidden layer: linear

@@ -17,7 +17,7 @@ from respkd.cli import main
 from respkd.config import load_config
 from respkd.data.cifar import RELEASES
 from respkd.data.datasets import CIFAR100_CLASSES, load_dataset
-from respkd.data.loader import BatchLoader
+from respkd.data.memory import BatchLoader
 from respkd.data.safe_pickle import load_numpy_pickle
 from respkd.errors import RespkdError
 from respkd.models import build_model, count_parameters
@@ -304,7 +304,7 @@ def test_imagenet_folders_train_distill_and_eval_end_to_end(tmp_path, capsys):
     assert run_cli(capsys, "distill", REPO / "configs/imagenet/resnet34_resnet18.yaml", "--set", "data.workers=1",
                    *tiny) == 0
     # The same from a teacher trained elsewhere: a torch.save'd state dict, as the config's comment shows.
-    from respkd.experiment import load_model
+    from respkd.checkpoint import load_model
 
     teacher, _ = load_model(runs / "imagenet-resnet34" / "model.safetensors")
     torch.save(teacher.state_dict(), tmp_path / "teacher.pth")
@@ -329,7 +329,7 @@ def test_imagenet_folders_train_distill_and_eval_end_to_end(tmp_path, capsys):
 
 
 def test_imagenet_limits_keep_every_class(tmp_path):
-    from respkd.data.imagefolder import load_image_folders
+    from respkd.data.streamed import load_image_folders
     from respkd.data.datasets import dataset_info
 
     data = load_image_folders(dataset_info("imagenet"), str(write_image_folders(tmp_path, n_train=10, n_val=1)))

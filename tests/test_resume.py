@@ -2,14 +2,15 @@
 weights bitwise equal to an uninterrupted run's and the same metrics lines; every refusal is one line, exit 2, and
 changes nothing.
 
-Crashes come from the test-only hook of :func:`respkd.resume.crash_point` (``RESPKD_TEST_CRASH``): ``step:K`` after
-optimizer step K, ``epoch:E`` after epoch E's metrics line and before its state is saved, ``write:K`` while the state
-of step K is being written. The runs: 600 examples, batches of 100 (6 steps per epoch), 3 epochs (18 steps), the
+Crashes are patched into the training state by tests/crash_hooks.py: ``step:K`` after optimizer step K,
+``epoch:E`` after epoch E's metrics line and before its state is saved, ``write:K`` while the state of step K is being
+written. The runs: 600 examples, batches of 100 (6 steps per epoch), 3 epochs (18 steps), the
 training state saved every 4 steps and at epoch ends (steps 0, 4, 6, 8, 12, 16, 18).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -25,9 +26,11 @@ from safetensors.torch import load_file
 from respkd.cli import main
 from respkd.config import validate_config, with_seed
 from respkd.experiment import run
-from respkd.resume import CRASH_ENV, CRASH_MODE_ENV, STATE_NAME, SimulatedCrash, from_json, to_json
+from respkd.resume import STATE_NAME
+from respkd.resume.codec import from_json, to_json
 
 from conftest import one_line_error, snapshot, tiny_config, write_yaml
+from crash_hooks import SimulatedCrash, install
 
 NAME = "resumable"
 
@@ -49,6 +52,10 @@ def variant_config(kind: str, idx_dir: Path, data_root: Path, cache_dir: Path, t
         cfg = tiny_config(NAME, idx_dir, data_root, threads=1, data={"jitter": 1, "flip": True},
                           train={**train, "optimizer": "adamw", "lr": 0.01, "channels_last": True})
         return {**cfg, "model": {"name": "cnn", "channels": [4, 8]}}
+    if kind == "dkd-warmup":  # online teacher; DKD's warm-up factor is 1/3, 2/3, 1 in epochs 1, 2, 3
+        return tiny_config(NAME, idx_dir, data_root, threads=1, teacher={"checkpoint": str(teacher)},
+                           kd={"temperature": 4.0, "hard_weight": 1.0, "loss": "dkd", "dkd": {"warmup_epochs": 3}},
+                           train=train)
     assert kind == "kd-cache"
     return tiny_config(NAME, idx_dir, data_root, threads=1, data={"jitter": 1, "jitter_views": 2},
                        teacher={"checkpoint": str(teacher)},
@@ -62,7 +69,7 @@ def setup(tmp_path_factory, idx_dir, session_runs):
     base = tmp_path_factory.mktemp("resume")
     teacher = session_runs["teacher_dir"] / "model.safetensors"
     configs = {k: variant_config(k, idx_dir, base / "data", base / "cache", teacher)
-               for k in ("sgd", "adamw", "kd-cache", "cnn-channels-last")}
+               for k in ("sgd", "adamw", "kd-cache", "cnn-channels-last", "dkd-warmup")}
     references: dict[str, Path] = {}
 
     def reference(kind: str) -> Path:
@@ -74,16 +81,22 @@ def setup(tmp_path_factory, idx_dir, session_runs):
     return {"configs": configs, "reference": reference}
 
 
+@contextlib.contextmanager
+def crashing_at(monkeypatch, point: str):
+    """The block must crash at ``point`` (see tests/crash_hooks.py); the hook is gone afterwards."""
+    with monkeypatch.context() as patch:
+        install(point, patch.setattr)
+        with pytest.raises(SimulatedCrash):
+            yield
+
+
 def crash_then_resume(cfg: dict, runs_root: Path, crashes: list[str], monkeypatch) -> Path:
     """Run ``cfg``, crashing at each point of ``crashes`` in turn (each crash in a resumed run), then finish it."""
-    monkeypatch.setenv(CRASH_MODE_ENV, "raise")
     config = validate_config(cfg)
     for i, point in enumerate(crashes):
-        monkeypatch.setenv(CRASH_ENV, point)
-        with pytest.raises(SimulatedCrash):
+        with crashing_at(monkeypatch, point):
             run(config, runs_root, quiet=True, resume=i > 0)
         assert (runs_root / NAME / STATE_NAME).is_file()
-    monkeypatch.delenv(CRASH_ENV)
     run(config, runs_root, quiet=True, resume=True)
     return runs_root / NAME
 
@@ -142,15 +155,26 @@ def test_several_kills_in_one_run(setup, tmp_path, monkeypatch, kind):
         assert summary["teacher_cache"]["used"]
 
 
+@pytest.mark.parametrize("crash,epoch", [("step:10", 2), ("epoch:2", 2)])
+def test_dkd_warm_up_resumes_exactly(setup, tmp_path, monkeypatch, crash, epoch):
+    """Killed in epoch 2 of DKD's warm-up (factor 2/3), or after its metrics line, and resumed in a new Distiller
+    through epoch 3 (factor 1): the factor comes from the epoch being trained, so the resumed run is bitwise the
+    uninterrupted one."""
+    resumed = crash_then_resume(setup["configs"]["dkd-warmup"], tmp_path / "runs", [crash], monkeypatch)
+    assert_same_run(setup["reference"]("dkd-warmup"), resumed)
+    assert json.loads((resumed / "summary.json").read_text())["resumes"][0]["epoch"] == epoch
+    assert "tckd_loss" in (resumed / "metrics.jsonl").read_text()
+
+
 def test_killed_after_the_last_epoch_before_the_summary(setup, tmp_path, monkeypatch):
     """Every epoch done and saved, the model and summary not yet written: the resume only finishes the run."""
-    import respkd.experiment
+    import respkd.rundir
 
     def crash(*args, **kwargs):
         raise SimulatedCrash("before the model is written")
 
     with monkeypatch.context() as patch:
-        patch.setattr(respkd.experiment, "save_checkpoint", crash)
+        patch.setattr(respkd.rundir, "save_checkpoint", crash)
         with pytest.raises(SimulatedCrash):
             run(validate_config(setup["configs"]["sgd"]), tmp_path / "runs", quiet=True)
     run(validate_config(setup["configs"]["sgd"]), tmp_path / "runs", quiet=True, resume=True)
@@ -163,11 +187,8 @@ def test_killed_after_the_last_epoch_before_the_summary(setup, tmp_path, monkeyp
 def test_resume_may_change_how_often_the_state_is_saved(setup, tmp_path, monkeypatch):
     """checkpoint_every_steps changes nothing that is computed: a resume may use another value."""
     cfg = setup["configs"]["sgd"]
-    monkeypatch.setenv(CRASH_MODE_ENV, "raise")
-    monkeypatch.setenv(CRASH_ENV, "step:10")
-    with pytest.raises(SimulatedCrash):
+    with crashing_at(monkeypatch, "step:10"):
         run(validate_config(cfg), tmp_path / "runs", quiet=True)
-    monkeypatch.delenv(CRASH_ENV)
     changed = {**cfg, "train": {**cfg["train"], "checkpoint_every_steps": 0}}
     run(validate_config(changed), tmp_path / "runs", quiet=True, resume=True)
     assert_same_run(setup["reference"]("sgd"), tmp_path / "runs" / NAME)
@@ -177,10 +198,10 @@ def test_resume_may_change_how_often_the_state_is_saved(setup, tmp_path, monkeyp
 
 
 def cli(args: list[str], crash: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, CRASH_ENV: crash, "OMP_NUM_THREADS": "1"}
-    env.pop(CRASH_MODE_ENV, None)
-    return subprocess.run([sys.executable, "-m", "respkd.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=120)
+    """``respkd ARGS`` in its own process, killed by SIGKILL at the crash point ``crash``."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(Path(__file__).with_name("crash_cli.py")), crash, *args], env=env,
+                          capture_output=True, text=True, timeout=120)
 
 
 @pytest.mark.parametrize("crash", ["step:10", "write:12"])
@@ -205,11 +226,8 @@ def test_seed_runs_resume_by_themselves(setup, tmp_path, monkeypatch, capsys):
     """`--seeds` (and plans and sweeps: all go through experiment.run_many) continue an interrupted member."""
     config = write_yaml(tmp_path / "run.yaml", setup["configs"]["sgd"])
     runs_root = tmp_path / "runs"
-    monkeypatch.setenv(CRASH_MODE_ENV, "raise")
-    monkeypatch.setenv(CRASH_ENV, "step:10")
-    with pytest.raises(SimulatedCrash):
+    with crashing_at(monkeypatch, "step:10"):
         main(["train", str(config), "--runs-root", str(runs_root), "--seeds", "1"])
-    monkeypatch.delenv(CRASH_ENV)
     capsys.readouterr()
     assert main(["train", str(config), "--runs-root", str(runs_root), "--seeds", "1"]) == 0
     assert f"{NAME}-seed1: resuming the interrupted run" in capsys.readouterr().out
@@ -224,11 +242,8 @@ def test_seed_runs_resume_by_themselves(setup, tmp_path, monkeypatch, capsys):
 def test_seed_run_with_a_state_of_another_config_starts_over(setup, tmp_path, monkeypatch, capsys):
     config = write_yaml(tmp_path / "run.yaml", setup["configs"]["sgd"])
     runs_root = tmp_path / "runs"
-    monkeypatch.setenv(CRASH_MODE_ENV, "raise")
-    monkeypatch.setenv(CRASH_ENV, "step:10")
-    with pytest.raises(SimulatedCrash):
+    with crashing_at(monkeypatch, "step:10"):
         main(["train", str(config), "--runs-root", str(runs_root), "--seeds", "1", "--set", "train.lr=0.2"])
-    monkeypatch.delenv(CRASH_ENV)
     capsys.readouterr()
     assert main(["train", str(config), "--runs-root", str(runs_root), "--seeds", "1"]) == 0
     out = capsys.readouterr().out
@@ -244,11 +259,8 @@ def interrupted(setup, tmp_path, monkeypatch) -> dict:
     """A run killed at step 10 (its state: step 8), with its config file."""
     config = write_yaml(tmp_path / "run.yaml", setup["configs"]["sgd"])
     runs_root = tmp_path / "runs"
-    monkeypatch.setenv(CRASH_MODE_ENV, "raise")
-    monkeypatch.setenv(CRASH_ENV, "step:10")
-    with pytest.raises(SimulatedCrash):
+    with crashing_at(monkeypatch, "step:10"):
         main(["train", str(config), "--runs-root", str(runs_root)])
-    monkeypatch.delenv(CRASH_ENV)
     return {"config": config, "runs_root": runs_root, "run_dir": runs_root / NAME,
             "args": ["train", str(config), "--runs-root", str(runs_root)]}
 
@@ -353,7 +365,7 @@ def test_refuses_a_state_from_another_number_of_processes(interrupted, capsys):
 def _gather_in_process(rank: int, world: int, init: str, out: str) -> None:
     import torch.distributed as dist
 
-    from respkd.resume import gather_per_process, own_part
+    from respkd.distributed import gather_per_process, own_part
 
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))  # as torchrun sets them
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)

@@ -15,7 +15,7 @@ import torch
 
 from conftest import N_TEST, snapshot, tiny_config, write_yaml
 from respkd.cli import main
-from respkd.data.loader import BatchLoader
+from respkd.data.memory import BatchLoader
 from respkd.errors import RespkdError
 from respkd.models import build_model
 from respkd.specialists.combine import active_specialists, combine, membership
@@ -328,7 +328,7 @@ def test_plan_stage_trains_evaluates_reports_and_resumes(tmp_path, idx_dir, caps
     after = snapshot(folder)
     assert {k: v for k, v in after.items() if k != "timings.jsonl"} == \
            {k: v for k, v in before.items() if k != "timings.jsonl"}
-    from respkd.specialists.evaluate import eval_up_to_date
+    from respkd.specialists.results import eval_up_to_date
 
     named = ["name=plan-specialists"]
     assert eval_up_to_date(load_specialists_config(spec, named), tmp_path / "runs")

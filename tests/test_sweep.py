@@ -207,10 +207,30 @@ def test_shipped_plans_validate(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+def test_response_family_plan_compares_the_losses_on_one_schedule(tmp_path):
+    """Six stages per dataset, 3 seeds each, teachers read from the committed checkpoints; within a dataset every run
+    has the same student, data and schedule, and only the kd section differs."""
+    from respkd.plan import resolve
+
+    jobs = resolve(load_plan("response_family"), [], tmp_path / "runs")
+    configs = [c for j in jobs for c in j.configs]
+    assert len(jobs) == 12 and len(configs) == 36 and all(j.stage.seeds == [0, 1, 2] for j in jobs)
+    for dataset, epochs in (("mnist", 60), ("fashion_mnist", 30)):
+        runs = [c for c in configs if c.data.dataset == dataset]
+        assert len({json.dumps(c.model_dump(mode="json", include={"data", "model", "train"})) for c in runs}) == 1
+        assert runs[0].train.epochs == epochs
+        kinds = [(c.kd.loss, c.kd.standardize) if c.kd else None for c in runs[::3]]
+        assert kinds == [None, ("kd", False), ("kd", True), ("logit_mse", False), ("dkd", False), ("dist", False)]
+        for c in runs:
+            if c.teacher is not None:
+                assert c.kd.cache and Path(c.teacher.checkpoint).is_file()  # committed weights
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_run_finished_before_new_config_keys_existed_still_counts_as_finished(tmp_path, idx_dir):
     # The summary of a run made by an older respkd lacks keys added since (data.val_size, data.transfer, the
     # teacher's ensemble keys); filled with their defaults it is the same config, so plans reuse the run.
-    from respkd.experiment import is_finished
+    from respkd.rundir import is_finished
 
     cfg = validate_config(tiny_config("old", idx_dir, tmp_path))
     stored = json.loads(json.dumps(cfg.model_dump(mode="json")))

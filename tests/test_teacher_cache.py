@@ -14,11 +14,11 @@ from torch import nn
 from conftest import tiny_config, write_yaml
 from respkd.cli import main
 from respkd.config import TrainConfig, validate_config
-from respkd.data.loader import BatchLoader
+from respkd.data.memory import BatchLoader
 from respkd.distill import Distiller
 from respkd.engine import build_optimizer, build_scheduler, train_one_epoch
 from respkd.errors import RespkdError
-from respkd.losses import soft_target_loss
+from respkd.losses import logit_mse_loss, soft_target_loss
 from respkd.models import build_model
 from respkd.teacher_cache import (
     META_NAME, build_cache, cache_folder, cache_key, cache_spec, find_cache, open_cache, topk_to_logits,
@@ -279,3 +279,54 @@ def test_cache_refuses_a_loader_it_was_not_built_for(tmp_path):
     cache, _, _ = built(tmp_path, loader_for(jitter=1, views=2))
     with pytest.raises(ValueError, match="does not match the cache"):
         cache.for_loader(loader_for(jitter=1, views=3))
+
+
+# ---------------------------------------------------------------- caches for the other response losses
+
+
+def test_logit_matching_cache_keeps_the_row_maxima(tmp_path):
+    """Full caches store each row shifted to a maximum of 0 (softmax ignores it); logit matching compares the logits
+    themselves, so its cache also stores the maxima and hands back the teacher's own logits."""
+    loader = loader_for(jitter=1, views=2)
+    assert "row_max" not in spec_for(loader)  # caches of every other loss keep their keys
+    assert cache_key(spec_for(loader, raw_logits=True)) != cache_key(spec_for(loader))
+    with pytest.raises(ValueError, match="top-k cache holds probabilities"):
+        spec_for(loader, topk=3, raw_logits=True)
+    raw, _, distiller = built(tmp_path, loader, raw_logits=True)
+    shifted, _, _ = built(tmp_path, loader)
+    assert set(raw.arrays) == {"logits", "row_max"} and raw.arrays["row_max"].dtype == np.float32
+    assert json.loads((raw.folder / META_NAME).read_text())["files"]["row_max"]["shape"] == [2, len(loader.images)]
+    for view in (0, 1):
+        idx = torch.arange(len(loader.images))
+        inputs, _, _ = loader.make_batch(idx, loader.view_offsets(view))
+        teacher = distiller.teacher_logits(inputs)
+        torch.testing.assert_close(raw.lookup(idx, view), teacher, rtol=0, atol=2e-2)  # float16 steps below the max
+        assert shifted.lookup(idx, view).amax(dim=1).abs().max() == 0  # the other caches' rows: maximum 0
+        student = distiller.student(inputs).detach()
+        online = logit_mse_loss(student, teacher)
+        torch.testing.assert_close(logit_mse_loss(student, raw.lookup(idx, view)), online, rtol=2e-3, atol=1e-4)
+        assert abs(logit_mse_loss(student, shifted.lookup(idx, view)) - online) > 1.0  # why the maxima are kept
+    (raw.folder / "row_max.npy").unlink()
+    with pytest.raises(RespkdError, match="row_max.npy is missing"):
+        find_cache(tmp_path / "cache", spec_for(loader, raw_logits=True))
+
+
+@pytest.mark.parametrize("kd", [
+    {"loss": "logit_mse", "soft_weight": 0.1},  # a full cache with the row maxima; Kim et al.'s weight, 1 / C
+    {"loss": "dkd", "cache_topk": 4, "dkd": {"warmup_epochs": 2}},  # top-k probabilities at T serve DKD
+    {"loss": "dist", "standardize": True},
+], ids=["logit_mse", "dkd-topk", "dist-standardized"])
+def test_other_losses_distil_from_the_cache_through_the_cli(tmp_path, session_runs, idx_dir, kd):
+    teacher = session_runs["teacher_dir"] / "model.safetensors"
+    runs = tmp_path / "runs"
+    cfg = tiny_config("other", idx_dir, session_runs["data_root"], teacher={"checkpoint": str(teacher)},
+                      kd={"temperature": 4.0, "hard_weight": 0.5, "cache": True, "cache_dir": str(tmp_path / "c"), **kd})
+    assert main(["distill", str(write_yaml(tmp_path / "kd.yaml", cfg)), "--runs-root", str(runs)]) == 0
+    summary = json.loads((runs / "other" / "summary.json").read_text())
+    assert summary["teacher_cache"]["used"] and summary["metrics"]["top1"] > 50
+    (folder,) = (tmp_path / "c").iterdir()
+    assert (folder / "row_max.npy").exists() == (kd["loss"] == "logit_mse")
+    log = (runs / "other" / "log.txt").read_text()
+    assert f"response loss: {kd['loss']}" in log
+    terms = {"logit_mse": "mse_loss", "dkd": "tckd_loss", "dist": "intra_loss"}[kd["loss"]]
+    assert terms in (runs / "other" / "metrics.jsonl").read_text()

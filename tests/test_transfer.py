@@ -11,10 +11,10 @@ import torch
 from conftest import N_TRAIN, tiny_config, write_yaml
 from respkd.cli import main
 from respkd.config import DataConfig, validate_config
+from respkd.data import select
 from respkd.data.datasets import load_dataset
 from respkd.data.transfer import select_training, stratified_take
 from respkd.errors import RespkdError
-from respkd.experiment import select
 
 LABELS = torch.arange(1000) % 10  # 100 of each class
 UNEVEN = torch.cat([torch.full((n,), c) for c, n in enumerate([50, 150, 100, 100, 100, 100, 100, 100, 100, 100])])

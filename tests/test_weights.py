@@ -19,11 +19,12 @@ from torch import nn
 
 from respkd.adapter import TeacherInputAdapter
 from respkd.checkpoint import load_checkpoint, load_weights, save_checkpoint, tensors_digest
+from respkd.checkpoint import load_model
 from respkd.cli import main
 from respkd.config import validate_config
 from respkd.data.datasets import load_dataset
 from respkd.errors import RespkdError
-from respkd.experiment import load_model, prepare
+from respkd.experiment import prepare
 from respkd.models import build_model
 
 from conftest import one_line_error, snapshot, tiny_config, write_yaml

@@ -23,6 +23,8 @@ from torchvision.transforms.v2 import functional as TF
 from respkd.config import TeacherInputConfig
 from respkd.errors import RespkdError
 
+__all__ = ["AdaptedTeacher", "TeacherInputAdapter", "build_adapter"]
+
 
 class TeacherInputAdapter(nn.Module):
     """Student batch ``(N, C_s, H, W)`` -> teacher input ``(N, C_t, *size)``.
@@ -89,7 +91,7 @@ class TeacherInputAdapter(nn.Module):
 
 class AdaptedTeacher(nn.Module):
     """``model(adapter(x))``: a teacher that takes the student's batches. A submodule ``name`` of the teacher is
-    ``model.<name>`` here (what :func:`respkd.experiment.prepare` hands the Distiller for ``kd.teacher_response``)."""
+    ``model.<name>`` here (what :func:`respkd.teacher.load_teacher` gives the Distiller for ``kd.teacher_response``)."""
 
     def __init__(self, adapter: TeacherInputAdapter, model: nn.Module) -> None:
         super().__init__()

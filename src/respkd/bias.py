@@ -19,13 +19,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from respkd.checkpoint import save_checkpoint
+from respkd.checkpoint import load_model, save_checkpoint
 from respkd.config import validate_config
+from respkd.data import select
 from respkd.data.datasets import input_normalization, load_dataset
-from respkd.data.loader import BatchLoader
+from respkd.data.memory import BatchLoader
 from respkd.engine import evaluate
 from respkd.errors import RespkdError
-from respkd.experiment import load_model, select
+
+__all__ = [
+    "MAX_GRID", "adjust_bias", "format_result", "output_layer", "predict", "search_shift", "shift_bias", "shift_grid",
+]
 
 MAX_GRID = 100_000
 

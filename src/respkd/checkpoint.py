@@ -5,6 +5,11 @@ JSON object: the model spec needed to rebuild the network (``model``, ``num_clas
 config, metrics, the dataset checksum, library versions, and ``weights_sha256``, the SHA-256 of the tensors, which
 :func:`load_checkpoint` verifies, so a file damaged in the middle of its data is refused, not silently used.
 
+:func:`load_model` rebuilds the network a checkpoint describes and loads its weights. A run folder keeps its final
+checkpoint as ``model.safetensors`` (``CHECKPOINT_NAME``) beside ``summary.json`` (``SUMMARY_NAME``); the other files
+of a run folder are :mod:`respkd.rundir`'s. :func:`checkpoint_of` finds the checkpoint of a file, a run folder or a
+run name.
+
 Weights from elsewhere (a plain safetensors file, a torchvision/timm ``.pth`` state dict) are read by
 :func:`load_weights`, which never unpickles more than tensors and plain containers.
 """
@@ -14,48 +19,31 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import pickle
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+from torch import nn
 
 from respkd.errors import RespkdError, first_line
+from respkd.files import atomic_write
+from respkd.models import build_model
+
+__all__ = [
+    "CHECKPOINT_FORMAT", "CHECKPOINT_NAME", "SUMMARY_NAME", "TORCH_SUFFIXES", "WRAPPER_KEYS", "WRAPPER_PREFIXES",
+    "Weights", "atomic_save_safetensors", "check_model_meta", "checkpoint_meta", "checkpoint_of", "load_checkpoint",
+    "load_model", "load_weights", "read_checkpoint_meta", "save_checkpoint", "tensors_digest",
+]
 
 CHECKPOINT_FORMAT = "respkd-checkpoint-v1"
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it over ``path``.
-
-    The rename is atomic on POSIX: a crash leaves either the old file or the new one, never half of one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would survive the rename; give the usual file mode
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(text))
+CHECKPOINT_NAME = "model.safetensors"  # a run folder's final weights, with their metadata
+SUMMARY_NAME = "summary.json"  # a run folder's final metrics: a run is finished once it exists
 
 
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
@@ -79,6 +67,19 @@ def save_checkpoint(state_dict: dict[str, torch.Tensor], path: Path, meta: dict[
     tensors = {k: v.detach().cpu().clone() for k, v in state_dict.items()}
     meta = {**meta, "format": CHECKPOINT_FORMAT, "weights_sha256": tensors_digest(tensors)}
     atomic_save_safetensors(tensors, path, {"respkd": json.dumps(meta)})
+
+
+def checkpoint_meta(
+    *, model: dict[str, Any], num_classes: int, in_shape: tuple[int, ...], class_names: list[str],
+    normalization: tuple[tuple[float, ...], tuple[float, ...]], name: str, dataset: str, data_sha256: str,
+    metrics: dict[str, Any], config: dict[str, Any], **extra: Any,
+) -> dict[str, Any]:
+    """The metadata of a trained model's checkpoint: what :func:`load_model` rebuilds it from (``model``: its
+    factory's name and options), the inputs it takes (shape, ``normalization`` as (mean, std) of ``pixels / 255``),
+    its classes, and the run it came from; ``extra`` adds what a kind of run records besides."""
+    return {"model": model, "num_classes": num_classes, "in_shape": list(in_shape), "class_names": list(class_names),
+            "normalization": dict(zip(("mean", "std"), map(list, normalization))), "name": name, "dataset": dataset,
+            "data_sha256": data_sha256, "metrics": metrics, "config": config, **extra}
 
 
 def read_checkpoint_meta(path: Path, fmt: str = CHECKPOINT_FORMAT, what: str = "checkpoint") -> dict[str, Any]:
@@ -123,6 +124,33 @@ def check_model_meta(meta: dict[str, Any], path: str | Path) -> None:
         problems.append(f"'in_shape' must be [channels, height, width], got {shape!r}")
     if problems:
         raise RespkdError(f"{path}: metadata does not describe a model: {'; '.join(problems)}")
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the network stored in a respkd checkpoint and load its weights (no unpickling)."""
+    state, meta = load_checkpoint(Path(path))
+    check_model_meta(meta, path)
+    spec = dict(meta["model"])
+    model = build_model(spec.pop("name"), meta["num_classes"], tuple(meta["in_shape"]), **spec)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:  # torch's first line only says "Error(s) in loading state_dict"; the next says which
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        detail = lines[1 if len(lines) > 1 else 0]
+        raise RespkdError(f"{path}: weights do not fit the model in its metadata ({detail})") from None
+    return model.to(device), meta
+
+
+def checkpoint_of(source: str | Path, runs_root: str | Path = "runs") -> Path:
+    """The checkpoint named by ``source``: a checkpoint file, a run directory, or a run's name under ``runs_root``."""
+    path = Path(source)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    elif not path.exists() and (Path(runs_root) / str(source)).is_dir():
+        path = Path(runs_root) / str(source) / CHECKPOINT_NAME
+    if not path.is_file():
+        raise RespkdError(f"{source}: no such checkpoint, run directory, or run under {runs_root}/")
+    return path
 
 
 def _header_metadata(path: Path, what: str) -> dict[str, str]:

@@ -7,12 +7,15 @@ nothing is written before the input has been checked.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from pathlib import Path
 from typing import NoReturn
 
-from respkd.errors import ReportedElsewhere, RespkdError
+from respkd.errors import ReportedElsewhere, RespkdError, shorten
+
+__all__ = ["ArgumentParser", "build_parser", "main"]
 
 # What runs under torchrun with several processes (see respkd.distributed); the rest run in one process.
 DISTRIBUTED_COMMANDS = ("train", "distill", "distil", "sweep")
@@ -64,7 +67,7 @@ def cmd_train(args: argparse.Namespace, distil: bool) -> int:
 
 
 def cmd_eval_ensemble(args: argparse.Namespace) -> int:
-    from respkd.evaluate import evaluate_ensemble
+    from respkd.checkpoint_eval import evaluate_ensemble
 
     r = evaluate_ensemble(args.checkpoints, args.rule, args.temperature, data_path=args.data_path,
                           data_root=args.data_root, distilled=args.distilled)
@@ -114,7 +117,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from respkd.evaluate import evaluate_checkpoint
+    from respkd.checkpoint_eval import evaluate_checkpoint
 
     result = evaluate_checkpoint(args.checkpoint, data_path=args.data_path, data_root=args.data_root)
     if args.json:
@@ -204,7 +207,7 @@ def cmd_specialists_train(args: argparse.Namespace) -> int:
 
 def cmd_specialists_eval(args: argparse.Namespace) -> int:
     from respkd.specialists.config import load_specialists_config
-    from respkd.specialists.evaluate import evaluate_specialists, markdown_section
+    from respkd.specialists.results import evaluate_specialists, markdown_section
 
     cfg = load_specialists_config(args.config, args.overrides)
     result = evaluate_specialists(cfg, args.runs_root)
@@ -214,7 +217,7 @@ def cmd_specialists_eval(args: argparse.Namespace) -> int:
 
 def cmd_specialists_table(args: argparse.Namespace) -> int:
     from respkd.report import read_summary
-    from respkd.specialists.evaluate import control_section, markdown_section, read_eval
+    from respkd.specialists.results import control_section, markdown_section, read_eval
 
     results = [read_eval(Path(d)) for d in args.folders]
     print(markdown_section(results))
@@ -361,6 +364,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except RespkdError as err:
         print(f"respkd: error: {' '.join(str(err).split())}", file=sys.stderr)  # one line, whatever the message held
+        return 2
+    except OSError as err:  # a path given on the command line that no file system can name (configs check theirs)
+        if err.errno != errno.ENAMETOOLONG:
+            raise
+        print(f"respkd: error: {err.strerror}: '{shorten(str(err.filename))}'", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("respkd: interrupted", file=sys.stderr)

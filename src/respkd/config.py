@@ -3,6 +3,15 @@
 A config never imports or executes code: it is read with a ``yaml.SafeLoader`` (that also refuses a key given twice)
 and checked by pydantic models in strict mode, so a misspelt key (``lr_rate``) or a wrong type (``epochs: "ten"``) is
 an error that names the key, before anything runs or is written. Single keys can be overridden from the command line: ``--set train.epochs=3``.
+
+A hostile file cannot make the reader run long or use much memory: it refuses, with one line, a file over
+``MAX_YAML_BYTES`` (4 MiB), nesting deeper than ``MAX_YAML_DEPTH`` (32), more than ``MAX_YAML_KEYS`` (10,000) keys, a
+key longer than ``MAX_KEY_LENGTH`` (128 characters), more than ``MAX_YAML_VALUES`` (50,000) values once every alias
+is expanded (a "billion laughs" bomb), an alias inside the collection it names, and an integer literal longer than
+``MAX_INT_LENGTH`` (100 characters). The largest shipped plan has 6,658 bytes, depth 6, 121 keys and 320 values.
+libyaml scans a 4 MiB file in well under a second; composing costs about 15 microseconds a value, so the counts
+stop a hostile file within a second. The same bounds apply to run configs, plans, specialists configs and each
+``--set`` value.
 """
 
 from __future__ import annotations
@@ -12,9 +21,9 @@ import math
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from respkd.errors import RespkdError, closest_name
+from respkd.errors import RespkdError, closest_name, quote, shorten
 
 
 class Section(BaseModel):
@@ -25,8 +34,34 @@ class Section(BaseModel):
 # A run's name is a folder under the runs root: letters, digits, '_', '.', '-', and at least one that is not a dot
 # ('.' and '..' would be the runs root itself and its parent).
 NAME_PATTERN = r"^[A-Za-z0-9_.-]*[A-Za-z0-9_-][A-Za-z0-9_.-]*$"
+# At most 100 characters, so that what is derived from it (<name>-seed<k>, <name>-h300x300-T2.5, <name>.seeds.md)
+# still fits the 255 bytes of a file name.
+RunName = Annotated[str, Field(pattern=NAME_PATTERN, max_length=100)]
 # numpy's global seed takes 0 .. 2**32 - 1; a wider range would fail deep inside a run
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+# Every number in a config has a range. Where nothing smaller is natural the upper bound is far above any real
+# setting and low enough that no arithmetic on it overflows (float32 steps, int64 counts, Python's int printing).
+MAX_COUNT = 2**31 - 1  # examples, steps
+MAX_CLASSES = 100_000  # ImageNet-21k has 21,841
+MAX_EPOCHS = 100_000
+# T = 1e-300 made logits / T infinite and the loss NaN; distillation uses 1 to 20 (the paper's sweeps).
+Temperature = Annotated[float, Field(ge=0.01, le=1000)]
+LossWeight = Annotated[float, Field(ge=0, le=1000)]
+ClassIndex = Annotated[int, Field(le=MAX_CLASSES - 1)]  # the lower bound is the validators' (a clearer message)
+
+
+def _fits_filesystem(path: str) -> str:
+    """A path that a file system can name: at most 4096 bytes (PATH_MAX), each part at most 255 (NAME_MAX).
+
+    Longer ones fail with ENAMETOOLONG in whichever ``Path.exists()`` first meets them."""
+    if len(path.encode()) > 4096:
+        raise ValueError(f"a path of {len(path.encode())} bytes is longer than the 4096 a file system allows")
+    if part := next((p for p in Path(path).parts if len(p.encode()) > 255), None):
+        raise ValueError(f"a path part of {len(part.encode())} bytes is longer than the 255 a file name may have")
+    return path
+
+
+PathText = Annotated[str, AfterValidator(_fits_filesystem)]  # a file or folder path, or a run's name under the root
 
 
 class TransferConfig(Section):
@@ -37,8 +72,8 @@ class TransferConfig(Section):
     per class in proportion to its count, seeded by ``seed``). The test set is never filtered.
     """
 
-    drop_classes: list[int] = []
-    keep_classes: list[int] | None = Field(None, min_length=1)
+    drop_classes: list[ClassIndex] = []
+    keep_classes: list[ClassIndex] | None = Field(None, min_length=1)
     fraction: float | None = Field(None, gt=0, le=1)
     seed: Seed = 0  # draws the `fraction` subset; independent of the run's seed, so runs of any seed share it
 
@@ -72,28 +107,28 @@ STREAMED_DATASETS = ("imagenet",)  # read from disk batch by batch with torchvis
 
 class DataConfig(Section):
     dataset: Literal["mnist", "fashion_mnist", "cifar10", "cifar100", "imagenet"] = "mnist"
-    root: str = "data"  # where the checksummed cache lives
+    root: PathText = "data"  # where the checksummed cache lives
     # MNIST: a folder of IDX or CSV files; CIFAR: its binary or Python release; ImageNet: the folder holding train/
     # and val/ class folders (required). None: the cache or offline copy, else torchvision's download.
-    path: str | None = None
+    path: PathText | None = None
     source: Literal["auto", "idx", "csv", "python", "binary", "download"] = "auto"
     # Standardise inputs with the dataset's mean/std; false feeds raw pixels / 255 in [0, 1] (the paper's MLPs).
     normalize: bool = True
     jitter: int = Field(0, ge=0, le=8)  # random translation of training inputs by up to this many pixels
     # Cycle through this many fixed jitter draws (epoch e uses view e mod V) instead of a new draw every epoch:
     # what lets kd.cache store the teacher's outputs for every view the student will see.
-    jitter_views: int | None = Field(None, ge=1)
+    jitter_views: int | None = Field(None, ge=1, le=1000)
     # Mirror training inputs left-right at random (each example with probability 1/2). With jitter: 4 it is CIFAR's
     # standard augmentation (RandomCrop(32, padding=4) + RandomHorizontalFlip).
     flip: bool = False
     # Processes decoding images for streamed datasets (imagenet); in-memory datasets need none and ignore it.
-    workers: int = Field(8, ge=0)
-    train_limit: int | None = Field(None, ge=1)  # keep only the first N training examples (quick runs)
-    test_limit: int | None = Field(None, ge=1)  # evaluate on the first N test examples only
+    workers: int = Field(8, ge=0, le=256)
+    train_limit: int | None = Field(None, ge=1, le=MAX_COUNT)  # keep only the first N training examples (quick runs)
+    test_limit: int | None = Field(None, ge=1, le=MAX_COUNT)  # evaluate on the first N test examples only
     # A validation split held out of the training set (stratified by class, seeded by val_seed) BEFORE the transfer
     # filter, so every run with the same val_size/val_seed holds out the same examples whatever its seed or transfer
     # set. Used to choose things like bias shifts (respkd adjust-bias --search), never the test set.
-    val_size: int = Field(0, ge=0)
+    val_size: int = Field(0, ge=0, le=MAX_COUNT)  # below the training set's size: checked when it is read
     val_seed: Seed = 0
     transfer: TransferConfig = TransferConfig()
 
@@ -146,8 +181,8 @@ class TeacherInputConfig(Section):
     ``[height, width]``. What is left out stays as the student's.
     """
 
-    mean: list[float] | None = Field(None, min_length=1)
-    std: list[float] | None = Field(None, min_length=1)
+    mean: list[Annotated[float, Field(ge=0, le=1)]] | None = Field(None, min_length=1)  # of pixels / 255
+    std: list[Annotated[float, Field(le=1)]] | None = Field(None, min_length=1)  # > 0: _consistent says it
     size: int | list[int] | None = None
 
     @model_validator(mode="after")
@@ -161,8 +196,8 @@ class TeacherInputConfig(Section):
         sizes = [self.size] if isinstance(self.size, int) else self.size or []
         if isinstance(self.size, list) and len(self.size) != 2:
             raise ValueError("'size' is one number or [height, width]")
-        if any(v < 1 for v in sizes):
-            raise ValueError("'size' must be at least 1")
+        if any(not 1 <= v <= 4096 for v in sizes):
+            raise ValueError("'size' must be from 1 to 4096")
         return self
 
 
@@ -177,11 +212,11 @@ class TeacherConfig(Section):
     or resolution, grey to RGB; see :mod:`respkd.adapter`).
     """
 
-    checkpoint: str | None = None
-    run: str | None = None
-    checkpoints: list[str] | None = Field(None, min_length=2)
-    runs: list[str] | None = Field(None, min_length=2)
-    weights: str | None = None
+    checkpoint: PathText | None = None
+    run: PathText | None = None
+    checkpoints: list[PathText] | None = Field(None, min_length=2)
+    runs: list[PathText] | None = Field(None, min_length=2)
+    weights: PathText | None = None
     model: ModelConfig | None = None
     combine: Literal["mean_probs", "mean_logits"] | None = None
     input: TeacherInputConfig | None = None
@@ -212,18 +247,60 @@ class TeacherConfig(Section):
         return (self.combine or "mean_probs") if self.is_ensemble else None
 
 
+class DKDConfig(Section):
+    """Decoupled KD's parameters (:func:`respkd.losses.dkd_loss`). The defaults are the authors' CIFAR-100 settings
+    (mdistiller's ``CFG.DKD``: alpha 1, beta 8, warm-up 20 epochs; their T 4 is ``kd.temperature``)."""
+
+    alpha: LossWeight = 1.0  # weight of TCKD
+    beta: LossWeight = 8.0  # weight of NCKD
+    # The DKD term is multiplied by min(epoch / warmup_epochs, 1), epochs counted from 1; 0: no warm-up.
+    warmup_epochs: int = Field(20, ge=0, le=MAX_EPOCHS)
+
+
+class DISTConfig(Section):
+    """DIST's parameters (:func:`respkd.losses.dist_loss`); the defaults are the authors' (beta = gamma = 1)."""
+
+    beta: LossWeight = 1.0  # weight of the inter-class relation (rows)
+    gamma: LossWeight = 1.0  # weight of the intra-class relation (columns)
+
+
 class KDConfig(Section):
-    temperature: float = Field(..., gt=0)
-    soft_weight: float = Field(1.0, ge=0)
-    hard_weight: float = Field(0.0, ge=0)
+    """How the student learns from the teacher (see :mod:`respkd.losses`):
+    ``loss = hard_weight * CE + soft_weight * response term``.
+
+    ``loss`` picks the response term: ``kd`` (Hinton's soft targets at ``temperature``), ``logit_mse`` (logit
+    matching; no temperature), ``dkd`` (with the ``dkd`` parameters) or ``dist`` (with the ``dist`` parameters), each
+    at ``temperature``; ``standardize`` standardizes both models' logits first (Sun et al. 2024). The parameters of the
+    chosen loss are filled in with its defaults; giving those of another loss is an error.
+
+    What a top-k cache (``cache_topk``) can serve: it stores the teacher's k largest probabilities at ``temperature``
+    (the rest spread evenly), so it serves the losses that read only the teacher's softened probabilities at that T:
+    ``kd``, ``dkd`` and ``dist``. Not ``logit_mse`` nor ``standardize``, which read the logits themselves.
+    """
+
+    temperature: Temperature
+    soft_weight: LossWeight = 1.0
+    hard_weight: LossWeight = 0.0
+    loss: Literal["kd", "logit_mse", "dkd", "dist"] = "kd"
+    standardize: bool = False
+    dkd: DKDConfig | None = None
+    dist: DISTConfig | None = None
     # The response to distil: the model's output by default, or the output of a named submodule.
     student_response: str | None = None
     teacher_response: str | None = None
     # Teacher outputs computed once before training and read back per batch (see respkd.teacher_cache), instead
     # of a teacher forward pass every step. cache_topk keeps only the k largest probabilities at T (FKD-style).
     cache: bool = False
-    cache_topk: int | None = Field(None, ge=1)
-    cache_dir: str = "data/teacher_cache"
+    cache_topk: int | None = Field(None, ge=1, le=MAX_CLASSES)
+    cache_dir: PathText = "data/teacher_cache"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _loss_defaults(cls, data: Any) -> Any:
+        """The chosen loss's parameters with their defaults, so a run's recorded config names the values it used."""
+        if isinstance(data, dict) and data.get("loss") in ("dkd", "dist") and data.get(data["loss"]) is None:
+            data = {**data, data["loss"]: {}}
+        return data
 
     @model_validator(mode="after")
     def _topk_needs_cache(self) -> "KDConfig":
@@ -231,29 +308,69 @@ class KDConfig(Section):
             raise ValueError("'cache_topk' needs 'cache: true'")
         return self
 
+    @model_validator(mode="after")
+    def _some_weight(self) -> "KDConfig":
+        if not self.soft_weight and not self.hard_weight:
+            raise ValueError("'soft_weight' and 'hard_weight' are both 0: nothing to learn from")
+        return self
+
+    @model_validator(mode="after")
+    def _loss_settings(self) -> "KDConfig":
+        for key in ("dkd", "dist"):
+            if getattr(self, key) is not None and self.loss != key:
+                raise ValueError(f"'{key}' settings are for 'loss: {key}', but loss is {self.loss}")
+        if self.cache_topk is not None and (self.loss == "logit_mse" or self.standardize):
+            what = "'loss: logit_mse'" if self.loss == "logit_mse" else "'standardize: true'"
+            raise ValueError(f"{what} reads the teacher's logits, but a top-k cache holds only its k largest "
+                             "probabilities at T (it serves kd, dkd, dist): drop 'cache_topk' for a full cache")
+        if self.loss == "dkd" and (self.student_response or self.teacher_response):
+            raise ValueError("'loss: dkd' splits each response by its true class, so it distils the models' class "
+                             "outputs: drop 'student_response' / 'teacher_response'")
+        return self
+
+    @property
+    def loss_params(self) -> dict[str, float]:
+        """The chosen loss's own parameters, by the names of its function in respkd.losses."""
+        if self.loss == "dkd":
+            return {"alpha": self.dkd.alpha, "beta": self.dkd.beta}
+        if self.loss == "dist":
+            return {"beta": self.dist.beta, "gamma": self.dist.gamma}
+        return {}
+
+    @property
+    def warmup_epochs(self) -> int:
+        """Epochs over which the response term warms up linearly (DKD's; 0 for the other losses)."""
+        return self.dkd.warmup_epochs if self.loss == "dkd" else 0
+
+    @property
+    def reads_raw_logits(self) -> bool:
+        """Whether the loss depends on the teacher's logits themselves, not only up to a constant per example
+        (softmax, standardization and so every other loss ignore one): logit matching without standardization."""
+        return self.loss == "logit_mse" and not self.standardize
+
 
 class TrainConfig(Section):
-    epochs: int = Field(..., ge=1)
-    batch_size: int = Field(128, ge=1)
+    epochs: int = Field(..., ge=1, le=MAX_EPOCHS)
+    batch_size: int = Field(128, ge=1, le=2**20)
     optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: float = Field(..., gt=0)  # peak learning rate
+    lr: float = Field(..., gt=0, le=100)  # peak learning rate (MoCo's linear probe uses 30)
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = True
-    weight_decay: float = Field(0.0, ge=0)
+    weight_decay: float = Field(0.0, ge=0, le=1)
     schedule: Literal["constant", "cosine", "onecycle", "step"] = "onecycle"
     warmup_fraction: float = Field(0.3, ge=0, lt=1)  # onecycle: fraction of steps spent warming up
     # onecycle with SGD: cycle momentum inversely to the lr between 0.85 and 0.95 (torch's OneCycleLR default)
     # instead of holding it at `momentum`.
     cycle_momentum: bool = False
-    milestones: list[int] = []  # step: epochs at which the lr is multiplied by gamma
-    gamma: float = Field(0.1, gt=0)
+    milestones: list[Annotated[int, Field(ge=1, le=MAX_EPOCHS)]] = []  # step: epochs at which lr is multiplied by gamma
+    gamma: float = Field(0.1, gt=0, le=1)
     # bf16 autocast (the KD loss stays in float32) roughly halves step time on GPUs and on CPUs with avx512_bf16 or
     # AMX, but is several times *slower* on CPUs without them; "auto" picks bf16 only where it is fast.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     channels_last: bool = False
     # Also write the training state (<run>/resume.safetensors, see respkd.resume) every this many optimizer steps,
     # besides every epoch end; 0: at epoch ends only. Changing it does not change the run, so a resume ignores it.
-    checkpoint_every_steps: int = Field(0, ge=0)
+    checkpoint_every_steps: int = Field(0, ge=0, le=MAX_COUNT)
     # Also write each epoch's metrics as TensorBoard scalars into <run>/tensorboard/ (respkd.tensorboard; needs the
     # tensorboard extra). Changing it does not change the run, so a resume ignores it.
     tensorboard: bool = False
@@ -261,14 +378,20 @@ class TrainConfig(Section):
     # process's share. Nothing changes in one process.
     sync_batchnorm: bool = False
 
+    @model_validator(mode="after")
+    def _milestones_once(self) -> "TrainConfig":
+        if len(set(self.milestones)) != len(self.milestones):
+            raise ValueError("'milestones' lists an epoch twice")
+        return self
+
 
 class InitConfig(Section):
     """Start the student from existing weights (fine-tuning, or training on): an earlier ``run``'s model or a
     ``checkpoint`` file (respkd, safetensors or a ``.pth`` state dict). With ``strict`` every key must fit the
     student exactly; without, what fits is loaded and the rest is logged and recorded in ``summary.json``."""
 
-    run: str | None = None
-    checkpoint: str | None = None
+    run: PathText | None = None
+    checkpoint: PathText | None = None
     strict: bool = True
 
     @model_validator(mode="after")
@@ -279,9 +402,9 @@ class InitConfig(Section):
 
 
 class RunConfig(Section):
-    name: str = Field(..., pattern=NAME_PATTERN)
+    name: RunName
     seed: Seed = 0
-    device: str = "cpu"  # "cpu", "cuda", "cuda:1", or "auto" (cuda when available)
+    device: str = Field("cpu", max_length=32)  # "cpu", "cuda", "cuda:1", or "auto" (cuda when available)
     threads: int | None = Field(None, ge=1, le=4096)  # the bound keeps torch.set_num_threads from overflowing
     data: DataConfig = DataConfig()
     model: ModelConfig
@@ -327,38 +450,148 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     return validate_config(read_yaml_mapping(path, overrides), str(path))
 
 
-class UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` (plain data, no tags that build objects) that refuses a key given twice in one mapping.
+MAX_YAML_BYTES = 4 * 2**20
+MAX_YAML_DEPTH = 32
+MAX_YAML_KEYS = 10_000
+MAX_KEY_LENGTH = 128
+MAX_YAML_VALUES = 50_000
+MAX_INT_LENGTH = 100  # also keeps Python's int() below its 4300-digit limit, which raises a ValueError
+
+
+class YAMLLimitError(yaml.MarkedYAMLError):
+    """A YAML document beyond one of the reader's bounds; ``problem`` says which, ``problem_mark`` where."""
+
+    def __init__(self, problem: str, mark: yaml.Mark | None) -> None:
+        super().__init__(problem=problem, problem_mark=mark)
+
+
+class PythonYAMLEvents(yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser):
+    """PyYAML's own scanner and parser, for a PyYAML built without libyaml (5x slower on values, 100x on blank lines and comments)."""
+
+    def __init__(self, stream: str) -> None:
+        yaml.reader.Reader.__init__(self, stream)
+        yaml.scanner.Scanner.__init__(self)
+        yaml.parser.Parser.__init__(self)
+
+
+# libyaml's scanner and parser (C, iterative) turn the text into events; only composing them into nodes, where the
+# bounds are kept, and constructing the data run in Python.
+YAML_EVENTS: type = yaml.cyaml.CParser if yaml.__with_libyaml__ else PythonYAMLEvents
+
+
+class BoundedComposer(yaml.composer.Composer, yaml.constructor.SafeConstructor, yaml.resolver.Resolver):
+    """PyYAML's composer and safe constructor (plain data, no tags that build objects) that refuse a key given twice
+    in one mapping and bound what a document may make them build (the ``MAX_YAML_*`` limits above). The events
+    come from a parser mixed in after it (:class:`ConfigLoader`).
 
     PyYAML silently keeps the last of two equal keys, so ``lr: 0.1`` further down a config would quietly win over
-    the ``lr`` the reader sees first.
+    the ``lr`` the reader sees first. Its composer recurses once per nesting level (a 10,000-deep ``[[[...`` ends in
+    ``RecursionError``), and an alias is the same object again, so ``a: &a [x, x]; b: &b [*a, *a]; ...`` is tiny
+    in memory until validation, ``repr`` or ``json.dumps`` walk it as the tree it stands for. Depth, keys and
+    values are counted as the document is composed, so a bound is hit after reading at most that much of it.
     """
+
+    def __init__(self, max_depth: int = MAX_YAML_DEPTH) -> None:
+        yaml.composer.Composer.__init__(self)
+        yaml.constructor.SafeConstructor.__init__(self)
+        yaml.resolver.Resolver.__init__(self)
+        self.max_depth = max_depth
+        self.depth = 0
+        self.keys = 0
+        self.values = 0  # nodes composed so far, each alias counting as every node of what it names
+        self.alias_values: dict[int, int] = {}  # id(anchored node) -> its node count, once composed
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        event = self.peek_event()
+        is_key = isinstance(parent, yaml.MappingNode) and index is None
+        if is_key:
+            self.keys += 1
+            if self.keys > MAX_YAML_KEYS:
+                raise YAMLLimitError(f"more than {MAX_YAML_KEYS} keys", event.start_mark)
+        if isinstance(event, yaml.AliasEvent):
+            node = super().compose_node(parent, index)
+            size = self.alias_values.get(id(node))
+            if size is None:  # its collection is still being composed: the alias is inside what it names
+                raise YAMLLimitError(f"alias '*{shorten(event.anchor)}' is inside the collection it names",
+                                     event.start_mark)
+            self._count(size, event.start_mark)
+            return node
+        if self.depth >= self.max_depth:
+            raise YAMLLimitError(f"nested deeper than {MAX_YAML_DEPTH} levels", event.start_mark)
+        first = self.values
+        self._count(1, event.start_mark)
+        self.depth += 1
+        node = super().compose_node(parent, index)
+        self.depth -= 1
+        if event.anchor is not None:
+            self.alias_values[id(node)] = self.values - first
+        if is_key and isinstance(node, yaml.ScalarNode) and len(node.value) > MAX_KEY_LENGTH:
+            raise YAMLLimitError(f"a key of {len(node.value)} characters (at most {MAX_KEY_LENGTH}): "
+                                 f"'{shorten(node.value)}'", event.start_mark)
+        return node
+
+    def _count(self, values: int, mark: yaml.Mark) -> None:
+        self.values += values
+        if self.values > MAX_YAML_VALUES:
+            raise YAMLLimitError(f"more than {MAX_YAML_VALUES} values (each alias counts as all it names)", mark)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: merged keys may be overridden; flattened below
+                continue
             key = self.construct_object(key_node, deep=True)
             try:
                 duplicate = key in seen
             except TypeError:  # an unhashable key: SafeLoader's own error says so
                 continue
             if duplicate:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key '{key}'", key_node.start_mark)
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key '{shorten(str(key))}'",
+                                                        key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep)
 
+    def construct_bounded_int(self, node: yaml.ScalarNode) -> int:
+        if len(node.value) > MAX_INT_LENGTH:
+            raise YAMLLimitError(f"an integer of {len(node.value)} characters (at most {MAX_INT_LENGTH})",
+                                 node.start_mark)
+        return self.construct_yaml_int(node)
 
-def load_yaml(text: str) -> Any:
-    """Parse YAML text as plain data (see :class:`UniqueKeyLoader`)."""
-    return yaml.load(text, Loader=UniqueKeyLoader)
+
+BoundedComposer.add_constructor("tag:yaml.org,2002:int", BoundedComposer.construct_bounded_int)
+
+
+class ConfigLoader(BoundedComposer, YAML_EVENTS):
+    """The reader of configs, plans and ``--set`` values: :class:`BoundedComposer` on libyaml's events."""
+
+    def __init__(self, stream: str, max_depth: int = MAX_YAML_DEPTH) -> None:
+        YAML_EVENTS.__init__(self, stream)
+        BoundedComposer.__init__(self, max_depth)
+
+
+def load_yaml(text: str, max_depth: int = MAX_YAML_DEPTH, loader: type = ConfigLoader) -> Any:
+    """Parse YAML text as plain data within the reader's bounds (see :class:`ConfigLoader`); ``max_depth`` is less
+    for a value that sits below some keys already. Raises ``yaml.YAMLError`` (``YAMLLimitError`` for a bound)."""
+    loader = loader(text, max_depth)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def read_yaml_mapping(path: str | Path, overrides: list[str] = (), what: str = "config") -> dict[str, Any]:
     """A YAML file's top-level mapping with ``key.sub=value`` overrides applied (not validated: the caller's model
     does that). ``what`` names the file in messages. Errors are one-line RespkdErrors."""
     path = Path(path)
+    too_big = f"{what} {path}: larger than {MAX_YAML_BYTES // 2**20} MiB, the most a {what} may hold"
     try:
-        raw = load_yaml(path.read_text())
+        if path.stat().st_size > MAX_YAML_BYTES:
+            raise RespkdError(too_big)
+        with path.open("rb") as file:
+            data = file.read(MAX_YAML_BYTES + 1)  # a FIFO or /dev/zero reports no size: read no more than the limit
+        if len(data) > MAX_YAML_BYTES:
+            raise RespkdError(too_big)
+        raw = load_yaml(data.decode("utf-8"))
     except FileNotFoundError:
         raise RespkdError(f"{what} {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as err:
@@ -367,6 +600,8 @@ def read_yaml_mapping(path: str | Path, overrides: list[str] = (), what: str = "
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         problem = " ".join(str(getattr(err, "problem", None) or err).split())
+        if isinstance(err, YAMLLimitError):
+            raise RespkdError(f"{what} {path}:{where}: {problem}") from None
         raise RespkdError(f"{what} {path}:{where} invalid YAML ({problem})") from None
     if not isinstance(raw, dict):
         raise RespkdError(f"{what} {path}: expected a mapping of keys to values at the top level")
@@ -376,20 +611,31 @@ def read_yaml_mapping(path: str | Path, overrides: list[str] = (), what: str = "
 
 
 def apply_override(raw: dict[str, Any], override: str) -> None:
-    """Set one dotted key from ``key.sub=value``; the value is parsed as YAML (``3``, ``0.1``, ``[800, 800]``)."""
+    """Set one dotted key from ``key.sub=value``; the value is parsed as YAML (``3``, ``0.1``, ``[800, 800]``) within
+    the reader's bounds, counting the key's own levels."""
     key, sep, text = override.partition("=")
+    quoted = f"override '{shorten(override)}'"
     if not sep or not key:
-        raise RespkdError(f"override '{override}': expected KEY=VALUE, e.g. train.epochs=3")
-    try:
-        value = load_yaml(text)
-    except yaml.YAMLError:
-        raise RespkdError(f"override '{override}': value is not valid YAML") from None
+        raise RespkdError(f"{quoted}: expected KEY=VALUE, e.g. train.epochs=3")
     *parents, leaf = key.split(".")
+    if len(parents) + 1 >= MAX_YAML_DEPTH:
+        raise RespkdError(f"{quoted}: nested deeper than {MAX_YAML_DEPTH} levels")
+    if longest := max((p for p in (*parents, leaf) if len(p) > MAX_KEY_LENGTH), key=len, default=None):
+        raise RespkdError(f"{quoted}: a key of {len(longest)} characters (at most {MAX_KEY_LENGTH})")
+    if len(text) > MAX_YAML_BYTES:
+        raise RespkdError(f"{quoted}: a value larger than {MAX_YAML_BYTES // 2**20} MiB")
+    try:
+        value = load_yaml(text, max_depth=MAX_YAML_DEPTH - len(parents) - 1)
+    except YAMLLimitError as err:
+        raise RespkdError(f"{quoted}: {err.problem}") from None
+    except yaml.YAMLError as err:
+        problem = " ".join(str(getattr(err, "problem", None) or err).split())
+        raise RespkdError(f"{quoted}: value is not valid YAML ({problem})") from None
     node = raw
     for part in parents:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise RespkdError(f"override '{override}': '{part}' is not a section")
+            raise RespkdError(f"{quoted}: '{part}' is not a section")
     node[leaf] = value
 
 
@@ -400,21 +646,39 @@ def validate_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
         raise RespkdError(f"{source}: {format_validation_error(err)}") from None
 
 
+MAX_PROBLEMS = 5  # an error line names this many problems, then how many more there are
+
+
 def format_validation_error(err: ValidationError | list[dict], root: type[BaseModel] | None = RunConfig) -> str:
-    """All problems on one line, each naming its key; misspelt keys get a suggestion from ``root``'s fields."""
+    """The first problems on one line, each naming its key; misspelt keys get a suggestion from ``root``'s fields.
+
+    Keys and values are quoted shortened (see :func:`respkd.errors.shorten`), and only the problems shown are
+    looked up for a suggestion, so a file of 10,000 unknown keys costs five lookups."""
+    errors = err.errors() if isinstance(err, ValidationError) else err
     problems = []
-    for e in err.errors() if isinstance(err, ValidationError) else err:
-        loc = ".".join(str(p) for p in e["loc"])
+    for e in errors[:MAX_PROBLEMS]:
+        loc = dotted(e["loc"])
         if e["type"] == "extra_forbidden":
             msg = f"unknown key '{loc}'" + (key_suggestion(e["loc"], root) if root is not None else "")
         elif e["type"] == "missing":
             msg = f"missing key '{loc}'"
         else:
             given = e.get("input")
-            shown = "" if isinstance(given, (dict, list)) else f" (got {given!r})"
+            shown = "" if isinstance(given, (dict, list)) else f" (got {quote(given)})"
             msg = f"'{loc}': {e['msg'].removeprefix('Value error, ')}{shown}" if loc else e["msg"].removeprefix("Value error, ")
         problems.append(msg)
-    return "; ".join(problems)
+    return join_problems(problems, len(errors))
+
+
+def dotted(loc: tuple) -> str:
+    """A validation error's location as the dotted key a config spells, each part shortened."""
+    return ".".join(shorten(str(p)) for p in loc)
+
+
+def join_problems(problems: list[str], total: int) -> str:
+    """``problems`` on one line, followed by how many of ``total`` were left out."""
+    more = f"; and {total - len(problems)} more" if total > len(problems) else ""
+    return "; ".join(problems) + more
 
 
 def _submodel(annotation: Any) -> type[BaseModel] | None:

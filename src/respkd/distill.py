@@ -10,7 +10,11 @@ import torch
 from torch import nn
 
 from respkd.errors import RespkdError
-from respkd.losses import distillation_loss, hard_label_loss
+from respkd.losses import check_loss, distillation_loss, hard_label_loss
+
+__all__ = ["ResponseRecorder", "Supervised", "Distiller"]
+
+__all__ = ["Distiller", "ResponseRecorder", "Supervised"]
 
 
 class ResponseRecorder:
@@ -61,9 +65,15 @@ class Distiller(nn.Module):
         student: the network being trained.
         teacher: any module mapping inputs to logits: one model, or an ensemble behind the same interface.
         temperature: T > 0 for both teacher and student during training.
-        soft_weight, hard_weight: weights of the soft-target term (with its T^2 factor) and the hard-label term.
+        soft_weight, hard_weight: weights of the response term (for KD the soft-target term with its T^2 factor) and
+            the hard-label term.
         student_response, teacher_response: names of submodules whose outputs are distilled instead of the models'
             final outputs.
+        loss: the response term, one of :data:`respkd.losses.RESPONSE_LOSSES` (``kd``: Hinton's soft targets).
+        loss_params: that loss's own parameters (DKD: ``alpha``, ``beta``; DIST: ``beta``, ``gamma``).
+        standardize: pass both models' logits through :func:`respkd.losses.standardize_logits` before the loss.
+        warmup_epochs: multiply the response term by ``min(epoch / warmup_epochs, 1)``, epochs counted from 1 (DKD's
+            linear warm-up, as mdistiller's ``DKD``); 0: no warm-up. The epoch comes from :meth:`set_epoch`.
     """
 
     def __init__(
@@ -75,19 +85,54 @@ class Distiller(nn.Module):
         hard_weight: float = 0.0,
         student_response: str | None = None,
         teacher_response: str | None = None,
+        loss: str = "kd",
+        loss_params: dict[str, float] | None = None,
+        standardize: bool = False,
+        warmup_epochs: int = 0,
     ) -> None:
         super().__init__()
         if temperature <= 0:
             raise RespkdError(f"temperature must be > 0, got {temperature}")
+        loss_params = dict(loss_params or {})
+        try:
+            check_loss(loss, loss_params)
+        except ValueError as err:
+            raise RespkdError(str(err)) from None
+        if warmup_epochs < 0:
+            raise RespkdError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
         self.student = student
         self.teacher = teacher.requires_grad_(False).eval()
         self.temperature, self.soft_weight, self.hard_weight = temperature, soft_weight, hard_weight
+        self.loss, self.loss_params, self.standardize = loss, loss_params, standardize
+        self.warmup_epochs = warmup_epochs
+        self.epoch: int | None = None
         self.student_recorder = ResponseRecorder(student, student_response)
         self.teacher_recorder = ResponseRecorder(teacher, teacher_response)
 
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch (from 1) the next batches belong to; the engine calls it at the start of every epoch, also a
+        resumed one, so the warm-up factor is always the uninterrupted run's."""
+        self.epoch = epoch
+
+    def response_weight(self) -> float:
+        """``soft_weight`` times the warm-up factor of the current epoch."""
+        if not self.warmup_epochs:
+            return self.soft_weight
+        if self.epoch is None:
+            raise RuntimeError("the response term warms up over epochs: call set_epoch(epoch) before training")
+        return self.soft_weight * min(self.epoch / self.warmup_epochs, 1.0)
+
+    def describe_loss(self) -> str:
+        """The response term in words, for the run log: e.g. ``dkd (alpha=1, beta=8), warmed up over 20 epochs``."""
+        params = ", ".join(f"{k}={v:g}" for k, v in self.loss_params.items())
+        return (f"{self.loss}{f' ({params})' if params else ''}"
+                f"{', on standardized logits' if self.standardize else ''}"
+                f"{f', warmed up over {self.warmup_epochs} epochs' if self.warmup_epochs else ''}")
+
     @torch.no_grad()
     def check_response_shapes(self, in_shape: tuple[int, ...], device: torch.device) -> None:
-        """Run one dummy batch through both models and compare the responses' widths, before any training step."""
+        """Run one dummy batch through both models and compare the responses' widths, before any training step
+        (and, for DKD, that there are at least 3 classes)."""
         was_training = self.training
         self.eval()
         x = torch.zeros(2, *in_shape, device=device)
@@ -101,6 +146,9 @@ class Distiller(nn.Module):
                 f"student response '{s_name}' has width {student.shape[1]} but teacher response '{t_name}' has "
                 f"width {teacher.shape[1]}: distilled responses must have the same size"
             )
+        if self.loss == "dkd" and student.shape[1] < 3:
+            raise RespkdError(f"kd.loss dkd needs at least 3 classes, the responses have {student.shape[1]}: with 2 "
+                              "the non-target classes are one class and NCKD is undefined (use kd.loss: kd)")
 
     def train(self, mode: bool = True) -> "Distiller":
         super().train(mode)
@@ -122,6 +170,7 @@ class Distiller(nn.Module):
             teacher_logits = self.teacher_logits(inputs)
         losses = distillation_loss(
             self.student_recorder.response(logits), teacher_logits, labels,
-            self.temperature, self.soft_weight, self.hard_weight,
+            self.temperature, self.response_weight(), self.hard_weight,
+            self.loss, self.loss_params, self.standardize,
         )
         return {**losses, "logits": logits}

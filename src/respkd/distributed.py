@@ -8,7 +8,7 @@ The division of work (see :func:`respkd.experiment.run`):
 
 * ``train.batch_size`` is the *global* batch. The data order is the loader's function of ``(seed, epoch)``, the
   same in every process; process ``r`` trains on the ``r``-th contiguous share of every global batch
-  (:class:`respkd.data.loader.BatchLoader`'s ``rank``/``world_size``). The batch size must be a multiple of the
+  (:class:`respkd.data.memory.BatchLoader`'s ``rank``/``world_size``). The batch size must be a multiple of the
   number of processes, so every share has the same size: each process's loss is the mean over its share, and
   DDP's average of the processes' gradients is then exactly the gradient of the mean over the global batch, the
   same as in one process (up to float rounding).
@@ -36,6 +36,13 @@ import torch.distributed as dist
 from torch import nn
 
 from respkd.errors import ReportedElsewhere, RespkdError, first_line
+
+__all__ = [
+    "TIMEOUT", "Launch", "all_reduce_mean", "all_reduce_sum", "barrier", "build_once", "check_batch_size",
+    "check_supported", "cleanup", "gather_per_process", "group_device", "is_initialized", "is_main_process", "launch",
+    "own_part", "print_main", "process_device", "rank", "reseed_per_process", "setup", "shard", "together",
+    "world_size", "wrap_student",
+]
 
 T = TypeVar("T")
 
@@ -162,6 +169,28 @@ def shard(n: int) -> slice:
     base, extra = divmod(n, size)
     start = r * base + min(r, extra)
     return slice(start, start + base + (r < extra))
+
+
+def gather_per_process(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Every process's copy of each of ``tensors`` (each the same shape in every process), named
+    ``process<rank>.<name>``. One process: no communication. Under torch.distributed every process must call it."""
+    world = world_size()
+    if world == 1:
+        return {f"process0.{name}": t for name, t in tensors.items()}
+    device = group_device()
+    gathered = {}
+    for name in sorted(tensors):  # the same order in every process
+        local = tensors[name].detach().to(device).reshape(-1)
+        parts = [torch.empty_like(local) for _ in range(world)]
+        dist.all_gather(parts, local)
+        gathered.update({f"process{r}.{name}": part.cpu().reshape(tensors[name].shape) for r, part in enumerate(parts)})
+    return gathered
+
+
+def own_part(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """This process's tensors of :func:`gather_per_process`, under their own names."""
+    prefix = f"process{rank()}."
+    return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 def check_batch_size(batch_size: int, n_train: int) -> None:

@@ -16,6 +16,11 @@ from tqdm import tqdm
 from respkd import distributed
 from respkd.config import TrainConfig
 
+__all__ = [
+    "EpochProgress", "autocast", "build_optimizer", "build_scheduler", "evaluate", "fast_bf16_available",
+    "train_one_epoch", "use_bf16",
+]
+
 POSTFIX_SECONDS = 0.5  # how often the training bar's running loss is refreshed
 EVAL_BAR_DELAY_SECONDS = 2.0  # an evaluation shows a bar only once it has taken this long: large sets only
 
@@ -96,7 +101,8 @@ def train_one_epoch(
     """One pass over ``loader``; returns the mean of every loss term and the epoch's wall time.
 
     ``task`` is a :class:`~respkd.distill.Supervised` or :class:`~respkd.distill.Distiller`; ``student`` is the
-    trained model, whose ``apply_constraints()`` (max-norm) runs after every step when it has one.
+    trained model, whose ``apply_constraints()`` (max-norm) runs after every step when it has one. A task with a
+    ``set_epoch(epoch)`` (:meth:`respkd.distill.Distiller.set_epoch`) is told the epoch first.
     ``teacher_logits(indices, epoch)``, when given, returns the teacher's outputs for the batch's example ids
     (e.g. :meth:`respkd.teacher_cache.TeacherCache.for_loader`), handed to the Distiller instead of a teacher pass.
     ``done``: the part of this epoch already trained (resuming); ``loader`` must then yield only the batches after
@@ -107,6 +113,9 @@ def train_one_epoch(
     terminal. Where it is not (a log file, a pipe), no bar is written.
     """
     task.train()
+    set_epoch = getattr(task, "set_epoch", None)  # a Distiller whose loss warms up over epochs (DKD) reads it
+    if set_epoch is not None:
+        set_epoch(epoch)
     constrain = getattr(student, "apply_constraints", None)
     show = sys.stderr.isatty() if progress is None else progress
     state = done or EpochProgress()
@@ -156,6 +165,8 @@ def evaluate(model: nn.Module, loader: Iterable, num_classes: int,
     Returns ``top1`` and ``top5`` (percent), ``errors`` (count of top-1 mistakes), ``n``, mean ``loss`` and
     ``errors_per_class`` (mistakes on the examples of each true class). Under torchrun each process evaluates its
     own slice of the examples and ``reduce`` (:func:`respkd.distributed.all_reduce_sum`) sums the counts.
+    An evaluation still running after ``EVAL_BAR_DELAY_SECONDS`` shows a bar when stderr is a terminal (process 0
+    only), gone once it ends.
     """
     model.eval()
     n = errors = top5_hits = 0

@@ -26,8 +26,11 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from respkd.checkpoint import load_model
 from respkd.config import COMBINE_RULES
 from respkd.errors import RespkdError
+
+__all__ = ["AGREE_KEYS", "Ensemble", "check_combination", "combine_logits", "ensemble_digest", "load_ensemble"]
 
 
 def check_combination(rule: str, temperature: float) -> None:
@@ -94,8 +97,6 @@ def load_ensemble(
     error naming the first member that differs. ``weights_sha256`` of the returned metadata is
     :func:`ensemble_digest`; ``members`` lists each member's path, run name and weights digest.
     """
-    from respkd.experiment import load_model  # experiment imports this module
-
     if len(set(map(str, paths))) != len(paths):
         raise RespkdError("an ensemble lists the same checkpoint twice")
     models, metas = [], []

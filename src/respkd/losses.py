@@ -1,17 +1,28 @@
-"""Response-based distillation losses (Hinton, Vinyals & Dean 2015).
+"""Response-based distillation losses: Hinton's soft targets and the family that grew from it.
 
 Convention used everywhere in respkd (peers disagree, so it is spelled out):
 
-    loss = soft_weight * T^2 * KL(q_teacher^T || q_student^T)  +  hard_weight * CE(student at T=1, labels)
+    loss = hard_weight * CE(student at T=1, labels)  +  soft_weight * response term
+
+where the response term is, by ``kd.loss``:
+
+* ``kd`` (Hinton, Vinyals & Dean 2015): ``T^2 * KL(q_teacher^T || q_student^T)``, :func:`soft_target_loss`;
+* ``logit_mse`` (Ba & Caruana 2014; Kim et al. 2021): squared error between the logits, :func:`logit_mse_loss`;
+* ``dkd`` (Zhao et al., CVPR 2022): ``alpha * TCKD + beta * NCKD``, :func:`dkd_loss`;
+* ``dist`` (Huang et al., NeurIPS 2022): correlation between and within classes, :func:`dist_loss`;
+
+and ``kd.standardize`` (Sun et al., CVPR 2024) passes both models' logits through :func:`standardize_logits` first.
 
 * ``q^T = softmax(logits / T)``: teacher and student are softened with the same temperature T.
 * KL rather than soft cross-entropy: the two differ by the teacher's entropy, a constant, so the gradients are
   identical; KL is zero when the student matches the teacher, which makes logged values readable.
 * ``T^2``: the gradient of ``KL`` w.r.t. a student logit is ``(1/T) (q_student - q_teacher)``; multiplying by
   ``T^2`` keeps the soft term's gradient magnitude comparable across temperatures (the paper's advice), so
-  ``soft_weight`` and ``hard_weight`` need not be retuned when T changes.
-* Reduction is ``batchmean``: summed over classes, averaged over examples (the mathematically correct KL).
-* Both terms are computed in float32, also under bf16/fp16 autocast: a low-precision softmax at high T loses the
+  ``soft_weight`` and ``hard_weight`` need not be retuned when T changes. DKD and DIST multiply by T^2 as their
+  authors do; logit matching has no temperature.
+* Reduction is ``batchmean``: summed over classes, averaged over examples (the mathematically correct KL). DIST's
+  correlations are means over rows and over columns, as its authors'.
+* Every term is computed in float32, also under bf16/fp16 autocast: a low-precision softmax at high T loses the
   small probabilities that carry the "dark knowledge".
 
 Mapping to peers: MMRazor ``KLDivergence(tau, loss_weight)`` is ``soft_weight=loss_weight`` with the same T^2;
@@ -21,8 +32,40 @@ is None); the Keras example omits T^2, i.e. ``soft_weight = w / T^2``.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
+
+__all__ = [
+    "LOSS_PARAMS", "RESPONSE_LOSSES", "soft_targets", "soft_target_loss", "hard_label_loss", "logit_mse_loss", "dkd_terms",
+    "dkd_loss", "dist_terms", "dist_loss", "standardize_logits", "check_loss", "response_loss", "distillation_loss",
+]
+
+# The response losses and the parameters of each (besides the temperature), by the names of their functions.
+LOSS_PARAMS: dict[str, tuple[str, ...]] = {"kd": (), "logit_mse": (), "dkd": ("alpha", "beta"), "dist": ("beta", "gamma")}
+RESPONSE_LOSSES = tuple(LOSS_PARAMS)
+STANDARDIZE_EPS = 1e-7  # logit standardization's: added to the standard deviation
+PEARSON_EPS = 1e-8  # DIST's: added to the product of the norms in its Pearson correlation
+DKD_MASK = 1000.0  # DKD's: subtracted from the target logit at T, so the NCKD softmax leaves the target class out
+
+
+def _float32(tensor: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Autocast off on ``tensor``'s device: what every loss here computes inside, on ``.float()`` inputs."""
+    return torch.autocast(device_type=tensor.device.type, enabled=False)
+
+
+def _check_pair(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> None:
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"student and teacher outputs differ in shape: {tuple(student_logits.shape)} vs "
+            f"{tuple(teacher_logits.shape)} (do they have the same number of classes?)"
+        )
+
+
+def _check_temperature(temperature: float) -> None:
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
 
 
 def soft_targets(teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -39,14 +82,9 @@ def soft_target_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
             such as an ensemble's combined output).
         temperature: T > 0.
     """
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    if student_logits.shape != teacher_logits.shape:
-        raise ValueError(
-            f"student and teacher outputs differ in shape: {tuple(student_logits.shape)} vs "
-            f"{tuple(teacher_logits.shape)} (do they have the same number of classes?)"
-        )
-    with torch.autocast(device_type=student_logits.device.type, enabled=False):
+    _check_temperature(temperature)
+    _check_pair(student_logits, teacher_logits)
+    with _float32(student_logits):
         log_q_student = F.log_softmax(student_logits.float() / temperature, dim=-1)
         log_q_teacher = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
         kl = F.kl_div(log_q_student, log_q_teacher, reduction="batchmean", log_target=True)
@@ -55,8 +93,199 @@ def soft_target_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
 
 def hard_label_loss(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Ordinary cross-entropy with the true labels at T = 1, in float32, averaged over the batch."""
-    with torch.autocast(device_type=student_logits.device.type, enabled=False):
+    with _float32(student_logits):
         return F.cross_entropy(student_logits.float(), labels)
+
+
+def logit_mse_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Logit matching: ``mean over examples of sum_k (z_student,k - z_teacher,k)^2``, in float32.
+
+    Ba & Caruana 2014 ("Do deep nets really need to be deep?") train the student by regressing the teacher's logits
+    with a squared error; Kim et al. 2021 ("Comparing Kullback-Leibler divergence and mean squared error loss in
+    knowledge distillation") compare it with KD. It is the high-temperature limit of the soft-target loss: as
+    T -> inf, ``T^2 * KL`` tends to ``(1 / 2C) * sum_k (z_s,k - z_t,k)^2`` for logits centred per example (Hinton et
+    al. 2015, section 2.1), so this is KD at T = inf up to the factor 1/(2C) and the centring.
+
+    No temperature and no T^2. Reduction: summed over classes, averaged over examples (Kim et al.'s
+    ``nn.MSELoss()`` also averages over the classes: their weight w is ``soft_weight = w / C`` here). The logits are
+    compared as they are, not centred: a constant added to one example's logits changes this loss (and no
+    probability); ``kd.standardize`` centres and scales both first.
+    """
+    _check_pair(student_logits, teacher_logits)
+    with _float32(student_logits):
+        diff = student_logits.float() - teacher_logits.float()
+        return diff.pow(2).sum(dim=-1).mean()
+
+
+def dkd_terms(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """DKD's two parts, TCKD and NCKD, each ``T^2 * KL`` summed over the batch and divided by its size, in float32.
+
+    Decoupled knowledge distillation (Zhao et al., CVPR 2022) splits the KL of KD per example, with ``p`` the
+    softmax at T and ``t`` the true class:
+
+    * TCKD: ``KL(b_teacher || b_student)`` with ``b = (p_t, 1 - p_t)``, the binary "target vs all other classes"
+      distributions;
+    * NCKD: ``KL(p^_teacher || p^_student)`` with ``p^`` the softmax over the non-target classes only;
+    * ``KL(p_teacher || p_student) = TCKD + (1 - p_teacher,t) * NCKD`` per example (the paper's identity).
+
+    As the authors' code (mdistiller, ``mdistiller/distillers/DKD.py``): the teacher's binary distribution is its
+    probabilities summed over (target) and (others); NCKD is the KL between ``softmax(z / T - 1000 * onehot(t))`` of
+    both models (the 1000 makes the target class's probability 0 in float32 without an ``-inf`` that would turn the
+    KL into NaN); both KLs are ``sum`` reductions divided by the batch size, times T^2. One departure: the student's
+    binary log-probabilities are ``log_softmax(z / T)`` at the target and a ``logsumexp`` of it over the other
+    classes, instead of the authors' ``torch.log`` of summed probabilities. Those are the same numbers wherever the
+    authors' are finite; theirs become ``-inf`` (and the gradient NaN) once a probability rounds to 0, e.g. at
+    ``|z| = 100`` and T = 1.
+
+    Raises:
+        ValueError: fewer than 3 classes (with 2, the non-target distribution is a single class: NCKD carries no
+            information and ``beta`` has nothing to weight), missing labels, or a bad temperature.
+    """
+    _check_temperature(temperature)
+    _check_pair(student_logits, teacher_logits)
+    if labels is None:
+        raise ValueError("DKD needs the true labels: it splits each response into the target class and the others")
+    num_classes = student_logits.shape[-1]
+    if num_classes < 3:
+        raise ValueError(f"DKD needs at least 3 classes, got {num_classes}: with 2 the non-target classes are one "
+                         "class, so NCKD (the KL between distributions over them) is undefined")
+    with _float32(student_logits):
+        s = student_logits.float() / temperature
+        t = teacher_logits.float() / temperature
+        index = labels[:, None]
+        target = torch.zeros_like(s, dtype=torch.bool).scatter_(1, index, True)
+        # The teacher's probability of the target and the sum of the others': the authors' sums of the probabilities
+        # times a 0/1 mask, as a gather and a masked sum (the same numbers, fewer operations).
+        p_teacher = torch.softmax(t, dim=1)
+        teacher_binary = torch.cat([p_teacher.gather(1, index), p_teacher.masked_fill(target, 0.0).sum(1, True)], 1)
+        log_p_student = torch.log_softmax(s, dim=1)
+        student_log_binary = torch.cat([
+            log_p_student.gather(1, index),
+            torch.logsumexp(log_p_student.masked_fill(target, float("-inf")), dim=1, keepdim=True),
+        ], dim=1)
+        scale = temperature**2 / student_logits.shape[0]
+        tckd = F.kl_div(student_log_binary, teacher_binary, reduction="sum") * scale
+        mask = target * DKD_MASK
+        teacher_others = torch.softmax(t - mask, dim=1)
+        student_log_others = torch.log_softmax(s - mask, dim=1)
+        nckd = F.kl_div(student_log_others, teacher_others, reduction="sum") * scale
+    return tckd, nckd
+
+
+def dkd_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float,
+    alpha: float, beta: float,
+) -> torch.Tensor:
+    """Decoupled KD (Zhao et al., CVPR 2022): ``alpha * TCKD + beta * NCKD``, both with T^2 (see :func:`dkd_terms`).
+
+    KD is the special case ``alpha = 1, beta = 1 - p_teacher,t`` per example. The authors' CIFAR-100 settings: alpha 1,
+    beta 8, T 4, cross-entropy weight 1, and the DKD term warmed up linearly over 20 epochs (the
+    :class:`respkd.distill.Distiller` applies the warm-up; this function is one batch's term).
+    """
+    tckd, nckd = dkd_terms(student_logits, teacher_logits, labels, temperature)
+    return alpha * tckd + beta * nckd
+
+
+def _pearson(a: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:
+    """Pearson correlation of ``a`` and ``b`` along ``dim`` (1: of each row, 0: of each column), with DIST's eps
+    (1e-8) added to the product of the centred vectors' norms, as its authors compute it (they transpose for the
+    columns; reducing along dim 0 is the same arithmetic without the copies)."""
+    a = a - a.mean(dim=dim, keepdim=True)
+    b = b - b.mean(dim=dim, keepdim=True)
+    return (a * b).sum(dim=dim) / (a.norm(dim=dim) * b.norm(dim=dim) + PEARSON_EPS)
+
+
+def dist_terms(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """DIST's two parts, inter-class and intra-class relation, each ``T^2 * (1 - mean Pearson correlation)``.
+
+    DIST (Huang et al., NeurIPS 2022, "Knowledge distillation from a stronger teacher") matches the softened
+    predictions ``y = softmax(z / T)`` by correlation instead of exactly:
+
+    * inter-class relation: ``1 - mean over examples of pearson(y_student[i, :], y_teacher[i, :])`` (each row, the
+      classes of one example);
+    * intra-class relation: ``1 - mean over classes of pearson(y_student[:, k], y_teacher[:, k])`` (each column, one
+      class over the batch's examples).
+
+    As the authors' ``DIST`` (hunto/image_classification_sota, ``lib/models/losses/dist_kd.py``, the classification
+    code of hunto/DIST_KD): each term times ``tau^2``, Pearson as the cosine of the centred vectors with eps 1e-8.
+    Their CIFAR-100 recipe is T 4 (``kd: dist_t4``), beta = gamma = 1, DIST weight 2 and cross-entropy weight 1;
+    ImageNet uses T 1.
+
+    The intra-class term depends on the whole batch, not on each example alone: under torchrun each process
+    correlates the columns of its own share of the global batch, as the authors' multi-GPU training does, so a run
+    with several processes is not the one-process run number for number (every other loss here is). A column with
+    no variance (a batch of one example) has correlation 0 (the eps), so it adds ``T^2`` even when the student
+    equals the teacher.
+    """
+    _check_temperature(temperature)
+    _check_pair(student_logits, teacher_logits)
+    with _float32(student_logits):
+        y_s = torch.softmax(student_logits.float() / temperature, dim=1)
+        y_t = torch.softmax(teacher_logits.float() / temperature, dim=1)
+        inter = temperature**2 * (1 - _pearson(y_s, y_t, dim=1).mean())
+        intra = temperature**2 * (1 - _pearson(y_s, y_t, dim=0).mean())
+    return inter, intra
+
+
+def dist_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float, beta: float, gamma: float
+) -> torch.Tensor:
+    """DIST (Huang et al., NeurIPS 2022): ``beta * inter-class + gamma * intra-class relation`` (see
+    :func:`dist_terms`), i.e. ``T^2 * (beta * (1 - mean row Pearson) + gamma * (1 - mean column Pearson))``."""
+    inter, intra = dist_terms(student_logits, teacher_logits, temperature)
+    return beta * inter + gamma * intra
+
+
+def standardize_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Logit standardization (Sun et al., CVPR 2024): ``(z - mean(z)) / (1e-7 + std(z))`` per example, in float32.
+
+    Mean and standard deviation over the classes, the standard deviation with ``n - 1`` (``torch.std``'s default)
+    and the eps added to it, as the authors' ``normalize`` (sunshangquan/logit-standardization-KD,
+    ``mdistiller/distillers/KD.py``). Applied to both models' logits before a loss, it lets the student match the
+    teacher's logits up to a shift and a scale of its own; the authors' KD recipe with it is T 2, KD weight 9,
+    cross-entropy weight 0.1 (the cross-entropy on the raw logits). A row whose logits are all equal maps to zeros.
+    """
+    if logits.shape[-1] < 2:
+        raise ValueError("standardizing logits needs at least 2 classes (the standard deviation of one is undefined)")
+    with _float32(logits):
+        z = logits.float()
+        return (z - z.mean(dim=-1, keepdim=True)) / (STANDARDIZE_EPS + z.std(dim=-1, keepdim=True))
+
+
+def check_loss(loss: str, params: dict[str, float]) -> None:
+    """Refuse (ValueError) an unknown loss name, or parameters other than exactly that loss's."""
+    if loss not in LOSS_PARAMS:
+        raise ValueError(f"unknown response loss '{loss}': use one of {', '.join(RESPONSE_LOSSES)}")
+    if set(params) != set(LOSS_PARAMS[loss]):
+        raise ValueError(f"loss '{loss}' takes the parameters ({', '.join(LOSS_PARAMS[loss])}), got "
+                         f"({', '.join(sorted(params))})")
+
+
+def response_loss(
+    loss: str, student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor | None,
+    temperature: float, **params: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The response term of ``loss`` (one of :data:`RESPONSE_LOSSES`) and its named parts, unweighted, for logging.
+
+    ``params`` are the loss's own parameters (:data:`LOSS_PARAMS`): DKD ``alpha``, ``beta``; DIST ``beta``,
+    ``gamma``; ``kd`` and ``logit_mse`` take none (``logit_mse`` ignores the temperature).
+    """
+    check_loss(loss, params)
+    if loss == "kd":
+        soft = soft_target_loss(student_logits, teacher_logits, temperature)
+        return soft, {"soft_loss": soft}
+    if loss == "logit_mse":
+        mse = logit_mse_loss(student_logits, teacher_logits)
+        return mse, {"mse_loss": mse}
+    if loss == "dkd":
+        tckd, nckd = dkd_terms(student_logits, teacher_logits, labels, temperature)
+        return params["alpha"] * tckd + params["beta"] * nckd, {"tckd_loss": tckd, "nckd_loss": nckd}
+    inter, intra = dist_terms(student_logits, teacher_logits, temperature)
+    return params["beta"] * inter + params["gamma"] * intra, {"inter_loss": inter, "intra_loss": intra}
 
 
 def distillation_loss(
@@ -66,16 +295,25 @@ def distillation_loss(
     temperature: float,
     soft_weight: float = 1.0,
     hard_weight: float = 0.0,
+    loss: str = "kd",
+    loss_params: dict[str, float] | None = None,
+    standardize: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """Hinton's objective: ``soft_weight * soft_target_loss + hard_weight * hard_label_loss``.
+    """The objective: ``soft_weight * response term + hard_weight * hard_label_loss``.
 
-    Returns a dict with ``loss`` (the weighted sum to back-propagate) and the unweighted terms ``soft_loss`` and
-    ``hard_loss`` for logging. ``labels`` may be None only when ``hard_weight`` is 0.
+    The response term is ``loss``'s (see :func:`response_loss`; the default is Hinton's soft-target loss), computed
+    on both models' logits after :func:`standardize_logits` when ``standardize``; the cross-entropy always reads the
+    student's raw logits. Returns a dict with ``loss`` (the weighted sum to back-propagate) and the unweighted,
+    detached terms for logging: ``hard_loss`` and the response's parts (``soft_loss`` for KD, ``mse_loss``,
+    ``tckd_loss``/``nckd_loss``, ``inter_loss``/``intra_loss``). ``labels`` may be None only when ``hard_weight``
+    is 0 and the loss is not DKD.
     """
     if hard_weight and labels is None:
         raise ValueError("hard_weight > 0 needs labels")
-    soft = soft_target_loss(student_logits, teacher_logits, temperature)
+    s, t = (standardize_logits(student_logits), standardize_logits(teacher_logits)) if standardize else (
+        student_logits, teacher_logits)
+    response, terms = response_loss(loss, s, t, labels, temperature, **(loss_params or {}))
     # The hard term is computed whenever labels exist: it costs nothing and is worth logging at weight 0.
-    hard = hard_label_loss(student_logits, labels) if labels is not None else soft.new_zeros(())
-    loss = soft_weight * soft + hard_weight * hard if hard_weight else soft_weight * soft
-    return {"loss": loss, "soft_loss": soft.detach(), "hard_loss": hard.detach()}
+    hard = hard_label_loss(student_logits, labels) if labels is not None else response.new_zeros(())
+    total = soft_weight * response + hard_weight * hard if hard_weight else soft_weight * response
+    return {"loss": total, **{k: v.detach() for k, v in terms.items()}, "hard_loss": hard.detach()}

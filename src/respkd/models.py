@@ -10,15 +10,26 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from respkd.errors import RespkdError, closest_name, first_line
+from respkd.errors import RespkdError, closest_name, first_line, quote, shorten
+
+__all__ = [
+    "MAX_LAYERS", "MAX_WIDTH", "MLP", "BasicBlock", "CifarResNet", "MaxNormMixin", "ModelFactory", "SmallCNN",
+    "accepts_option", "build_model", "check_number", "check_widths", "cnn", "count_macs", "count_parameters",
+    "list_models", "mlp", "register_model", "resnet32x4", "resnet8x4",
+]
 
 ModelFactory = Callable[..., nn.Module]
 _REGISTRY: dict[str, ModelFactory] = {}
+
+# The factories' bounds on their options. 65,536 units on a flattened 224x224 RGB input is already 10^10 weights;
+# a width of 0 would build an empty layer that torch only warns about, and train it.
+MAX_WIDTH = 2**16
+MAX_LAYERS = 100
 
 
 def register_model(fn: ModelFactory) -> ModelFactory:
@@ -29,6 +40,26 @@ def register_model(fn: ModelFactory) -> ModelFactory:
 
 def list_models() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def check_widths(option: str, widths: Any, at_least: int = 0) -> list[int]:
+    """``widths`` as a list of layer sizes: ``at_least`` to ``MAX_LAYERS`` integers from 1 to ``MAX_WIDTH``."""
+    if not isinstance(widths, (list, tuple)) or any(type(w) is not int for w in widths):  # a bool is no width
+        raise ValueError(f"'{option}' must be a list of integers (layer widths), got {quote(widths)}")
+    if not at_least <= len(widths) <= MAX_LAYERS:
+        raise ValueError(f"'{option}' must list {at_least} to {MAX_LAYERS} layers, got {len(widths)}")
+    if bad := [w for w in widths if not 1 <= w <= MAX_WIDTH]:
+        raise ValueError(f"'{option}' widths must be from 1 to {MAX_WIDTH}, got {quote(bad[0])}")
+    return list(widths)
+
+
+def check_number(option: str, value: Any, low: float, high: float, high_included: bool = False) -> float:
+    """``value`` as a float from ``low`` (included) to ``high`` (excluded unless ``high_included``)."""
+    fits = isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value
+    if not (fits and (value <= high if high_included else value < high)):  # NaN fails every comparison
+        raise ValueError(f"'{option}' must be a number from {low:g} to {'' if high_included else 'below '}{high:g}, "
+                         f"got {quote(value)}")
+    return float(value)
 
 
 def accepts_option(name: str, option: str) -> bool:
@@ -105,7 +136,11 @@ def mlp(
     dropout_hidden: float = 0.0,
     max_norm: float | None = None,
 ) -> nn.Module:
-    return MLP(math.prod(in_shape), list(hidden), num_classes, dropout_input, dropout_hidden, max_norm)
+    if max_norm is not None and check_number("max_norm", max_norm, 0, 1000, high_included=True) == 0:
+        raise ValueError("'max_norm' must be above 0 (leave it out for no constraint)")
+    return MLP(math.prod(in_shape), check_widths("hidden", hidden), num_classes,
+               check_number("dropout_input", dropout_input, 0, 1), check_number("dropout_hidden", dropout_hidden, 0, 1),
+               max_norm)
 
 
 class SmallCNN(nn.Module):
@@ -132,7 +167,12 @@ class SmallCNN(nn.Module):
 def cnn(
     num_classes: int, in_shape: tuple[int, ...], channels: list[int] = (32, 64, 128), dropout: float = 0.0
 ) -> nn.Module:
-    return SmallCNN(in_shape[0], num_classes, list(channels), dropout)
+    channels = check_widths("channels", channels, at_least=1)
+    side = min(in_shape[1:])
+    if 2 ** (len(channels) - 1) > side:  # each block after the first halves the resolution
+        raise ValueError(f"'channels' lists {len(channels)} blocks, but {side}-pixel inputs allow at most "
+                         f"{side.bit_length()} (each block after the first halves the resolution)")
+    return SmallCNN(in_shape[0], num_classes, channels, check_number("dropout", dropout, 0, 1))
 
 
 class BasicBlock(nn.Module):
@@ -209,7 +249,7 @@ def _build_torchvision(arch: str, num_classes: int, in_shape: tuple[int, ...], *
     try:
         factory = tvm.get_model_builder(arch)
     except ValueError:
-        raise RespkdError(f"unknown torchvision model '{arch}'") from None
+        raise RespkdError(f"unknown torchvision model '{shorten(arch)}'") from None
     model = factory(weights=None, num_classes=num_classes, **kwargs)
     if in_shape[0] != 3:
         _adapt_first_conv(model, in_shape[0])
@@ -222,7 +262,7 @@ def _build_timm(arch: str, num_classes: int, in_shape: tuple[int, ...], **kwargs
     except ImportError:
         raise RespkdError("timm models need the 'timm' package: pip install timm") from None
     if not timm.is_model(arch):
-        raise RespkdError(f"unknown timm model '{arch}'")
+        raise RespkdError(f"unknown timm model '{shorten(arch)}'")
     return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_shape[0], **kwargs)
 
 
@@ -261,9 +301,9 @@ def build_model(name: str, num_classes: int, in_shape: tuple[int, ...], **kwargs
             return factory(num_classes=num_classes, in_shape=in_shape, **kwargs)
     except (TypeError, ValueError, RuntimeError, OverflowError) as err:
         # an option the model does not take, or a value its layers refuse (dropout 2.0, a width of -5 or 10**30)
-        raise RespkdError(f"model '{name}': {first_line(err)}") from None
+        raise RespkdError(f"model '{shorten(name)}': {first_line(err)}") from None
     raise RespkdError(
-        f"unknown model '{name}': use one of {', '.join(list_models())}, 'torchvision.<arch>' or 'timm.<arch>'"
+        f"unknown model '{shorten(name)}': use one of {', '.join(list_models())}, 'torchvision.<arch>' or 'timm.<arch>'"
     )
 
 
@@ -273,7 +313,7 @@ def _check_options(name: str, factory: ModelFactory, options: dict) -> None:
         if key not in accepted:
             close = closest_name(key, accepted)
             hint = f" (did you mean '{close}'?)" if close else f" (options: {', '.join(accepted)})"
-            raise RespkdError(f"model '{name}' has no option '{key}'{hint}")
+            raise RespkdError(f"model '{name}' has no option '{shorten(key)}'{hint}")
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from respkd.checkpoint import atomic_write
 from respkd.errors import RespkdError
+from respkd.files import atomic_write
 from respkd.report import teacher_reference
+from respkd.rundir import METRICS_NAME
 
 __all__ = ["FIGURE_FORMATS", "Curve", "TeacherLine", "check_figure_path", "epoch_series", "plot_curves", "pyplot",
            "read_metrics", "require_matplotlib", "run_curves", "run_folder"]
 
-METRICS_NAME = "metrics.jsonl"
 FIGURE_FORMATS = (".png", ".svg", ".pdf")
 RECORD_KEYS = {"epoch": int, "loss": (int, float), "test_errors": int}
 

@@ -12,11 +12,16 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from respkd.checkpoint import read_checkpoint_meta
+from respkd.checkpoint import SUMMARY_NAME, read_checkpoint_meta
+from respkd.config import read_yaml_mapping
 from respkd.errors import RespkdError
+from respkd.files import read_json
 from respkd.seeds import fmt_mean_std, group_runs, seed_report
+
+__all__ = [
+    "COLUMNS", "METRIC_KEYS", "SUMMARY_KEYS", "control_key", "distillation_verdicts", "group_row", "read_summary",
+    "read_table_summary", "results_json", "results_table", "run_groups", "table_row", "teacher_reference",
+]
 
 COLUMNS = ("Model", "Params(M)", "Flops(G)", "Top-1 (%)", "Top-5 (%)", "Test errors", "Config", "Download")
 # what the table and the seed statistics read; anything else in summary.json is optional here
@@ -25,13 +30,10 @@ METRIC_KEYS = ("top1", "top5", "errors", "n")
 
 
 def read_summary(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "summary.json"
+    path = run_dir / SUMMARY_NAME
     if not path.is_file():
         raise RespkdError(f"{run_dir}: no summary.json (the run has not finished)")
-    try:
-        summary = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise RespkdError(f"{path}: not valid JSON ({err})") from None
+    summary = read_json(path, "summary")
     if not isinstance(summary, dict) or not isinstance(summary.get("metrics"), dict):
         raise RespkdError(f"{path}: not a respkd run summary (expected a JSON object with 'metrics')")
     return summary
@@ -150,10 +152,7 @@ def _same_test_set(name: str, metrics: dict[str, Any], n: int | None) -> dict[st
 def _configured_teacher(run_dir: Path) -> str | None:
     """The teacher checkpoint a running run's ``config.yaml`` names (a ``run`` is a folder beside this run's)."""
     path = run_dir / "config.yaml"
-    try:
-        teacher = (yaml.safe_load(path.read_text()) or {}).get("teacher") if path.is_file() else None
-    except (yaml.YAMLError, UnicodeDecodeError, AttributeError):
-        raise RespkdError(f"{path}: not a respkd run config") from None
+    teacher = read_yaml_mapping(path, what="run config").get("teacher") if path.is_file() else None
     if not isinstance(teacher, dict):
         return None
     if isinstance(teacher.get("checkpoint"), str):

@@ -18,7 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from respkd import distributed
-from respkd.checkpoint import atomic_write_text
+from respkd.files import atomic_write_text
+
+__all__ = [
+    "METRICS", "base_name", "fmt_mean_std", "group_runs", "mean_std", "report_seeds", "seed_report",
+    "seed_report_markdown", "without_seed", "write_seed_report",
+]
 
 METRICS = ("top1", "top5", "errors")  # test top-1 and top-5 accuracy (%), test errors
 

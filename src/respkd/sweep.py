@@ -15,12 +15,18 @@ from pathlib import Path
 from typing import Any, Callable
 
 from respkd import distributed
-from respkd.checkpoint import atomic_write, atomic_write_text
 from respkd.config import RunConfig, config_to_dict, validate_config
 from respkd.errors import RespkdError
-from respkd.experiment import SUMMARY_NAME, run_many
+from respkd.experiment import run_many
+from respkd.files import atomic_write, atomic_write_text
 from respkd.models import accepts_option
 from respkd.plot import pyplot, require_matplotlib
+from respkd.report import read_summary
+
+__all__ = [
+    "Cell", "cell_name", "check_plotting", "plot_sweep", "row_label", "run_sweep", "sweep_cells", "sweep_folder",
+    "sweep_table", "width_label", "write_sweep_outputs",
+]
 
 
 @dataclass(frozen=True)
@@ -105,7 +111,7 @@ def write_sweep_outputs(folder: Path, base: RunConfig, cells: list[Cell], runs_r
     """Read the cells' summaries and write ``sweep.json``, ``sweep.md`` and ``sweep.png`` into ``folder``."""
     rows: dict[str, dict[float, dict[str, Any]]] = {}
     for c in cells:
-        summary = json.loads((runs_root / c.cfg.name / SUMMARY_NAME).read_text())
+        summary = read_summary(runs_root / c.cfg.name)
         rows.setdefault(row_label(base, c.hidden), {})[c.temperature] = {
             "run": c.cfg.name, "errors": summary["metrics"]["errors"], "n": summary["metrics"]["n"],
             "top1": summary["metrics"]["top1"],

@@ -13,11 +13,15 @@ rows of a batch are touched, nothing is unpickled):
 
 * full: ``logits.npy``, float16 ``(V, N, C)``. Each row is shifted so its largest logit is 0 before rounding
   (softmax ignores a per-row shift), which spends float16's precision on the classes that carry the probability
-  mass; values below float16's range are clamped to its minimum (their probability is 0 at any sane T).
+  mass; values below float16's range are clamped to its minimum (their probability is 0 at any sane T). Every
+  loss of :mod:`respkd.losses` but one ignores the shift too; logit matching (``kd.loss: logit_mse`` without
+  ``kd.standardize``) compares the logits themselves, so its cache also keeps each row's maximum (``row_max.npy``,
+  float32 ``(V, N)``; ``row_max: true`` in the spec) and :meth:`TeacherCache.lookup` adds it back.
 * top-k (FKD-style, Shen & Xing 2022): ``topk_probs.npy`` float16 and ``topk_indices.npy`` int16 ``(V, N, k)``: the k
   largest teacher probabilities at the temperature T, the remaining mass spread uniformly over the other classes.
   They are handed to the loss as "logits" ``T * log(q)``, which :func:`respkd.losses.soft_target_loss` softens back
-  to exactly ``q``. Such a cache is tied to its T.
+  to exactly ``q``. Such a cache is tied to its T, and serves the losses that read only the teacher's probabilities
+  at T (``kd``, ``dkd``, ``dist``), not those that read its logits (``logit_mse``, ``kd.standardize``).
 
 A cache lives in ``<cache_dir>/<key[:16]>/`` where ``key`` is the SHA-256 of everything that determines its contents
 (:func:`cache_spec`): the teacher's ``weights_sha256`` and recorded response, the dataset's SHA-256 and the transfer
@@ -53,9 +57,17 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from respkd.data.loader import BatchLoader
+from respkd.data.memory import BatchLoader
 from respkd.engine import autocast
 from respkd.errors import RespkdError, first_line
+from respkd.files import read_json
+from respkd.provenance import differences
+
+__all__ = [
+    "CACHE_FORMAT", "FLOAT16_MIN", "META_NAME", "MIN_PROB", "TeacherCache", "build_cache", "cache_folder", "cache_key",
+    "cache_spec", "find_cache", "full_to_stored", "offsets_digest", "open_cache", "selection_digest", "topk_of",
+    "topk_to_logits",
+]
 
 CACHE_FORMAT = "respkd-teacher-cache-v1"
 META_NAME = "meta.json"
@@ -91,6 +103,7 @@ def cache_spec(
     train_selection_sha256: str | None = None,
     teacher_input: dict[str, Any] | None = None,
     teacher_model: dict[str, Any] | None = None,
+    raw_logits: bool = False,
 ) -> dict[str, Any]:
     """Everything that determines a cache's contents, as a JSON-ready dict (hashed by :func:`cache_key`).
 
@@ -102,7 +115,8 @@ def cache_spec(
     unfiltered runs keep the keys they had before transfer sets existed. Likewise ``teacher_input`` (the settings of
     a teacher input adapter, :meth:`respkd.adapter.TeacherInputAdapter.spec`: it changes what the teacher sees) and
     ``teacher_model`` (the architecture of a teacher given as ``model`` + ``weights``, whose state dict alone does not
-    pin it) enter the spec only when given.
+    pin it) enter the spec only when given. ``raw_logits`` (a loss that reads the logits themselves, see the module
+    doc) adds ``row_max: true``; caches without it keep their keys.
     """
     jitter = int(loader.jitter)
     if jitter and not loader.jitter_views:
@@ -113,6 +127,8 @@ def cache_spec(
     views = int(loader.jitter_views) if jitter else 1
     if topk is not None and temperature is None:
         raise ValueError("a top-k cache needs the temperature its probabilities are taken at")
+    if topk is not None and raw_logits:
+        raise ValueError("a top-k cache holds probabilities, not the teacher's logits")
     return {
         "format": CACHE_FORMAT,
         "teacher_weights_sha256": teacher_weights_sha256,
@@ -132,6 +148,7 @@ def cache_spec(
         **({"train_selection_sha256": train_selection_sha256} if train_selection_sha256 is not None else {}),
         **({"teacher_input": teacher_input} if teacher_input is not None else {}),
         **({"teacher_model": teacher_model} if teacher_model is not None else {}),
+        **({"row_max": True} if raw_logits else {}),
     }
 
 
@@ -210,8 +227,10 @@ class TeacherCache:
         idx = indices.cpu().numpy()
         spec = self.meta["spec"]
         if spec["topk"] is None:
-            rows = torch.from_numpy(np.asarray(self.arrays["logits"][view][idx]))
-            return rows.to(device=device, dtype=torch.float32)
+            rows = torch.from_numpy(np.asarray(self.arrays["logits"][view][idx])).to(device=device, dtype=torch.float32)
+            if "row_max" in self.arrays:  # the teacher's own logits, not only up to a shift per row
+                rows = rows + torch.from_numpy(np.asarray(self.arrays["row_max"][view][idx])).to(device)[:, None]
+            return rows
         probs = torch.from_numpy(np.asarray(self.arrays["topk_probs"][view][idx])).to(device)
         classes = torch.from_numpy(np.asarray(self.arrays["topk_indices"][view][idx])).to(device)
         return topk_to_logits(probs, classes, self.num_classes, spec["temperature"])
@@ -231,8 +250,10 @@ class TeacherCache:
         return teacher_logits
 
 
-def _file_names(topk: int | None) -> tuple[str, ...]:
-    return ("logits",) if topk is None else ("topk_probs", "topk_indices")
+def _file_names(spec: dict[str, Any]) -> tuple[str, ...]:
+    if spec["topk"] is not None:
+        return ("topk_probs", "topk_indices")
+    return ("logits", "row_max") if spec.get("row_max") else ("logits",)
 
 
 def open_cache(folder: str | Path, spec: dict[str, Any], verify: bool = True) -> TeacherCache:
@@ -243,21 +264,21 @@ def open_cache(folder: str | Path, spec: dict[str, Any], verify: bool = True) ->
     """
     folder = Path(folder)
     hint = "delete the folder to rebuild it"
+    if not (folder / META_NAME).exists():
+        raise RespkdError(f"teacher cache {folder}: no {META_NAME}, not a complete cache; {hint}")
     try:
-        meta = json.loads((folder / META_NAME).read_text())
-    except FileNotFoundError:
-        raise RespkdError(f"teacher cache {folder}: no {META_NAME}, not a complete cache; {hint}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise RespkdError(f"teacher cache {folder}: unreadable {META_NAME} ({err}); {hint}") from None
+        meta = read_json(folder / META_NAME, META_NAME)
+    except RespkdError as err:
+        raise RespkdError(f"teacher cache {err}; {hint}") from None
     if not isinstance(meta, dict) or meta.get("format") != CACHE_FORMAT or not isinstance(meta.get("spec"), dict):
         raise RespkdError(f"teacher cache {folder}: not a {CACHE_FORMAT} cache; {hint}")
     stored = meta["spec"]
-    if stored != spec or meta.get("key") != cache_key(spec):
-        diffs = [k for k in sorted(set(stored) | set(spec)) if stored.get(k) != spec.get(k)] or ["key"]
+    if differences(stored, spec) or meta.get("key") != cache_key(spec):
+        diffs = list(dict.fromkeys(k.split(".")[0] for k in differences(stored, spec))) or ["key"]
         shown = "; ".join(f"{k}: cached {_short(stored.get(k))}, needed {_short(spec.get(k))}" for k in diffs[:3])
         raise RespkdError(f"teacher cache {folder} was built for other inputs ({shown}); stale cache, {hint}")
     arrays = {}
-    for name in _file_names(spec["topk"]):
+    for name in _file_names(spec):
         path = folder / f"{name}.npy"
         info = meta.get("files", {}).get(name, {})
         if not path.is_file():
@@ -319,7 +340,8 @@ def build_cache(
         raise RespkdError("cannot build a teacher cache for an empty training set")
     start = time.perf_counter()
     if log:
-        what = f"top-{topk} probabilities at T={spec['temperature']:g}" if topk else "float16 logits"
+        what = (f"top-{topk} probabilities at T={spec['temperature']:g}" if topk else
+                "float16 logits" + (" and their row maxima" if spec.get("row_max") else ""))
         log(f"building teacher cache: {views} view(s) x {n} examples, {what} -> {final}")
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=cache_dir))
@@ -340,9 +362,11 @@ def build_cache(
                 if not torch.isfinite(out).all():
                     raise RespkdError("the teacher produced non-finite outputs; refusing to cache them")
                 if not arrays:
-                    arrays = _create_arrays(tmp, views, n, out.shape[1], topk)
+                    arrays = _create_arrays(tmp, views, n, out.shape[1], topk, bool(spec.get("row_max")))
                 if topk is None:
                     arrays["logits"][view, lo : lo + len(idx)] = full_to_stored(out)
+                    if "row_max" in arrays:
+                        arrays["row_max"][view, lo : lo + len(idx)] = out.amax(dim=1).cpu().numpy()
                 else:
                     probs, classes = topk_of(out, topk, spec["temperature"])
                     arrays["topk_probs"][view, lo : lo + len(idx)] = probs
@@ -382,10 +406,15 @@ def _index_dtype(num_classes: int) -> type:
     return np.int16 if num_classes <= np.iinfo(np.int16).max + 1 else np.int32
 
 
-def _create_arrays(folder: Path, views: int, n: int, num_classes: int, topk: int | None) -> dict[str, np.ndarray]:
+def _create_arrays(
+    folder: Path, views: int, n: int, num_classes: int, topk: int | None, row_max: bool = False
+) -> dict[str, np.ndarray]:
     open_memmap = np.lib.format.open_memmap
     if topk is None:
-        return {"logits": open_memmap(folder / "logits.npy", "w+", np.float16, (views, n, num_classes))}
+        arrays = {"logits": open_memmap(folder / "logits.npy", "w+", np.float16, (views, n, num_classes))}
+        if row_max:
+            arrays["row_max"] = open_memmap(folder / "row_max.npy", "w+", np.float32, (views, n))
+        return arrays
     if topk > num_classes:
         raise RespkdError(f"kd.cache_topk is {topk} but the teacher has only {num_classes} outputs")
     return {

@@ -15,11 +15,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from respkd.checkpoint import (Weights, atomic_save_safetensors, atomic_write, check_model_meta, load_checkpoint,
+from respkd.checkpoint import (Weights, atomic_save_safetensors, check_model_meta, checkpoint_of, load_checkpoint,
                                load_weights)
 from respkd.config import ModelConfig
 from respkd.errors import RespkdError, first_line
+from respkd.files import atomic_write
 from respkd.models import build_model
+
+__all__ = [
+    "EXPORT_FORMATS", "constructor_call", "describe_fit", "export_student", "first_conv_note", "fit_weights",
+    "init_student", "load_external_teacher",
+]
 
 EXPORT_FORMATS = ("safetensors", "pth")
 
@@ -89,20 +95,6 @@ def load_external_teacher(
 
 
 # ---------------------------------------------------------------- export
-
-
-def checkpoint_of(source: str | Path, runs_root: str | Path = "runs") -> Path:
-    """The checkpoint named by ``source``: a checkpoint file, a run directory, or a run's name under ``runs_root``."""
-    from respkd.experiment import CHECKPOINT_NAME  # experiment imports this module
-
-    path = Path(source)
-    if path.is_dir():
-        path = path / CHECKPOINT_NAME
-    elif not path.exists() and (Path(runs_root) / str(source)).is_dir():
-        path = Path(runs_root) / str(source) / CHECKPOINT_NAME
-    if not path.is_file():
-        raise RespkdError(f"{source}: no such checkpoint, run directory, or run under {runs_root}/")
-    return path
 
 
 def export_student(

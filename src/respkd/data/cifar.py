@@ -25,6 +25,11 @@ import torch
 from respkd.data.safe_pickle import load_numpy_pickle
 from respkd.errors import RespkdError
 
+__all__ = [
+    "PIXELS", "RELEASES", "CifarRelease", "download", "expected_layout", "find_release", "read_binary_batch",
+    "read_python_batch", "read_release",
+]
+
 PIXELS = 3 * 32 * 32
 
 

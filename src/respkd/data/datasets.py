@@ -1,7 +1,7 @@
 """Datasets held in memory: find the raw files, convert them once to a checksummed cache, load the cache.
 
 MNIST and Fashion-MNIST (IDX or CSV, below), and CIFAR-10/100 (their binary or Python release, see
-:mod:`respkd.data.cifar`). ImageNet is streamed from class folders instead (:mod:`respkd.data.imagefolder`).
+:mod:`respkd.data.cifar`). ImageNet is streamed from class folders instead (:mod:`respkd.data.streamed`).
 
 MNIST-style sources, tried in this order when ``source: auto``:
   1. ``path``: a folder holding the four standard IDX files (``train-images-idx3-ubyte[.gz]`` ...), directly or in
@@ -32,6 +32,11 @@ from respkd.config import DATA_SOURCES
 from respkd.data import cifar
 from respkd.data.idx import read_idx, read_label_pixel_csv
 from respkd.errors import RespkdError
+
+__all__ = [
+    "CACHE_FORMAT", "CIFAR100_CLASSES", "DATASETS", "FASHION_MNIST_APT_DIR", "IDX_FILES", "DatasetInfo", "Splits",
+    "dataset_info", "input_normalization", "load_dataset", "read_cache", "require_folder", "write_cache",
+]
 
 CACHE_FORMAT = "respkd-dataset-v1"
 IDX_FILES = {
@@ -100,7 +105,7 @@ DATASETS = {
         "cifar100", "CIFAR100", CIFAR100_CLASSES, (3, 32, 32), (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761),
         None, kind="cifar",
     ),
-    # Class names are the WordNet ids of the class folders, read from disk (see respkd.data.imagefolder).
+    # Class names are the WordNet ids of the class folders, read from disk (see respkd.data.streamed).
     "imagenet": DatasetInfo(
         "imagenet", "ImageNet", (), (3, 224, 224), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), None,
         kind="imagefolder",
@@ -113,7 +118,7 @@ FASHION_MNIST_APT_DIR = Path("/usr/share/datasets/fashion-mnist")
 class Splits:
     """A dataset held in memory: uint8 images ``(N, C, H, W)`` and int64 labels, for train and test.
 
-    After :func:`respkd.experiment.select`, ``val_*`` hold the validation split (empty without ``data.val_size``)
+    After :func:`respkd.data.transfer.select`, ``val_*`` hold the validation split (empty without ``data.val_size``)
     and ``train_index`` the transfer set's positions in the original training set (None: no selection beyond
     ``train_limit``), which the teacher cache's key records.
     """
@@ -156,7 +161,7 @@ def dataset_info(name: str) -> DatasetInfo:
 def load_dataset(name: str, root: str | Path = "data", path: str | Path | None = None, source: str = "auto") -> Splits:
     """Load ``name`` from its cache under ``root``, building the cache from the raw files on first use."""
     info = dataset_info(name)
-    if info.streamed:  # train, distill and eval stream it (respkd.data.loaders); other commands need it in memory
+    if info.streamed:  # train, distill and eval stream it (respkd.data); other commands need it in memory
         raise RespkdError(f"{name} is streamed from image folders and cannot be loaded into memory: this command "
                           "works with in-memory datasets only (mnist, fashion_mnist, cifar10, cifar100)")
     cache = Path(root) / f"{name}.safetensors"

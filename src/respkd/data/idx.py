@@ -11,6 +11,8 @@ import numpy as np
 
 from respkd.errors import RespkdError
 
+__all__ = ["read_idx", "read_label_pixel_csv"]
+
 # IDX type codes -> numpy dtype (big-endian as the format prescribes).
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 

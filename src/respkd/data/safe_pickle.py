@@ -17,6 +17,8 @@ import numpy as np
 
 from respkd.errors import RespkdError
 
+__all__ = ["NumpyOnlyUnpickler", "RefusedName", "load_numpy_pickle"]
+
 try:  # numpy >= 2
     from numpy._core.multiarray import _reconstruct, scalar
     from numpy._core.numeric import _frombuffer

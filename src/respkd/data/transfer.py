@@ -7,7 +7,8 @@ Order, and why:
      a bias shift chosen on it for one run is chosen on data no run of the family trained on.
   3. the transfer filter on the rest: ``drop_classes`` or ``keep_classes``, then ``fraction`` (stratified, seeded
      by ``transfer.seed``).
-The test set is never touched here. Indices are kept sorted (the original order): the loader shuffles anyway.
+The test set is only cut by ``test_limit``. Indices are kept sorted (the original order): the loader shuffles anyway.
+Streamed datasets only take the limits (see :meth:`~respkd.data.streamed.FolderSplits.limited`).
 """
 
 from __future__ import annotations
@@ -16,8 +17,12 @@ from dataclasses import dataclass
 
 import torch
 
-from respkd.config import DataConfig
+from respkd.config import DataConfig, RunConfig, TransferConfig
+from respkd.data.datasets import Splits
+from respkd.data.streamed import FolderSplits
 from respkd.errors import RespkdError
+
+__all__ = ["Selection", "describe_transfer", "select", "select_training", "stratified_take"]
 
 
 def stratified_take(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
@@ -82,3 +87,33 @@ def select_training(labels: torch.Tensor, num_classes: int, d: DataConfig) -> Se
             raise RespkdError(f"data.transfer.fraction {t.fraction} of {len(train)} examples leaves none")
         train = train[stratified_take(labels[train], count, t.seed)]
     return Selection(train, val, active=True)
+
+
+def select(data: Splits | FolderSplits, cfg: RunConfig) -> Splits | FolderSplits:
+    """Apply ``train_limit`` / ``test_limit`` (first N examples), the validation hold-out and the transfer filter.
+
+    The order and why: see the module doc. ``val_*`` of the result hold the validation split (empty without
+    ``data.val_size``) and ``train_index`` the transfer set's positions in the original training set (None: no
+    selection beyond ``train_limit``).
+    """
+    d = cfg.data
+    if isinstance(data, FolderSplits):
+        return data.limited(d.train_limit, d.test_limit)
+    images, labels = data.train_images[: d.train_limit], data.train_labels[: d.train_limit]
+    sel = select_training(labels, data.num_classes, d)
+    if sel.active:
+        train_images, train_labels, index = images[sel.train], labels[sel.train], sel.train
+    else:
+        train_images, train_labels, index = images, labels, None
+    return Splits(
+        data.info, train_images, train_labels, data.test_images[: d.test_limit], data.test_labels[: d.test_limit],
+        data.sha256, val_images=images[sel.val], val_labels=labels[sel.val], train_index=index,
+    )
+
+
+def describe_transfer(t: TransferConfig) -> str:
+    """`` (transfer set: without classes [3], 0.5 of them)`` for a run's first log line; empty without a filter."""
+    parts = ([f"without classes {t.drop_classes}"] if t.drop_classes else []) + (
+        [f"only classes {t.keep_classes}"] if t.keep_classes is not None else []) + (
+        [f"{t.fraction:g} of them"] if t.fraction is not None else [])
+    return f" (transfer set: {', '.join(parts)})" if parts else ""

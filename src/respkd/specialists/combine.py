@@ -27,6 +27,8 @@ from typing import Sequence
 
 import torch
 
+__all__ = ["CombineResult", "active_specialists", "combine", "expand_specialist_probs", "membership", "objective"]
+
 
 @dataclass(frozen=True)
 class CombineResult:

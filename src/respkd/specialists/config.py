@@ -12,9 +12,14 @@ from typing import Literal
 
 from pydantic import Field, ValidationError, model_validator
 
-from respkd.config import (NAME_PATTERN, ModelConfig, Section, Seed, TrainConfig, format_validation_error,
-                           read_yaml_mapping)
+from respkd.config import (MAX_CLASSES, LossWeight, ModelConfig, PathText, RunName, Section, Seed, Temperature,
+                           TrainConfig, format_validation_error, read_yaml_mapping)
 from respkd.errors import RespkdError
+
+__all__ = [
+    "SUBSET_RULES", "CombineConfig", "GeneralistRef", "SoftTargetsConfig", "SpecialistConfig", "SpecialistsConfig",
+    "SubsetsConfig", "load_specialists_config", "validate_specialists_config",
+]
 
 SUBSET_RULES = ("correlation", "zero_diagonal", "covariance")
 
@@ -22,8 +27,8 @@ SUBSET_RULES = ("correlation", "zero_diagonal", "covariance")
 class GeneralistRef(Section):
     """The generalist: an earlier run's name under the same runs root, or a checkpoint path."""
 
-    run: str | None = None
-    checkpoint: str | None = None
+    run: PathText | None = None
+    checkpoint: PathText | None = None
 
     @model_validator(mode="after")
     def _one(self) -> "GeneralistRef":
@@ -43,11 +48,11 @@ class SubsetsConfig(Section):
     """
 
     rule: Literal["correlation", "zero_diagonal", "covariance"] = "correlation"
-    count: int = Field(..., ge=1)
-    max_size: int | None = Field(None, ge=1)
-    min_size: int = Field(2, ge=1)
-    partners: int = Field(0, ge=0)
-    n_init: int = Field(10, ge=1)  # K-means restarts (the best inertia wins)
+    count: int = Field(..., ge=1, le=MAX_CLASSES)
+    max_size: int | None = Field(None, ge=1, le=MAX_CLASSES)
+    min_size: int = Field(2, ge=1, le=MAX_CLASSES)
+    partners: int = Field(0, ge=0, le=MAX_CLASSES)
+    n_init: int = Field(10, ge=1, le=1000)  # K-means restarts (the best inertia wins)
     seed: Seed = 0
 
     @model_validator(mode="after")
@@ -61,9 +66,15 @@ class SoftTargetsConfig(Section):
     """Distil the generalist into the specialist (the paper's remedy for specialists overfitting their small data):
     the generalist's probabilities at T mapped to subset + dustbin (the dustbin gets the mass outside the subset)."""
 
-    temperature: float = Field(..., gt=0)
-    soft_weight: float = Field(1.0, ge=0)
-    hard_weight: float = Field(1.0, ge=0)
+    temperature: Temperature
+    soft_weight: LossWeight = 1.0
+    hard_weight: LossWeight = 1.0
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> "SoftTargetsConfig":
+        if not self.soft_weight and not self.hard_weight:
+            raise ValueError("'soft_weight' and 'hard_weight' are both 0: nothing to learn from")
+        return self
 
 
 class SpecialistConfig(Section):
@@ -86,16 +97,16 @@ class CombineConfig(Section):
     """Inference (see :mod:`respkd.specialists.combine`): the generalist's ``top_n`` classes pick the active
     specialists; Adam on the logits of q for at most ``steps``, stopping once every gradient entry is below ``tol``."""
 
-    top_n: int = Field(1, ge=1)
-    steps: int = Field(500, ge=1)
-    lr: float = Field(0.3, gt=0)
-    tol: float = Field(1e-6, ge=0)
+    top_n: int = Field(1, ge=1, le=MAX_CLASSES)
+    steps: int = Field(500, ge=1, le=100_000)
+    lr: float = Field(0.3, gt=0, le=100)
+    tol: float = Field(1e-6, ge=0, le=1)
 
 
 class SpecialistsConfig(Section):
-    name: str = Field(..., pattern=NAME_PATTERN)
+    name: RunName
     seed: Seed = 0
-    device: str = "cpu"
+    device: str = Field("cpu", max_length=32)
     threads: int | None = Field(None, ge=1, le=4096)
     generalist: GeneralistRef
     subsets: SubsetsConfig

@@ -33,9 +33,14 @@ import torch
 from torch import nn
 
 from respkd.bias import output_layer
-from respkd.data.loader import BatchLoader
+from respkd.data.memory import BatchLoader
 from respkd.errors import RespkdError
 from respkd.models import build_model
+
+__all__ = [
+    "MappedGeneralist", "SubsetBatches", "dustbin_correction", "label_map", "mapped_logits", "shift_dustbin",
+    "specialist_from_generalist",
+]
 
 
 def label_map(subset: Sequence[int], num_classes: int) -> torch.Tensor:
@@ -94,7 +99,7 @@ def specialist_from_generalist(
     """A copy of the generalist whose output layer covers ``subset`` + a dustbin (module doc for the dustbin row).
 
     ``spec``: the generalist's model spec from its checkpoint metadata (``name`` plus options), so the specialist's
-    checkpoint rebuilds with :func:`respkd.experiment.load_model` like any other.
+    checkpoint rebuilds with :func:`respkd.checkpoint.load_model` like any other.
     """
     layer = output_layer(generalist, in_shape)
     num_classes = layer.out_features
@@ -124,7 +129,7 @@ def shift_dustbin(model: nn.Module, in_shape: tuple[int, ...], shift: float) -> 
 class SubsetBatches:
     """Training batches of ``batch_size`` with ``n_in`` examples of the subset and ``batch_size - n_in`` of the rest.
 
-    Yields ``(inputs, mapped_labels, indices)`` like :class:`~respkd.data.loader.BatchLoader` (whose ``make_batch``
+    Yields ``(inputs, mapped_labels, indices)`` like :class:`~respkd.data.memory.BatchLoader` (whose ``make_batch``
     normalises and jitters), so the engine's ``train_one_epoch`` takes it as it is. An epoch shows every subset example
     once (``len(inside) // n_in`` full batches); the other classes' examples come from a permutation that is cycled
     when the epoch needs more of them than exist. Order seeded by ``(seed, epoch)``.
@@ -140,10 +145,12 @@ class SubsetBatches:
             raise RespkdError("a specialist needs training examples both of its subset and of other classes")
         self.n_in = min(max(1, round(batch_size * subset_fraction)), batch_size - 1)
         self.n_out = batch_size - self.n_in
-        self.epoch = 0
+        self.epoch = self.skip = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Make the next pass epoch ``epoch``, starting after its first ``skip`` batches (as
+        :meth:`~respkd.data.memory.BatchLoader.set_epoch`: the order depends only on the seed and the epoch)."""
+        self.epoch, self.skip = epoch, skip
         self.base.set_epoch(epoch)
 
     def __len__(self) -> int:
@@ -158,6 +165,6 @@ class SubsetBatches:
         outside = torch.cat([self.outside[torch.randperm(len(self.outside), generator=g)]
                              for _ in range(-(-need // len(self.outside)))])
         offsets = self.base.view_offsets(self.base.view_of_epoch(self.epoch)) if self.base.jitter else None
-        for b in range(len(self)):
+        for b in range(self.skip, len(self)):
             idx = torch.cat([inside[b * self.n_in:(b + 1) * self.n_in], outside[b * self.n_out:(b + 1) * self.n_out]])
             yield self.base.make_batch(idx, None if offsets is None else offsets[idx])

@@ -36,11 +36,18 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 
-from respkd.checkpoint import atomic_write, atomic_write_text
+from respkd.bias import predict
 from respkd.errors import RespkdError
+from respkd.files import atomic_write, atomic_write_text
 from respkd.plot import pyplot
 from respkd.specialists.config import SubsetsConfig
+
+__all__ = [
+    "add_partners", "check_libraries", "class_matrix", "find_subsets", "generalist_probabilities", "plot_subsets",
+    "subsets_record", "write_subsets",
+]
 
 
 def check_libraries() -> None:
@@ -141,10 +148,6 @@ def find_subsets(matrix: np.ndarray, cfg: SubsetsConfig) -> dict[str, Any]:
 
 def generalist_probabilities(model, loader) -> np.ndarray:
     """Softmax of ``model`` over every example of ``loader``, as float64 numpy (rows in loader order)."""
-    import torch
-
-    from respkd.bias import predict
-
     return torch.softmax(predict(model, loader), dim=1).double().numpy()
 
 

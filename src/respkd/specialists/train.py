@@ -27,104 +27,35 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 import yaml
-from pydantic import ValidationError
 from torch import nn
 
-from respkd.checkpoint import atomic_write_text, save_checkpoint
-from respkd.config import DataConfig, RunConfig, config_to_dict, validate_config
-from respkd.data.datasets import Splits, input_normalization, load_dataset
-from respkd.data.loader import BatchLoader
+from respkd.checkpoint import SUMMARY_NAME, checkpoint_meta
+from respkd.config import config_to_dict
+from respkd.data.memory import BatchLoader
 from respkd.distill import Distiller, Supervised
-from respkd.engine import build_optimizer, build_scheduler, evaluate, train_one_epoch, use_bf16
+from respkd.engine import build_optimizer, build_scheduler, evaluate, use_bf16
+from respkd.environment import capture_environment, seed_everything
 from respkd.errors import RespkdError
-from respkd.experiment import (CHECKPOINT_NAME, SUMMARY_NAME, RunLog, environment, load_model, resolve_device,
-                               seed_everything, select)
+from respkd.files import atomic_write_text, read_json
 from respkd.models import build_model, count_parameters
-from respkd.specialists.config import SpecialistConfig, SpecialistsConfig
+from respkd.provenance import read_record, same_inputs
+from respkd.rundir import RunDir, train_epochs
+from respkd.specialists.config import SpecialistsConfig
+from respkd.specialists.context import (SUBSETS_NAME, Context, is_trained, load_context, recorded_spec, specialist_dir,
+                                        specialist_spec, subsets_spec)
 from respkd.specialists.model import (MappedGeneralist, SubsetBatches, dustbin_correction, label_map, shift_dustbin,
                                       specialist_from_generalist)
-from respkd.specialists.subsets import check_libraries, generalist_probabilities, subsets_record, write_subsets
+from respkd.specialists.subsets import generalist_probabilities, subsets_record, write_subsets
 
-SUBSETS_NAME = "subsets.json"
-
-
-@dataclass
-class Context:
-    """Everything the specialists of one config share, loaded and checked before anything is written."""
-
-    cfg: SpecialistsConfig
-    out_dir: Path
-    device: torch.device
-    generalist: nn.Module
-    gen_meta: dict[str, Any]
-    gen_path: Path
-    gen_cfg: RunConfig
-    data: Splits
-    norm: tuple[tuple[float, ...], tuple[float, ...]]
-
-    @property
-    def in_shape(self) -> tuple[int, ...]:
-        return tuple(self.gen_meta["in_shape"])
-
-    @property
-    def num_classes(self) -> int:
-        return int(self.gen_meta["num_classes"])
-
-
-def specialist_dir(out_dir: Path, k: int) -> Path:
-    return out_dir / f"specialist-{k}"
-
-
-def generalist_path(cfg: SpecialistsConfig, runs_root: Path) -> Path:
-    g = cfg.generalist
-    return runs_root / g.run / CHECKPOINT_NAME if g.run is not None else Path(g.checkpoint)
-
-
-def prepare(cfg: SpecialistsConfig, runs_root: str | Path, threads: int | None = None) -> Context:
-    """Load the generalist and its data; refuse (one line) what cannot work, before anything is written.
-
-    ``threads``: torch threads for this process (a worker's share), else the config's ``threads``, else torch's.
-    """
-    check_libraries()
-    runs_root = Path(runs_root)
-    if threads or cfg.threads:
-        torch.set_num_threads(threads or cfg.threads)
-    device = resolve_device(cfg.device)
-    path = generalist_path(cfg, runs_root)
-    if not path.is_file():
-        raise RespkdError(f"generalist checkpoint {path} does not exist (train the generalist run first)")
-    generalist, meta = load_model(path, device)
-    generalist.requires_grad_(False).eval()
-    gen_cfg = validate_config(meta.get("config"), f"{path} (embedded config)")
-    if gen_cfg.data.val_size == 0:
-        raise RespkdError(f"{path}: subsets are found on the generalist run's validation split, but its run had "
-                          "data.val_size 0 (retrain the generalist with data.val_size > 0)")
-    d = gen_cfg.data
-    data = select(load_dataset(d.dataset, d.root, d.path, d.source), gen_cfg)
-    if cfg.specialist.model is not None:  # a fresh net: check its options now, not in a worker an hour later
-        build_model(cfg.specialist.model.name, 2, data.info.image_shape, **cfg.specialist.model.options())
-    return Context(cfg, runs_root / cfg.name, device, generalist, meta, path, gen_cfg, data,
-                   input_normalization(data.info, d.normalize))
-
-
-def subsets_spec(ctx: Context) -> dict[str, Any]:
-    d = ctx.gen_cfg.data
-    return {"generalist_weights_sha256": ctx.gen_meta["weights_sha256"], "subsets": ctx.cfg.subsets.model_dump(),
-            "data_sha256": ctx.data.sha256, "train_limit": d.train_limit, "val_size": d.val_size, "val_seed": d.val_seed}
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return value if isinstance(value, dict) else None
+__all__ = [
+    "check_conflicts", "compute_subsets", "current_subsets", "prepare_run", "specialist_task", "train_all",
+    "train_specialist", "worker_threads", "write_common",
+]
 
 
 def compute_subsets(ctx: Context) -> dict[str, Any]:
@@ -136,8 +67,8 @@ def compute_subsets(ctx: Context) -> dict[str, Any]:
 
 def current_subsets(ctx: Context) -> tuple[dict[str, Any], bool]:
     """``subsets.json`` when it was made from the same spec, else computed now; and whether it must be written."""
-    stored = read_json(ctx.out_dir / SUBSETS_NAME)
-    if stored is not None and stored.get("spec") == subsets_spec(ctx) and "subsets" in stored:
+    stored = read_record(ctx.out_dir / SUBSETS_NAME)
+    if stored is not None and same_inputs(stored.get("spec"), subsets_spec(ctx)) and "subsets" in stored:
         return stored, False
     return compute_subsets(ctx), True
 
@@ -152,36 +83,36 @@ def write_common(ctx: Context, record: dict[str, Any], write_record: bool) -> No
         write_subsets(ctx.out_dir, record)
 
 
-def specialist_spec(ctx: Context, subset: list[int], k: int) -> dict[str, Any]:
-    """What a finished specialist must have been trained from, to be reused."""
-    return {"k": k, "subset": subset, "generalist_weights_sha256": ctx.gen_meta["weights_sha256"],
-            "specialist": ctx.cfg.specialist.model_dump(mode="json"), "seed": ctx.cfg.seed,
-            "data": config_to_dict(ctx.gen_cfg)["data"], "data_sha256": ctx.data.sha256}
-
-
-def finished_spec(out_dir: Path, k: int) -> dict[str, Any] | None:
-    """The spec of a finished specialist k (its summary's), or None when there is none.
-
-    Its config parts are validated again, so a key added to respkd since (with a default that changes nothing)
-    does not make a finished specialist look different and train it again."""
-    summary = read_json(specialist_dir(out_dir, k) / SUMMARY_NAME)
-    spec = None if summary is None else summary.get("spec")
-    try:
-        return {**spec, "specialist": SpecialistConfig.model_validate(spec["specialist"]).model_dump(mode="json"),
-                "data": DataConfig.model_validate(spec["data"]).model_dump(mode="json")}
-    except (ValidationError, KeyError, TypeError):
-        return spec  # not comparable as configs: compared as it is (and so found stale)
-
-
 def check_conflicts(ctx: Context, subsets: list[list[int]], force: bool) -> None:
     """A finished specialist made from another spec is never silently replaced."""
     if force:
         return
-    for k, subset in enumerate(subsets):
-        stored = finished_spec(ctx.out_dir, k)
-        if stored is not None and stored != specialist_spec(ctx, subset, k):
+    for k in range(len(subsets)):
+        if recorded_spec(ctx.out_dir, k) is not None and not is_trained(ctx, subsets, k):
             raise RespkdError(f"{specialist_dir(ctx.out_dir, k)} was finished from another config, generalist or "
                               "subset; pass --force to retrain it")
+
+
+def specialist_task(ctx: Context, subset: list[int], correction: float) -> tuple[nn.Module, nn.Module, dict[str, Any]]:
+    """The specialist of ``subset`` (fine-tuned from the generalist, or a fresh net), what trains it (hard labels, or
+    the generalist's soft targets mapped to subset + dustbin, lowered by the dustbin ``correction``), and the model
+    spec its checkpoint records."""
+    sc, channels_last = ctx.cfg.specialist, ctx.cfg.specialist.train.channels_last
+    if sc.model is None:
+        student = specialist_from_generalist(ctx.generalist, dict(ctx.gen_meta["model"]), ctx.in_shape, subset)
+        model_spec = dict(ctx.gen_meta["model"])
+    else:
+        student = build_model(sc.model.name, len(subset) + 1, ctx.in_shape, **sc.model.options()).to(ctx.device)
+        model_spec = {"name": sc.model.name, **sc.model.options()}
+    if channels_last:
+        student = student.to(memory_format=torch.channels_last)
+    if sc.soft_targets is None:
+        return student, Supervised(student), model_spec
+    st = sc.soft_targets
+    if channels_last:
+        ctx.generalist.to(memory_format=torch.channels_last)
+    teacher = MappedGeneralist(ctx.generalist, subset, st.temperature, correction)
+    return student, Distiller(student, teacher, st.temperature, st.soft_weight, st.hard_weight), model_spec
 
 
 def train_specialist(ctx: Context, subsets: list[list[int]], k: int, force: bool = False,
@@ -195,11 +126,10 @@ def train_specialist(ctx: Context, subsets: list[list[int]], k: int, force: bool
     final = specialist_dir(ctx.out_dir, k)
     if final.exists() and not final.is_dir():
         raise RespkdError(f"{final} exists and is not a directory: remove it")
-    stored = finished_spec(ctx.out_dir, k)
-    if stored is not None and not force:
-        if stored == spec:
+    if recorded_spec(ctx.out_dir, k) is not None and not force:
+        if is_trained(ctx, subsets, k):
             print(f"specialist {k}: already finished in {final}, skipped", flush=True)
-            return json.loads((final / SUMMARY_NAME).read_text())
+            return read_json(final / SUMMARY_NAME, "summary")
         raise RespkdError(f"{final} was finished from another config, generalist or subset; pass --force to retrain it")
 
     seed_everything(cfg.seed * 1009 + k)
@@ -212,22 +142,7 @@ def train_specialist(ctx: Context, subsets: list[list[int]], k: int, force: bool
                        seed=cfg.seed * 1009 + k, device=ctx.device, channels_last=tc.channels_last)
     batches = SubsetBatches(base, inside, tc.batch_size, sc.subset_fraction)
     correction = dustbin_correction(int(inside.sum()), int((~inside).sum()), batches.n_in, batches.n_out)
-    if sc.model is None:
-        student = specialist_from_generalist(ctx.generalist, dict(ctx.gen_meta["model"]), ctx.in_shape, subset)
-        model_spec = dict(ctx.gen_meta["model"])
-    else:
-        student = build_model(sc.model.name, len(subset) + 1, ctx.in_shape, **sc.model.options()).to(ctx.device)
-        model_spec = {"name": sc.model.name, **sc.model.options()}
-    if tc.channels_last:
-        student = student.to(memory_format=torch.channels_last)
-    if sc.soft_targets is not None:
-        st = sc.soft_targets
-        if tc.channels_last:
-            ctx.generalist.to(memory_format=torch.channels_last)
-        teacher = MappedGeneralist(ctx.generalist, subset, st.temperature, correction)
-        task: nn.Module = Distiller(student, teacher, st.temperature, st.soft_weight, st.hard_weight)
-    else:
-        task = Supervised(student)
+    student, task, model_spec = specialist_task(ctx, subset, correction)
     bf16 = use_bf16(tc.precision, ctx.device)
     optimizer = build_optimizer(student, tc)
     scheduler = build_scheduler(optimizer, tc, len(batches))
@@ -242,23 +157,16 @@ def train_specialist(ctx: Context, subsets: list[list[int]], k: int, force: bool
     partial = ctx.out_dir / f".specialist-{k}.partial-{os.getpid()}"
     partial.mkdir()
     names = [data.info.class_names[c] for c in subset]
-    log = RunLog(partial / "log.txt", quiet)
+    out = RunDir(partial)
+    log = out.open_log(quiet)
     log(f"[{cfg.name} specialist {k}] {', '.join(names)} + dustbin: "
         f"{'fine-tuned from the generalist' if sc.model is None else f'fresh {sc.model.name}'}, "
         f"{'soft targets at T=' + format(sc.soft_targets.temperature, 'g') if sc.soft_targets else 'hard labels'}; "
         f"{int(inside.sum())} subset / {int((~inside).sum())} other training examples, batches of {batches.n_in} + "
         f"{batches.n_out}, {len(batches)} batches per epoch, {tc.epochs} epochs ({torch.get_num_threads()} threads)")
     start = time.perf_counter()
-    train_time = 0.0
-    with open(partial / "metrics.jsonl", "w", buffering=1) as metrics_file:
-        for epoch in range(1, tc.epochs + 1):
-            batches.set_epoch(epoch)
-            stats = train_one_epoch(task, student, batches, optimizer, scheduler, ctx.device, bf16, epoch,
-                                    progress=False)
-            train_time += stats["epoch_time_s"]
-            metrics_file.write(json.dumps({"epoch": epoch, **stats}) + "\n")
-            losses = " ".join(f"{key}={v:.4f}" for key, v in stats.items() if key.endswith("loss"))
-            log(f"epoch {epoch:>3}/{tc.epochs} {losses} ({stats['epoch_time_s']:.1f}s)")
+    trained = train_epochs(out, task, student, batches, optimizer, scheduler, ctx.device, bf16, tc.epochs,
+                           progress=False)
     shift_dustbin(student, ctx.in_shape, correction)
     test = evaluate(student, test_loader, len(subset) + 1)
     val = evaluate(student, val_loader, len(subset) + 1)
@@ -270,22 +178,21 @@ def train_specialist(ctx: Context, subsets: list[list[int]], k: int, force: bool
         "batch_subset": batches.n_in, "batch_other": batches.n_out, "steps": steps,
         "examples_seen": steps * tc.batch_size,  # forward + backward passes of the specialist
         "generalist_forward_examples": steps * tc.batch_size if sc.soft_targets else 0,  # its soft targets
-        "params": count_parameters(student), "train_time_s": round(train_time, 2),
+        "params": count_parameters(student), "train_time_s": round(trained.train_time_s, 2),
         "wall_time_s": round(wall, 2), "threads": torch.get_num_threads(),
-        "test_metrics": test, "val_metrics": val, "spec": spec, "environment": environment(),
+        "test_metrics": test, "val_metrics": val, "spec": spec, "environment": capture_environment(),
     }
-    meta = {
-        "model": model_spec, "num_classes": len(subset) + 1, "in_shape": list(ctx.in_shape),
-        "class_names": [*names, "dustbin"], "normalization": dict(zip(("mean", "std"), map(list, ctx.norm))),
-        "name": summary["name"], "dataset": ctx.gen_cfg.data.dataset, "data_sha256": data.sha256,
-        "metrics": test, "config": config_to_dict(ctx.gen_cfg), "specialist": {k2: summary[k2] for k2 in (
-            "k", "subset", "dustbin_correction")} | {"generalist_weights_sha256": ctx.gen_meta["weights_sha256"]},
-    }
-    save_checkpoint(student.state_dict(), partial / CHECKPOINT_NAME, meta)
-    atomic_write_text(partial / SUMMARY_NAME, json.dumps(summary, indent=2))
+    meta = checkpoint_meta(
+        model=model_spec, num_classes=len(subset) + 1, in_shape=ctx.in_shape, class_names=[*names, "dustbin"],
+        normalization=ctx.norm, name=summary["name"], dataset=ctx.gen_cfg.data.dataset, data_sha256=data.sha256,
+        metrics=test, config=config_to_dict(ctx.gen_cfg),
+        specialist={key: summary[key] for key in ("k", "subset", "dustbin_correction")}
+        | {"generalist_weights_sha256": ctx.gen_meta["weights_sha256"]},
+    )
+    out.finish(student.state_dict(), meta, summary)
     log(f"[{cfg.name} specialist {k}] done: dustbin logit {correction:+.3f}, test top-1 over subset + dustbin "
         f"{test['top1']:.2f}%, {wall:.1f}s -> {final}")
-    log.close()
+    out.close()
     if final.exists():
         shutil.rmtree(final)
     os.replace(partial, final)
@@ -295,7 +202,7 @@ def train_specialist(ctx: Context, subsets: list[list[int]], k: int, force: bool
 def prepare_run(cfg: SpecialistsConfig, runs_root: str | Path, force: bool,
                 threads: int | None = None) -> tuple[Context, list[list[int]]]:
     """Load, find (or reuse) the subsets, check conflicts; then write config.yaml and the subsets."""
-    ctx = prepare(cfg, runs_root, threads)
+    ctx = load_context(cfg, runs_root, threads)
     record, write = current_subsets(ctx)
     subsets = [list(s) for s in record["subsets"]]
     check_conflicts(ctx, subsets, force)
@@ -324,8 +231,7 @@ def train_all(
     if workers < 1:
         raise RespkdError(f"--workers must be at least 1, got {workers}")
     ctx, subsets = prepare_run(cfg, runs_root, force)
-    pending = [k for k in range(len(subsets))
-               if force or finished_spec(ctx.out_dir, k) != specialist_spec(ctx, subsets[k], k)]
+    pending = [k for k in range(len(subsets)) if force or not is_trained(ctx, subsets, k)]
     threads = worker_threads(cfg, workers)
     for k in range(len(subsets)):
         if k not in pending:
@@ -353,7 +259,7 @@ def train_all(
                 out.close()
                 del running[k]
                 took = time.perf_counter() - began
-                ok = proc.returncode == 0 and finished_spec(ctx.out_dir, k) == specialist_spec(ctx, subsets[k], k)
+                ok = proc.returncode == 0 and is_trained(ctx, subsets, k)
                 outcome[k] = {"k": k, "ok": ok, "returncode": proc.returncode, "wall_s": round(took, 2)}
                 if ok:
                     log(f"specialist {k}: done in {took:.1f}s")

@@ -1,8 +1,17 @@
-"""The one place that picks how a dataset is read and batched: in memory, or streamed from image folders.
+"""The data package's face: which source a dataset is read from, how it is selected, and how it is batched.
 
 ``load_data`` returns :class:`~respkd.data.datasets.Splits` (MNIST, Fashion-MNIST, CIFAR: uint8 tensors in memory)
-or :class:`~respkd.data.imagefolder.FolderSplits` (ImageNet: file lists). ``make_loader`` returns a loader of
+or :class:`~respkd.data.streamed.FolderSplits` (ImageNet: file lists). :func:`~respkd.data.transfer.select` applies
+the config's limits, validation hold-out and transfer filter. ``make_loader`` returns a loader of
 ``(inputs, labels, indices)`` batches for either, normalised as the config says, so the engine never needs to know.
+
+The modules behind it:
+
+* :mod:`~respkd.data.datasets`: the datasets held in memory, their checksummed caches and raw MNIST-style files;
+  :mod:`~respkd.data.idx`, :mod:`~respkd.data.cifar` and :mod:`~respkd.data.safe_pickle` read the raw releases.
+* :mod:`~respkd.data.memory`: :class:`~respkd.data.memory.BatchLoader`, batches of in-memory tensors.
+* :mod:`~respkd.data.streamed`: class folders of image files, decoded by worker processes.
+* :mod:`~respkd.data.transfer`: the training examples a run learns from (validation hold-out, transfer set).
 """
 
 from __future__ import annotations
@@ -12,13 +21,18 @@ import torch
 from respkd import distributed
 from respkd.config import RunConfig
 from respkd.data.datasets import Splits, dataset_info, input_normalization, load_dataset
-from respkd.data.imagefolder import FolderLoader, FolderSplits, load_image_folders
-from respkd.data.loader import BatchLoader
+from respkd.data.memory import BatchLoader
+from respkd.data.streamed import FolderLoader, FolderSplits, load_image_folders
+from respkd.data.transfer import select
+
+__all__ = ["EVAL_BATCH", "BatchLoader", "FolderLoader", "FolderSplits", "Splits", "load_data", "make_loader", "select"]
 
 EVAL_BATCH = 1000  # in-memory evaluation batches: large, since no gradients are kept
 
 
 def load_data(dataset: str, root: str, path: str | None, source: str) -> Splits | FolderSplits:
+    """The dataset ``dataset``: in memory (read from ``path``, the cache under ``root`` or the offline copies, as
+    ``source`` says), or, for a streamed one, the file lists of the class folders under ``path``."""
     info = dataset_info(dataset)
     if info.streamed:
         return load_image_folders(info, path)

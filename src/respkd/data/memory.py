@@ -18,13 +18,15 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
+__all__ = ["BatchLoader", "PixelNormalizer", "jitter_offsets", "translate"]
+
 _FLIP_STREAM = 2**40  # offsets the flips' generator seeds from the jitter offsets' (same seed and view)
 
 
 class PixelNormalizer:
     """uint8 pixels ``(N, C, H, W)`` -> the model's input ``(pixels / 255 - mean) / std``, as one multiply-add per
     value on the pixels' device, in channels-last memory format if asked. What both loaders (this module's and
-    :class:`respkd.data.imagefolder.FolderLoader`) do last to a batch."""
+    :class:`respkd.data.streamed.FolderLoader`) do last to a batch."""
 
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device,
                  channels_last: bool = False) -> None:

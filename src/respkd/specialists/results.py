@@ -18,14 +18,18 @@ from typing import Any, Sequence
 import torch
 
 from respkd.bias import predict
-from respkd.checkpoint import atomic_write_text
-from respkd.data.loader import BatchLoader
+from respkd.checkpoint import CHECKPOINT_NAME, SUMMARY_NAME, load_model, read_checkpoint_meta
+from respkd.data.memory import BatchLoader
 from respkd.errors import RespkdError
-from respkd.experiment import CHECKPOINT_NAME, load_model
+from respkd.files import atomic_write_text, read_json
+from respkd.provenance import made_from, read_record, same_inputs
 from respkd.specialists.combine import combine
 from respkd.specialists.config import SpecialistsConfig
-from respkd.specialists.train import (SUBSETS_NAME, finished_spec, prepare, read_json, specialist_dir,
-                                      specialist_spec, subsets_spec)
+from respkd.specialists.context import (SUBSETS_NAME, generalist_path, is_trained, load_context, specialist_dir,
+                                        subsets_spec)
+
+__all__ = ["CHUNK", "EVAL_NAME", "accuracy_report", "control_section", "eval_up_to_date", "evaluate_specialists",
+           "markdown_section", "read_eval"]
 
 EVAL_NAME = "eval.json"
 CHUNK = 4096  # rows combined at once (each row is its own problem; this only bounds memory)
@@ -60,13 +64,13 @@ def accuracy_report(p_g: torch.Tensor, q: torch.Tensor, labels: torch.Tensor, co
 def evaluate_specialists(cfg: SpecialistsConfig, runs_root: str | Path = "runs", write: bool = True) -> dict[str, Any]:
     """Combine the finished specialists with the generalist on the test set; writes ``eval.json`` and
     ``specialists.md`` into the specialists' folder (``write``). Every specialist must be finished."""
-    ctx = prepare(cfg, runs_root)
-    record = read_json(ctx.out_dir / SUBSETS_NAME)
-    if record is None or record.get("spec") != subsets_spec(ctx):
+    ctx = load_context(cfg, runs_root)
+    record = read_record(ctx.out_dir / SUBSETS_NAME)
+    if record is None or not same_inputs(record.get("spec"), subsets_spec(ctx)):
         raise RespkdError(f"{ctx.out_dir / SUBSETS_NAME} is missing or was made from another generalist or subsets "
                           f"config: run 'respkd specialists train' first")
     subsets = [list(s) for s in record["subsets"]]
-    missing = [k for k, s in enumerate(subsets) if finished_spec(ctx.out_dir, k) != specialist_spec(ctx, s, k)]
+    missing = [k for k in range(len(subsets)) if not is_trained(ctx, subsets, k)]
     if missing:
         raise RespkdError(f"specialist(s) {', '.join(map(str, missing))} of {len(subsets)} not finished (or stale) in "
                           f"{ctx.out_dir}: run 'respkd specialists train' first")
@@ -78,7 +82,7 @@ def evaluate_specialists(cfg: SpecialistsConfig, runs_root: str | Path = "runs",
         model, meta = load_model(specialist_dir(ctx.out_dir, k) / CHECKPOINT_NAME, ctx.device)
         probs.append(torch.softmax(predict(model, loader), dim=1))
         digests.append(meta["weights_sha256"])
-        summaries.append(json.loads((specialist_dir(ctx.out_dir, k) / "summary.json").read_text()))
+        summaries.append(read_json(specialist_dir(ctx.out_dir, k) / SUMMARY_NAME, "summary"))
     c = cfg.combine
     parts = [combine(p_g[i:i + CHUNK], [p[i:i + CHUNK] for p in probs], subsets, c.top_n, c.steps, c.lr, c.tol)
              for i in range(0, len(p_g), CHUNK)]
@@ -111,12 +115,9 @@ def eval_up_to_date(cfg: SpecialistsConfig, runs_root: str | Path) -> bool:
     """Whether ``eval.json`` was made from the current generalist, specialists (their weights) and combine settings.
 
     Reads checkpoint headers only, so a plan can skip the evaluation without loading any data."""
-    from respkd.checkpoint import read_checkpoint_meta
-    from respkd.specialists.train import generalist_path
-
     folder = Path(runs_root) / cfg.name
-    stored, record = read_json(folder / EVAL_NAME), read_json(folder / SUBSETS_NAME)
-    if stored is None or record is None:
+    record = read_record(folder / SUBSETS_NAME)
+    if record is None:
         return False
     try:
         digests = [read_checkpoint_meta(specialist_dir(folder, k) / CHECKPOINT_NAME)["weights_sha256"]
@@ -124,9 +125,10 @@ def eval_up_to_date(cfg: SpecialistsConfig, runs_root: str | Path) -> bool:
         generalist = read_checkpoint_meta(generalist_path(cfg, Path(runs_root)))["weights_sha256"]
     except (RespkdError, KeyError):
         return False
-    spec = stored.get("spec") or {}
-    return (spec.get("generalist_weights_sha256") == generalist and spec.get("specialists_weights_sha256") == digests
-            and spec.get("combine") == cfg.combine.model_dump())
+    current = {"generalist_weights_sha256": generalist, "specialists_weights_sha256": digests,
+               "combine": cfg.combine.model_dump()}
+    # Only these parts of the recorded spec: its data digest cannot be checked without loading the data.
+    return made_from(folder / EVAL_NAME, current, normalize=lambda spec: {key: spec.get(key) for key in current})
 
 
 def _mean_std(values: list[float | None]) -> str:
@@ -219,7 +221,7 @@ def control_section(results: list[dict[str, Any]], controls: list[dict[str, Any]
 
 
 def read_eval(folder: Path) -> dict[str, Any]:
-    value = read_json(Path(folder) / EVAL_NAME)
+    value = read_record(Path(folder) / EVAL_NAME)
     if value is None:
         raise RespkdError(f"{folder}: no {EVAL_NAME} (run 'respkd specialists eval' first)")
     return value

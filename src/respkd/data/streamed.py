@@ -8,7 +8,7 @@ folders). 1.28 million JPEGs do not fit in memory as tensors, so worker processe
 * val: ``Resize(256)`` + ``CenterCrop(224)``, every image exactly once.
 
 Workers hand over uint8 tensors; the float conversion and normalisation run on the device (a quarter of the bytes
-to copy). Batches are ``(inputs, labels, indices)``, as :class:`respkd.data.loader.BatchLoader` yields them.
+to copy). Batches are ``(inputs, labels, indices)``, as :class:`respkd.data.memory.BatchLoader` yields them.
 The epoch's order and the workers' random crops are seeded by ``(seed, epoch)``, so an epoch is reproducible for a
 given number of workers (with ``workers: 0`` the crops come from the run's global generator instead).
 """
@@ -26,8 +26,13 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
 from respkd.data.datasets import DatasetInfo, require_folder
-from respkd.data.loader import PixelNormalizer
+from respkd.data.memory import PixelNormalizer
 from respkd.errors import RespkdError, first_line
+
+__all__ = [
+    "RESIZE_SIZE", "SPLIT_FOLDERS", "FolderLoader", "FolderSplits", "IndexedImages", "load_image_folders",
+    "reference_transform",
+]
 
 SPLIT_FOLDERS = {"train": "train", "test": "val"}
 RESIZE_SIZE = 256  # val: resize the shorter side to this, then take the centre crop of the model's input size
@@ -158,7 +163,7 @@ def _seed_worker(worker_id: int) -> None:
 class FolderLoader:
     """Iterate ``(inputs, labels, indices)`` over image files, decoded by ``workers`` processes.
 
-    Args mirror :class:`respkd.data.loader.BatchLoader` where they apply; ``train`` selects the augmenting
+    Args mirror :class:`respkd.data.memory.BatchLoader` where they apply; ``train`` selects the augmenting
     transform, a new order every epoch and ``drop_last``; evaluation keeps the order and every example.
     """
 

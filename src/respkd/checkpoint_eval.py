@@ -7,15 +7,17 @@ from typing import Any
 
 import torch
 
-from respkd.checkpoint import read_checkpoint_meta
+from respkd.checkpoint import load_model, read_checkpoint_meta
 from respkd.config import validate_config
+from respkd.data import load_data, make_loader, select
 from respkd.data.datasets import Splits
-from respkd.data.imagefolder import FolderLoader, FolderSplits
-from respkd.data.loader import BatchLoader
-from respkd.data.loaders import load_data, make_loader
+from respkd.data.memory import BatchLoader
+from respkd.data.streamed import FolderLoader, FolderSplits
 from respkd.engine import evaluate
+from respkd.ensemble import AGREE_KEYS, load_ensemble
 from respkd.errors import RespkdError
-from respkd.experiment import load_model, select
+
+__all__ = ["checkpoint_test_loader", "evaluate_checkpoint", "evaluate_ensemble"]
 
 
 def evaluate_checkpoint(
@@ -57,8 +59,6 @@ def evaluate_ensemble(
     improvement over the mean member that the distilled net kept, ``(member mean - distilled) / (member mean -
     ensemble)`` in errors (the paper: more than 80% for its speech models).
     """
-    from respkd.ensemble import AGREE_KEYS, load_ensemble
-
     if len(checkpoints) < 2:
         raise RespkdError("an ensemble needs at least two checkpoints")
     ensemble, meta = load_ensemble(checkpoints, combine, temperature, device)

@@ -1,0 +1,172 @@
+"""Plans: an ordered list of experiments run by one command, resuming where a previous invocation stopped.
+
+A plan is a YAML file (data only, validated like configs)::
+
+    title: The paper's MNIST table
+    runs_root: results/mnist
+    report: REPORT.md                     # optional: the report's file name in runs_root
+    stages:
+      - config: configs/mnist/teacher_1200.yaml
+        paper: {test_errors: 67}          # the published number, shown beside ours
+        set: {train.epochs: 3}            # optional per-stage overrides
+      - config: configs/mnist/member_800.yaml
+        seeds: [0, 1, 2, 3, 4]            # one run per seed: <name>-seed<k>
+      - kind: bias                        # shift output biases of a finished run, chosen on its validation split
+        run: mnist-student-no3
+        classes: [3]
+        search: true                      # or shift: 3.5 (low/high/step bound the search: -15, 15, 0.1)
+        paper: {test_errors_after: 109}
+      - kind: ensemble_eval               # an ensemble vs its members vs a net distilled from it
+        name: mnist-ensemble
+        runs: [mnist-member-800-seed0, mnist-member-800-seed1]
+        distilled: mnist-student-ensemble
+      - kind: sweep                       # one distillation config at several T (and hidden sizes)
+        config: configs/mnist/student_sweep.yaml
+        temperatures: [1, 2, 4, 8, 20]
+        hidden: [[300, 300], [30, 30]]
+      - kind: specialists                 # a generalist's specialists, trained in parallel, then combined
+        config: configs/fashion_mnist/specialists.yaml
+        workers: 2
+
+Every stage kind is data (:mod:`respkd.plan.stages`, which also runs and reports each kind); each may carry
+``paper`` (numbers from the paper, by measure name: the measures each kind reports are its ``MEASURES``; an unknown
+name is an error) and ``note`` (shown in the report). Everything is
+validated before the first stage runs: configs, names (no two stages may write the same run), and that every run a
+stage reads is made by an earlier stage or already exists under ``runs_root``. A stage whose outputs already exist
+for exactly the same inputs is skipped, so an interrupted reproduction continues with the first unfinished stage.
+At the end the plan writes its report (``REPORT.md``, :mod:`respkd.plan.report`) in ``runs_root``, comparing each
+measure with the paper's.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any, Union
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
+
+from respkd.checkpoint import CHECKPOINT_NAME
+from respkd.config import (MAX_PROBLEMS, PathText, dotted, format_validation_error, join_problems, key_suggestion,
+                           read_yaml_mapping)
+from respkd.errors import RespkdError
+from respkd.plan.bias_stage import BiasStage
+from respkd.plan.ensemble_stage import EnsembleEvalStage
+from respkd.plan.report import write_report
+from respkd.plan.run_stage import RunStage
+from respkd.plan.specialists_stage import SpecialistsStage
+from respkd.plan.stage import Job, StageBase
+from respkd.plan.sweep_stage import SweepStage
+
+__all__ = [
+    "PLANS_DIR", "STAGE_TYPES", "BiasStage", "EnsembleEvalStage", "Job", "Plan", "RunStage", "SpecialistsStage",
+    "Stage", "SweepStage", "load_plan", "plan_error", "resolve", "resolve_plan_path", "run_plan",
+]
+
+PLANS_DIR = Path("configs/plans")
+
+STAGE_TYPES: dict[str, type[StageBase]] = {
+    "run": RunStage, "sweep": SweepStage, "bias": BiasStage, "ensemble_eval": EnsembleEvalStage,
+    "specialists": SpecialistsStage,
+}
+
+
+def _stage_kind(value: Any) -> str:
+    """The stage's ``kind``; a stage without one is a run (what plans held before other kinds existed)."""
+    return value.get("kind", "run") if isinstance(value, dict) else getattr(value, "kind", "run")
+
+
+Stage = Annotated[
+    Union[tuple(Annotated[cls, Tag(kind)] for kind, cls in STAGE_TYPES.items())],  # type: ignore[misc]
+    Discriminator(_stage_kind),
+]
+
+
+class Plan(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+    title: str
+    runs_root: PathText
+    report: str = Field("REPORT.md", pattern=r"^[A-Za-z0-9_.-]+\.md$", max_length=255)
+    stages: list[Stage] = Field(..., min_length=1)
+
+
+def resolve_plan_path(name: str) -> Path:
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml"):
+        return path
+    return PLANS_DIR / f"{name}.yaml"
+
+
+def load_plan(name: str) -> Plan:
+    path = resolve_plan_path(name)
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in PLANS_DIR.glob("*.yaml"))) if PLANS_DIR.is_dir() else "none found"
+        raise RespkdError(f"no plan '{name}' ({path} does not exist); plans under {PLANS_DIR}: {known}")
+    raw = read_yaml_mapping(path, what="plan")
+    try:
+        return Plan.model_validate(raw)
+    except ValidationError as err:
+        raise RespkdError(f"plan {path}: {plan_error(err)}") from None
+
+
+def plan_error(err: ValidationError) -> str:
+    """Validation errors on one line, with the stage kind pydantic puts in the location taken out again."""
+    problems, errors = [], err.errors()
+    for e in errors[:MAX_PROBLEMS]:
+        loc = tuple(e["loc"])
+        if len(loc) >= 3 and loc[0] == "stages" and isinstance(loc[1], int) and loc[2] in STAGE_TYPES:
+            kind, loc = loc[2], loc[:2] + loc[3:]
+            if e["type"] == "extra_forbidden" and len(loc) == 3:
+                problems.append(f"unknown key '{dotted(loc)}'" + key_suggestion(loc[2:], STAGE_TYPES[kind]))
+                continue
+            e = {**e, "loc": loc}
+        if e["type"] == "union_tag_invalid":
+            e = {**e, "msg": f"unknown stage kind {e['ctx'].get('tag')!r}: use one of {', '.join(STAGE_TYPES)}"}
+        problems.append(format_validation_error([e], root=None))
+    return join_problems(problems, len(errors))
+
+
+def resolve(plan: Plan, overrides: list[str], root: Path) -> list[Job]:
+    """Validate every stage before any runs, so a typo in the last one does not surface an hour in."""
+    jobs = []
+    for i, stage in enumerate(plan.stages, 1):
+        stage.prepare(list(overrides))
+        job = Job(i, stage)
+        unknown = sorted(set(stage.paper) - set(stage.measure_names()))
+        if unknown:
+            raise RespkdError(f"{job.where}: unknown paper measure '{unknown[0]}' (known: "
+                              f"{', '.join(stage.measure_names())})")
+        jobs.append(job)
+
+    made: dict[str, Job] = {}
+    for job in jobs:
+        for need in job.needs:
+            if need not in made and not (root / need / CHECKPOINT_NAME).is_file():
+                raise RespkdError(f"{job.where} reads run '{need}', which no earlier stage makes and "
+                                  f"{root / need / CHECKPOINT_NAME} does not exist")
+        job.stage.check_inputs({name: made[name].stage for name in made}, job.where)
+        for name in job.outputs:
+            if name in made:
+                raise RespkdError(f"plan: two stages share a run name ('{name}': stages {made[name].index} and "
+                                  f"{job.index})")
+            made[name] = job
+    return jobs
+
+
+def run_plan(name: str, runs_root: str | None = None, overrides: list[str] = (), force: bool = False) -> str:
+    """Run the plan ``name`` (a YAML path, or a plan under ``configs/plans/``) stage by stage, then write and return
+    its report."""
+    plan = load_plan(name)
+    root = Path(runs_root or plan.runs_root)
+    jobs = resolve(plan, list(overrides), root)
+    start = time.perf_counter()
+    for job in jobs:
+        job.stage.execute(f"[{job.index}/{len(jobs)}]", root, force, _log)
+    report = write_report(plan.title, jobs, root, plan.report, time.perf_counter() - start)
+    print(report)
+    return report
+
+
+def _log(line: str) -> None:
+    """A stage's progress line, on stdout at once."""
+    print(line, flush=True)
