@@ -52,7 +52,7 @@ from respkd.data.streamed import CoverCrop, FolderSplits, IndexedImages, evenly_
 from respkd.errors import RespkdError, shorten
 
 __all__ = [
-    "DECODING_VERSION", "DEFAULT_SPLIT_SEED", "DEFAULT_TEST_FRACTION", "IN_MEMORY_BYTES", "STATS_SAMPLE", "Listing",
+    "DECODE_BATCH", "DECODING_VERSION", "DEFAULT_SPLIT_SEED", "DEFAULT_TEST_FRACTION", "IN_MEMORY_BYTES", "STATS_SAMPLE", "Listing",
     "list_folder", "load_folder",
 ]
 
@@ -60,6 +60,7 @@ IN_MEMORY_BYTES = 2 * 2**30
 DEFAULT_TEST_FRACTION = 0.2
 DEFAULT_SPLIT_SEED = 0
 STATS_SAMPLE = 1000
+DECODE_BATCH = 64  # images a decoding worker hands over at a time (one at a time costs more in IPC than decoding)
 DECODING_VERSION = 1  # raise when decoding or resizing changes, so that no cache of the old pixels is reused
 TEST_FOLDERS = ("val", "test")
 
@@ -245,9 +246,12 @@ def _decode(files: list[tuple[str, int]], size: tuple[int, int], channels: int |
     out = torch.empty((len(files), channels or 3, *size), dtype=torch.uint8)
     grey = True
     dataset = IndexedImages(files, CoverCrop(size), channels, exif_transpose=True)
-    for pixels, _, index in worker_items(DataLoader(dataset, batch_size=None, num_workers=decoding_workers(workers))):
-        out[index] = pixels  # a grey image's one channel fills all three
-        grey &= pixels.shape[0] == 1
+    # Lists of items, not stacked batches: with channels None grey and RGB images come in the same batch.
+    loader = DataLoader(dataset, batch_size=DECODE_BATCH, collate_fn=list, num_workers=decoding_workers(workers))
+    for batch in worker_items(loader):
+        for pixels, _, index in batch:
+            out[index] = pixels  # a grey image's one channel fills all three
+            grey &= pixels.shape[0] == 1
     return out, grey
 
 
