@@ -127,7 +127,7 @@ def tiny(tmp_path, idx_dir, **data) -> dict:
 
 def test_resident_bytes_counts_images_labels_and_the_cache(tmp_path, idx_dir):
     cfg = validate_config(tiny(tmp_path, idx_dir, jitter=1, jitter_views=4))
-    data = select(load_data("mnist", str(tmp_path / "data"), str(idx_dir), "auto"), cfg)
+    data = select(load_data(cfg.data), cfg)
     pixels_and_labels = (N_TRAIN + N_TEST) * (28 * 28 + 8)
     assert resident_bytes(data, cfg) == pixels_and_labels
     cached = validate_config({**tiny(tmp_path, idx_dir, jitter=1, jitter_views=4), "teacher": {"checkpoint": "t"},
@@ -143,7 +143,7 @@ def test_resident_bytes_counts_images_labels_and_the_cache(tmp_path, idx_dir):
 def test_device_resident_follows_the_setting_or_what_fits(tmp_path, idx_dir, monkeypatch, setting, device, memory,
                                                           expected):
     cfg = validate_config(tiny(tmp_path, idx_dir, device_resident=setting))
-    data = select(load_data("mnist", str(tmp_path / "data"), str(idx_dir), "auto"), cfg)
+    data = select(load_data(cfg.data), cfg)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: SimpleNamespace(total_memory=memory))
     assert RESIDENT_SHARE == 0.5
     assert device_resident(data, cfg, torch.device(device)) is expected
