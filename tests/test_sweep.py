@@ -213,7 +213,7 @@ def test_response_family_plan_compares_the_losses_on_one_schedule(tmp_path):
     from respkd.plan import resolve
 
     jobs = resolve(load_plan("response_family"), [], tmp_path / "runs")
-    configs = [c for j in jobs for c in j.configs]
+    configs = [c for j in jobs for c in j.stage.configs]
     assert len(jobs) == 12 and len(configs) == 36 and all(j.stage.seeds == [0, 1, 2] for j in jobs)
     for dataset, epochs in (("mnist", 60), ("fashion_mnist", 30)):
         runs = [c for c in configs if c.data.dataset == dataset]
