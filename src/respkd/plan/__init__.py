@@ -28,7 +28,7 @@ A plan is a YAML file (data only, validated like configs)::
         config: configs/fashion_mnist/specialists.yaml
         workers: 2
 
-Every stage kind is data (:mod:`respkd.plan.stages`, which also runs and reports each kind); each may carry
+Every stage kind is data (:mod:`respkd.plan.stage`, and one module per kind that runs and reports it); each may carry
 ``paper`` (numbers from the paper, by measure name: the measures each kind reports are its ``MEASURES``; an unknown
 name is an error) and ``note`` (shown in the report). Everything is
 validated before the first stage runs: configs, names (no two stages may write the same run), and that every run a
@@ -36,6 +36,13 @@ stage reads is made by an earlier stage or already exists under ``runs_root``. A
 for exactly the same inputs is skipped, so an interrupted reproduction continues with the first unfinished stage.
 At the end the plan writes its report (``REPORT.md``, :mod:`respkd.plan.report`) in ``runs_root``, comparing each
 measure with the paper's.
+
+A stage runs as units (:meth:`StageBase.units`): one per run (per seed), one per sweep cell plus the sweep's table,
+one for a bias, ensemble or specialists stage. ``respkd reproduce PLAN`` runs them one after another in its own
+process; ``--jobs N`` runs up to N at a time, each in a child process (``respkd reproduce PLAN --unit K``) with
+``cores // N`` torch threads (``--threads`` to choose), a unit starting once the runs it reads have been made
+(:mod:`respkd.plan.scheduler`). The runs are the same either way (same configs, seeds and resumes), bitwise at the
+same thread count; the report's closing line says how many processes of how many threads ran.
 """
 
 from __future__ import annotations

@@ -128,7 +128,7 @@ def run_parallel(units: list[Unit], command: list[str], root: Path, force: bool,
 
     def forward(signum: int, frame: object) -> None:
         stop.append(signum)  # said by the loop: printing here could interrupt a print of its own
-        for child in running.values():
+        for child in list(running.values()):
             _signal_group(child.proc, signum)
 
     def start(i: int) -> None:
@@ -190,15 +190,17 @@ def run_parallel(units: list[Unit], command: list[str], root: Path, force: bool,
                 if running:
                     log(f"plan: starting nothing new; waiting for {len(running)} running unit(s) to finish")
 
+    # Handlers only in the main thread (Python allows no other); a signal ignored (nohup, a background job) stays so.
     on_main = threading.current_thread() is threading.main_thread()
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)} if on_main else {}
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)
+                if on_main and signal.getsignal(s) is not signal.SIG_IGN}
     began = time.perf_counter()
     try:
         launch()
-        told = 0
+        announced = 0
         while running:
-            if len(stop) > told:
-                told = len(stop)
+            if len(stop) > announced:
+                announced = len(stop)
                 log(f"plan: {signal.Signals(stop[-1]).name} received and passed to {len(running)} running unit(s)")
             try:
                 i, line = events.get(timeout=0.5)

@@ -6,8 +6,8 @@ any stage runs and keeps it (the run configs, a sweep's cells, a specialists con
 it into the parts that can run by themselves (:class:`Unit`: one run, one sweep cell, a sweep's table, a whole bias,
 ensemble or specialists stage), each skipping what already exists from the same inputs (:mod:`respkd.provenance`);
 :meth:`StageBase.measures` reads back the numbers its ``paper:`` may name, and :meth:`StageBase.section` its detail
-in the report. The kinds are one
-module each (``*_stage.py``); :mod:`respkd.plan` lists them in ``STAGE_TYPES``, and nothing dispatches on the kind.
+in the report. The kinds are one module each (``*_stage.py``); :mod:`respkd.plan` lists them in ``STAGE_TYPES``, and
+nothing dispatches on the kind.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class Unit:
     tag: str
     outputs: list[str]
     needs: list[str]
-    execute: Callable[[Path, bool, "Log"], None]
+    execute: Callable[[Path, bool, Log], None]
     finished: Callable[[Path], bool | None] = field(default=lambda root: None)
     exclusive: bool = False
     light: bool = False
