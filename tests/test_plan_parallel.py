@@ -14,7 +14,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -229,8 +228,8 @@ def test_sigterm_to_the_parent_reaches_the_run_in_its_child(tmp_path, idx_dir):
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
     parent = subprocess.Popen([sys.executable, "-m", "respkd.cli", "reproduce", str(plan), "--jobs", "2"], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = None
     try:
-        child = None
         for line in parent.stdout:
             child = child or re.search(r"started \(pid (\d+)", line)
             if "epoch " in line:  # the child is training
@@ -239,9 +238,14 @@ def test_sigterm_to_the_parent_reaches_the_run_in_its_child(tmp_path, idx_dir):
         parent.send_signal(signal.SIGTERM)
         rest, err = parent.communicate(timeout=60)
     finally:
-        if parent.poll() is None:
+        if parent.poll() is None:  # the test failed: leave no process behind (the child is in a group of its own)
             parent.kill()
             parent.wait()
+            if child is not None:
+                try:
+                    os.killpg(int(child.group(1)), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
     assert parent.returncode == 128 + signal.SIGTERM
     assert "respkd: interrupted by SIGTERM; run the plan again to resume" in err
     assert "[1/1 par-long] stopped (" in rest
