@@ -55,8 +55,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
 
 from respkd.checkpoint import CHECKPOINT_NAME
-from respkd.config import (MAX_PROBLEMS, MAX_THREADS, PathText, dotted, format_validation_error, join_problems, key_suggestion,
-                           read_yaml_mapping)
+from respkd.config import (MAX_PROBLEMS, MAX_THREADS, PathText, dotted, format_validation_error, join_problems,
+                           key_suggestion, read_yaml_mapping)
 from respkd.environment import usable_cores
 from respkd.errors import RespkdError
 from respkd.plan.bias_stage import BiasStage
