@@ -18,10 +18,12 @@ from torch import nn
 
 from respkd import distributed
 from respkd.checkpoint import CHECKPOINT_NAME, SUMMARY_NAME, checkpoint_meta
+from respkd.compilation import compile_modules
 from respkd.config import RunConfig, config_to_dict
 from respkd.data import load_data, make_loader, preprocessing, select
 from respkd.data.datasets import Splits, input_normalization
 from respkd.data.memory import BatchLoader
+from respkd.data.residency import describe_residency
 from respkd.data.streamed import FolderSplits
 from respkd.data.transfer import describe_transfer
 from respkd.distill import Distiller, Supervised
@@ -165,6 +167,11 @@ def run(cfg: RunConfig, runs_root: str | Path = "runs", force: bool = False, qui
         log(f"teacher weights: {'; '.join(p.teacher_meta['notes'])}")
     if p.teacher_input is not None:
         log(f"teacher input adapter: {p.task.teacher.adapter.extra_repr()}")
+    resident = getattr(train_loader, "device_resident", False)  # streamed folders are always read on the host
+    if isinstance(train_loader, BatchLoader) and (resident or p.device.type != "cpu"):  # on the CPU by default: no news
+        log(describe_residency(resident, p.device))
+    online_teacher = [p.task.teacher] if cfg.distills and not cfg.kd.cache else []
+    compiled = tc.compile and compile_modules([p.student, *online_teacher], p.device, log)
     cache_info, cached_teacher = _open_teacher_cache(p, runs_root, spec, cache, train_loader, bf16, log)
 
     state.begin(log)
@@ -193,6 +200,7 @@ def run(cfg: RunConfig, runs_root: str | Path = "runs", force: bool = False, qui
         "teacher": describe_teacher(cfg, runs_root) if cfg.distills else None,
         "teacher_combine": cfg.teacher.rule if cfg.distills else None,
         "teacher_cache": cache_info, "resumes": state.position.resumes, "processes": distributed.world_size(),
+        "device_resident": resident, "compiled": compiled,
         "teacher_input": p.teacher_input, "init": p.init,
         "config": config_to_dict(cfg), "environment": env,
     }
