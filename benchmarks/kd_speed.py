@@ -188,8 +188,8 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
         scheduler = build_scheduler(optimizer, cfg, len(loader))
         for epoch in range(1, epochs + 1):
             loader.set_epoch(epoch)
-            stats = train_one_epoch(task, student, loader, optimizer, scheduler, device, bf16, epoch, progress=False,
-                                    teacher_logits=teacher_logits)
+            stats = train_one_epoch(task, loader, optimizer, scheduler=scheduler, device=device, bf16=bf16,
+                                    epoch=epoch, progress=False, teacher_logits=teacher_logits)
             times.append(stats["epoch_time_s"])
 
     if method == "pipelines":

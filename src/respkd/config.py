@@ -25,6 +25,20 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from respkd.errors import RespkdError, closest_name, quote, shorten
 
+__all__ = [
+    # the sections of a run config, and the types their keys share
+    "ClassIndex", "DataConfig", "DISTConfig", "DKDConfig", "InitConfig", "KDConfig", "LossWeight", "ModelConfig",
+    "PathText", "RunConfig", "RunName", "Section", "Seed", "TeacherConfig", "TeacherInputConfig", "Temperature",
+    "TrainConfig", "TransferConfig",
+    # what each dataset accepts, and the bounds on every number
+    "COMBINE_RULES", "DATA_SOURCES", "MAX_CLASSES", "MAX_COUNT", "MAX_EPOCHS", "STREAMED_DATASETS",
+    # reading, overriding and validating (also reused by plans and specialists configs)
+    "MAX_INT_LENGTH", "MAX_KEY_LENGTH", "MAX_PROBLEMS", "MAX_YAML_BYTES", "MAX_YAML_DEPTH", "MAX_YAML_KEYS",
+    "MAX_YAML_VALUES", "BoundedComposer", "ConfigLoader", "PythonYAMLEvents", "YAMLLimitError", "apply_override",
+    "config_to_dict", "dotted", "format_validation_error", "join_problems", "key_suggestion", "load_config",
+    "load_yaml", "parse_list", "read_yaml_mapping", "validate_config", "with_seed",
+]
+
 
 class Section(BaseModel):
     # allow_inf_nan=False: an `lr: .inf` or `temperature: .nan` passes every range check but ruins the run

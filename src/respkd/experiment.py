@@ -18,7 +18,7 @@ from torch import nn
 
 from respkd import distributed
 from respkd.checkpoint import CHECKPOINT_NAME, SUMMARY_NAME, checkpoint_meta
-from respkd.config import RunConfig, config_to_dict
+from respkd.config import RunConfig, config_to_dict, load_config, validate_config
 from respkd.data import load_data, make_loader, select
 from respkd.data.datasets import Splits, input_normalization
 from respkd.data.memory import BatchLoader
@@ -108,13 +108,29 @@ def teacher_cache_spec(p: Prepared, loader: BatchLoader, bf16: bool) -> dict[str
     )
 
 
-def run(cfg: RunConfig, runs_root: str | Path = "runs", force: bool = False, quiet: bool = False,
-        resume: bool = False) -> dict[str, Any]:
-    """Train (or distil) as ``cfg`` says; returns the summary also written to ``summary.json``.
+def run(config: RunConfig | dict[str, Any] | str | Path, runs_root: str | Path = "runs", force: bool = False,
+        quiet: bool = False, resume: bool = False) -> dict[str, Any]:
+    """Train (or distil) as a config says, into ``<runs_root>/<name>/``: what ``respkd train`` and ``respkd distill``
+    do; returns the summary also written to ``summary.json``.
 
-    ``resume`` continues an interrupted run from its training state (see :mod:`respkd.resume`) instead of starting
-    over; the result is bitwise the same as an uninterrupted run's.
+    Args:
+        config: a YAML config file, a mapping of the same keys, or a :class:`~respkd.config.RunConfig`.
+        runs_root: the parent folder of run folders.
+        force: overwrite a finished run of the same name.
+        quiet: write the log without printing it.
+        resume: continue an interrupted run from its training state (see :mod:`respkd.resume`) instead of starting
+            over; the result is bitwise the same as an uninterrupted run's.
+
+    Example:
+        >>> summary = respkd.run("configs/mnist/teacher_1200.yaml", runs_root="runs")
+        >>> summary["metrics"]["errors"]
     """
+    if isinstance(config, RunConfig):
+        cfg = config
+    elif isinstance(config, dict):
+        cfg = validate_config(config)
+    else:
+        cfg = load_config(config)
     runs_root = Path(runs_root)
     out_dir = runs_root / cfg.name
     # torchrun (see respkd.distributed): join the process group; every process then passes every check below, or

@@ -25,7 +25,10 @@ from respkd.data.memory import BatchLoader
 from respkd.data.streamed import FolderLoader, FolderSplits, load_image_folders
 from respkd.data.transfer import select
 
-__all__ = ["EVAL_BATCH", "BatchLoader", "FolderLoader", "FolderSplits", "Splits", "load_data", "make_loader", "select"]
+__all__ = [
+    "EVAL_BATCH", "BatchLoader", "FolderLoader", "FolderSplits", "Splits", "load_data", "load_dataset", "make_loader",
+    "select",
+]
 
 EVAL_BATCH = 1000  # in-memory evaluation batches: large, since no gradients are kept
 
