@@ -183,6 +183,12 @@ class ModelConfig(BaseModel):
     def options(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
 
+    @property
+    def pretrained(self) -> bool:
+        """Whether its library loads pretrained weights: timm's ``pretrained: true``, torchvision's ``weights: NAME``."""
+        options = self.options()
+        return options.get("pretrained") is True or options.get("weights") is not None
+
 
 COMBINE_RULES = ("mean_probs", "mean_logits")
 
@@ -218,7 +224,9 @@ class TeacherInputConfig(Section):
 class TeacherConfig(Section):
     """The teacher: a checkpoint file or an earlier run's name, or an ensemble of several (``checkpoints`` / ``runs``),
     or weights from elsewhere: ``model`` (an architecture, as the student's ``model``) plus ``weights`` (a state dict
-    file: safetensors, or a torchvision/timm ``.pth``; see :func:`respkd.checkpoint.load_weights`).
+    file: safetensors, or a torchvision/timm ``.pth``; see :func:`respkd.checkpoint.load_weights`), or ``model``
+    alone with its library's pretrained weights (``pretrained: true`` for ``timm.*``, ``weights: IMAGENET1K_V1`` for
+    ``torchvision.*``).
 
     An ensemble's members are combined by ``combine`` (see :mod:`respkd.ensemble`): ``mean_probs`` (default, the
     paper's rule) averages the members' probabilities at the distillation temperature, ``mean_logits`` takes their
@@ -238,10 +246,15 @@ class TeacherConfig(Section):
     @model_validator(mode="after")
     def _one_source(self) -> "TeacherConfig":
         given = [k for k in ("checkpoint", "run", "checkpoints", "runs", "weights") if getattr(self, k) is not None]
-        if len(given) != 1:
+        pretrained = self.model is not None and self.model.pretrained
+        if len(given) + pretrained != 1:
             raise ValueError("give exactly one of 'checkpoint' or 'run' (one teacher), 'checkpoints' or 'runs' (an "
-                             "ensemble), or 'weights' with 'model' (a state dict for an architecture)")
-        if (self.weights is None) != (self.model is None):
+                             "ensemble), 'weights' with 'model' (a state dict for an architecture), or a 'model' "
+                             "with its library's pretrained weights")
+        if self.model is not None and not pretrained and self.weights is None:
+            raise ValueError("'model' needs its weights: a 'weights' file, or the library's own (timm: "
+                             "'pretrained: true', torchvision: 'weights: IMAGENET1K_V1')")
+        if self.weights is not None and self.model is None:
             raise ValueError("'weights' and 'model' go together: 'model' names the architecture of the 'weights' file "
                              "(a respkd checkpoint or run already records its own)")
         members = self.checkpoints or self.runs

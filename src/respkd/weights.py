@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from respkd.checkpoint import (Weights, atomic_save_safetensors, check_model_meta, checkpoint_of, load_checkpoint,
-                               load_weights)
+                               load_weights, tensors_digest)
 from respkd.config import ModelConfig
 from respkd.errors import RespkdError, first_line
 from respkd.files import atomic_write
@@ -24,7 +24,7 @@ from respkd.models import build_model
 
 __all__ = [
     "EXPORT_FORMATS", "constructor_call", "describe_fit", "export_student", "first_conv_note", "fit_weights",
-    "init_student", "load_external_teacher",
+    "init_student", "load_external_model",
 ]
 
 EXPORT_FORMATS = ("safetensors", "pth")
@@ -34,13 +34,15 @@ def _few(keys: list[str], n: int = 3) -> str:
     return ", ".join(keys[:n]) + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
 
 
-def fit_weights(model: nn.Module, weights: Weights, strict: bool, what: str) -> dict[str, Any]:
+def fit_weights(model: nn.Module, weights: Weights, strict: bool, what: str, strict_key: str | None = None
+                ) -> dict[str, Any]:
     """Load ``weights`` into ``model``; returns what was loaded and skipped (for logs and summary.json).
 
     ``strict``: every key of the model must be in the file with the same shape and the file must hold nothing else,
-    otherwise a one-line :class:`RespkdError` names a few offending keys. Not strict: the tensors whose name and
-    shape match are loaded, the rest listed under ``missing`` (in the model, not in the file), ``unexpected`` (in
-    the file only) and ``shape_mismatch``; loading nothing at all is still an error.
+    otherwise a one-line :class:`RespkdError` names a few offending keys (and, when the caller has one, the config
+    key ``strict_key`` that would load what fits). Not strict: the tensors whose name and shape match are loaded,
+    the rest listed under ``missing`` (in the model, not in the file), ``unexpected`` (in the file only) and
+    ``shape_mismatch``; loading nothing at all is still an error.
     """
     own, given = model.state_dict(), weights.state
     missing = [k for k in own if k not in given]
@@ -52,7 +54,8 @@ def fit_weights(model: nn.Module, weights: Weights, strict: bool, what: str) -> 
         if mismatch else [])
     fitting = {k: given[k] for k in own if k in given and k not in mismatch}
     if problems and (strict or not fitting):
-        hint = "; with strict: false what fits is loaded" if strict else "; nothing fits"
+        hint = ("; nothing fits" if not strict else f"; with {strict_key}: false what fits is loaded" if strict_key
+                else "")
         raise RespkdError(f"{weights.path} does not fit {what}: {'; '.join(problems)}{hint}")
     try:
         model.load_state_dict(fitting, strict=not problems)
@@ -74,23 +77,36 @@ def describe_fit(info: dict[str, Any]) -> str:
 
 def init_student(student: nn.Module, path: Path, strict: bool) -> dict[str, Any]:
     """The config's ``init``: start the student from the weights in ``path``."""
-    return fit_weights(student, load_weights(path), strict, "the student")
+    return fit_weights(student, load_weights(path), strict, "the student", strict_key="init.strict")
 
 
-def load_external_teacher(
-    model_cfg: ModelConfig, path: Path, num_classes: int, in_shape: tuple[int, ...], normalization: dict[str, list],
-    device: torch.device | str = "cpu",
+def load_external_model(
+    model_cfg: ModelConfig, path: Path | None, num_classes: int, in_shape: tuple[int, ...],
+    normalization: dict[str, list], device: torch.device | str = "cpu", what: str = "the teacher",
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """A teacher from ``teacher: {model: ..., weights: PATH}``: the architecture built as a student would be, the
-    state dict loaded strictly. Its metadata looks like a checkpoint's, so the checks and the teacher cache treat it
-    alike; ``normalization`` is what the config says its inputs are (the teacher file cannot say).
+    """A model that is not a respkd checkpoint: ``model`` (an architecture, built as a student would be) with the
+    state dict in ``path`` loaded strictly (a teacher must fit exactly: a layer left at random would distil noise),
+    or, without ``path``, with its library's pretrained weights (``pretrained: true`` for ``timm.*``,
+    ``weights: NAME`` for ``torchvision.*``), which must include a classifier for ``num_classes`` classes.
+
+    Its metadata looks like a checkpoint's, so the checks and the teacher cache treat it alike; ``normalization`` is
+    what the config says its inputs are (the file cannot say). ``what`` names the model in messages.
     """
-    weights = load_weights(path)
-    spec = {"name": model_cfg.name, **model_cfg.options()}
-    model = build_model(model_cfg.name, num_classes, in_shape, **model_cfg.options())
-    fit = fit_weights(model, weights, strict=True, what=f"the teacher {model_cfg.name} ({num_classes} classes)")
-    meta = {"model": spec, "num_classes": num_classes, "in_shape": list(in_shape), "normalization": normalization,
-            "weights_sha256": weights.sha256, "weights": str(path), "notes": fit["notes"]}
+    options = model_cfg.options()
+    model = build_model(model_cfg.name, num_classes, in_shape, **options)
+    label = f"{what} {model_cfg.name} ({num_classes} classes)"
+    if path is not None:
+        weights = load_weights(path)
+        fit = fit_weights(model, weights, strict=True, what=label)
+        source, digest, notes = str(path), weights.sha256, fit["notes"]
+    else:
+        classes = getattr(model, "pretrained_cfg", {}).get("num_classes") if options.get("pretrained") else None
+        if classes is not None and classes != num_classes:  # timm gave it a new, random classifier
+            raise RespkdError(f"{label}: its pretrained weights are for {classes} classes; {what} needs its own "
+                              "trained classifier (a state dict for these classes: 'weights: FILE')")
+        source, digest, notes = None, tensors_digest(model.state_dict()), []
+    meta = {"model": {"name": model_cfg.name, **options}, "num_classes": num_classes, "in_shape": list(in_shape),
+            "normalization": normalization, "weights_sha256": digest, "weights": source, "notes": notes}
     return model.to(device), meta
 
 
