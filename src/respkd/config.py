@@ -247,16 +247,16 @@ class TeacherConfig(Section):
     def _one_source(self) -> "TeacherConfig":
         given = [k for k in ("checkpoint", "run", "checkpoints", "runs", "weights") if getattr(self, k) is not None]
         pretrained = self.model is not None and self.model.pretrained
-        if len(given) + pretrained != 1:
-            raise ValueError("give exactly one of 'checkpoint' or 'run' (one teacher), 'checkpoints' or 'runs' (an "
-                             "ensemble), 'weights' with 'model' (a state dict for an architecture), or a 'model' "
-                             "with its library's pretrained weights")
         if self.model is not None and not pretrained and self.weights is None:
             raise ValueError("'model' needs its weights: a 'weights' file, or the library's own (timm: "
                              "'pretrained: true', torchvision: 'weights: IMAGENET1K_V1')")
         if self.weights is not None and self.model is None:
             raise ValueError("'weights' and 'model' go together: 'model' names the architecture of the 'weights' file "
                              "(a respkd checkpoint or run already records its own)")
+        if len(given) + pretrained != 1:
+            raise ValueError("give exactly one of 'checkpoint' or 'run' (one teacher), 'checkpoints' or 'runs' (an "
+                             "ensemble), 'weights' with 'model' (a state dict for an architecture), or a 'model' "
+                             "with its library's pretrained weights")
         members = self.checkpoints or self.runs
         if members is None and self.combine is not None:
             raise ValueError("'combine' is for an ensemble ('runs' or 'checkpoints'), not one teacher")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -254,14 +256,14 @@ def _build_torchvision(arch: str, num_classes: int, in_shape: tuple[int, ...], w
     if "pretrained" in kwargs:
         raise RespkdError(f"model 'torchvision.{arch}': 'pretrained' is timm's option; torchvision models take "
                           "'weights: NAME' (e.g. IMAGENET1K_V1, or DEFAULT)")
-    model = factory(weights=None, num_classes=num_classes, **kwargs)
-    if weights is not None:
+    if weights is None:
+        model = factory(weights=None, num_classes=num_classes, **kwargs)
         if in_shape[0] != 3:
-            raise RespkdError(f"model 'torchvision.{arch}': its {weights} weights take RGB inputs, the data has "
-                              f"{in_shape[0]} channel(s); for a teacher, set teacher.input to give it RGB")
-        model.load_state_dict(_torchvision_state_dict(tvm, arch, weights, num_classes))
-    elif in_shape[0] != 3:
-        _adapt_first_conv(model, in_shape[0])
+            _adapt_first_conv(model, in_shape[0])
+        return model
+    state = _torchvision_state_dict(arch, weights, num_classes, in_shape)
+    model = factory(weights=None, num_classes=num_classes, **kwargs)
+    model.load_state_dict(state)
     return model
 
 
@@ -278,17 +280,23 @@ def torchvision_weights(arch: str, name: Any) -> Any:
     return enum[name]
 
 
-def _torchvision_state_dict(tvm: Any, arch: str, name: str, num_classes: int) -> dict[str, torch.Tensor]:
-    """The state dict of torchvision's ``name`` weights for ``arch``, from torch hub's cache (``$TORCH_HOME/hub/
-    checkpoints``, downloaded there with its hash checked on first use), read with ``weights_only=True``: torchvision's
-    own loader would unpickle the cached file unrestricted."""
+def _torchvision_state_dict(arch: str, name: str, num_classes: int, in_shape: tuple[int, ...]
+                            ) -> dict[str, torch.Tensor]:
+    """The state dict of torchvision's ``name`` weights for ``arch``, checked against the classes and channels asked
+    for, from torch hub's cache (``$TORCH_HOME/hub/checkpoints``, downloaded there with its hash checked on first
+    use), read with ``weights_only=True``: torchvision's own loader would unpickle the cached file unrestricted."""
     weights = torchvision_weights(arch, name)
     classes = len(weights.meta.get("categories") or [])
     if classes and classes != num_classes:
         raise RespkdError(f"torchvision.{arch}'s {name} weights have {classes} classes, the data has {num_classes}")
+    if in_shape[0] != 3:
+        raise RespkdError(f"torchvision.{arch}'s {name} weights take RGB inputs, the data has {in_shape[0]} "
+                          "channel(s); for a teacher, set teacher.input to give it RGB")
     try:
-        return torch.hub.load_state_dict_from_url(weights.url, map_location="cpu", check_hash=True,
-                                                  weights_only=True)
+        with warnings.catch_warnings():  # a cache file that is no torch.save file is refused below, in one line
+            warnings.filterwarnings("ignore", message=".*pickle protocol.*")
+            return torch.hub.load_state_dict_from_url(weights.url, map_location="cpu", check_hash=True,
+                                                      weights_only=True)
     except Exception as err:  # noqa: BLE001 - offline (URLError), a damaged cache file, a refused pickle
         raise RespkdError(f"torchvision.{arch}'s {name} weights could not be read from {weights.url} or torch hub's "
                           f"cache ({_described(err)})") from None
@@ -308,6 +316,10 @@ def _build_timm(arch: str, num_classes: int, in_shape: tuple[int, ...], pretrain
         return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_shape[0], **kwargs)
     # timm's machinery: the hub (or a local file: pretrained_cfg_overlay={"file": ...}), the first conv adapted to
     # in_chans, and a new classifier when num_classes differs from the weights' (model.pretrained_cfg["num_classes"]).
+    overlay = kwargs.get("pretrained_cfg_overlay")
+    file = overlay.get("file") if isinstance(overlay, dict) else None
+    if file is not None and not Path(str(file)).is_file():  # timm would log an error line, then raise a bare one
+        raise RespkdError(f"timm.{arch}: pretrained_cfg_overlay file {shorten(str(file))} does not exist")
     try:
         return timm.create_model(arch, pretrained=True, num_classes=num_classes, in_chans=in_shape[0], **kwargs)
     except (TypeError, ValueError):
