@@ -553,8 +553,16 @@ CASES: dict[str, Case] = {
     "export-metadata-missing-model": Case(lambda w: ["export", w.file("nomodel.safetensors", rewrite_metadata(
         w.ckpt, change_respkd_meta(model=DROP))), str(w.root / "out.safetensors")], ("'model'",)),
     "export-unknown-run": Case(lambda w: ["export", "no-such-run", "out.pth", *w.run_args()], ("no-such-run",)),
-    "export-unknown-format": Case(lambda w: ["export", str(w.ckpt), "out.onnx", "--format", "onnx"],
-                                  ("invalid choice", "onnx"), usage=True),
+    "export-unknown-format": Case(lambda w: ["export", str(w.ckpt), "out.tflite", "--format", "tflite"],
+                                  ("invalid choice", "tflite"), usage=True),
+    "export-onnx-out-exists": Case(lambda w: ["export", str(w.ckpt), w.file("student.onnx", "keep me")],
+                                   ("already exists",)),
+    "export-onnx-out-is-a-folder": Case(lambda w: ["export", "tiny-teacher", str(Path(w.file("d.onnx/x", "")).parent),
+                                                   "--runs-root", str(w.runs)], ("is a directory",)),
+    "export-onnx-misspelt-run": Case(lambda w: ["export", "tiny-teachr", "student.onnx", "--runs-root", str(w.runs)],
+                                     ("runs there: tiny-teacher",)),
+    "export-onnx-of-a-damaged-checkpoint": Case(lambda w: ["export", w.file("flip.safetensors", flip_weight_byte(
+        w.ckpt)), "student.onnx"], ("checksum",)),
     # ---- resume (the runs root's own files: --force would answer differently, so it is left out)
     "resume-with-nothing-to-resume": Case(lambda w: ["train", w.config("fresh-run"), "--runs-root", str(w.runs),
                                                      "--resume"], ("no training state",)),

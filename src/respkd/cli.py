@@ -141,10 +141,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     from respkd.weights import export_student
 
     r = export_student(args.source, args.out, args.format, force=args.force, runs_root=args.runs_root)
-    print(f"wrote {r['out']} ({r['format']}, {r['tensors']} tensors: the student's state dict alone)")
-    print(f"  loads with: {r['constructor']}.load_state_dict(...)")
-    if r["note"]:
-        print(f"  note: {r['note']}")
+    if r["format"] == "onnx":
+        shape = ", ".join(map(str, r["in_shape"]))
+        print(f"wrote {r['out']} (ONNX, opset {r['opset']}: 'input' [batch, {shape}] -> 'logits' "
+              f"[batch, {r['num_classes']}])")
+        print(f"  runs with: onnxruntime.InferenceSession({r['out']!r}).run(None, {{'input': x}})[0]")
+    else:
+        print(f"wrote {r['out']} ({r['format']}, {r['tensors']} tensors: the student's state dict alone)")
+        print(f"  loads with: {r['constructor']}.load_state_dict(...)")
+        if r["note"]:
+            print(f"  note: {r['note']}")
     norm = r["normalization"] or {}
     print(f"  inputs: {'x'.join(map(str, r['in_shape']))}, (pixels / 255 - {norm.get('mean')}) / {norm.get('std')}")
     return 0
@@ -281,11 +287,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", help="cache folder (default: the checkpoint config's data.root)")
     p.add_argument("--runs-root", default="runs", help="where run names are looked up (default: runs)")
     p.set_defaults(func=cmd_eval)
-    p = sub.add_parser("export", help="write a run's student as a plain state dict for its torchvision/timm constructor")
+    p = sub.add_parser("export", help="write a run's student as a plain state dict for its torchvision/timm "
+                                      "constructor, or as ONNX")
     p.add_argument("source", help="a checkpoint, a run directory, or a run's name under --runs-root")
     p.add_argument("out", help="the file to write (never the input; an existing file only with --force)")
-    p.add_argument("--format", choices=["safetensors", "pth"],
-                   help="safetensors, or pth (torch.save of the state dict); default: from OUT's suffix")
+    p.add_argument("--format", choices=["safetensors", "pth", "onnx"],
+                   help="safetensors, pth (torch.save of the state dict) or onnx (the graph, batch size free; needs "
+                        "the onnx extra); default: from OUT's suffix")
     p.add_argument("--runs-root", default="runs", help="where run names are looked up (default: runs)")
     p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     p.set_defaults(func=cmd_export)

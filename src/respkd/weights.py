@@ -1,5 +1,5 @@
 """Weights in and out: a student started from existing weights, a teacher built from a state dict file, and a
-trained student exported as a plain state dict for the library constructor it came from.
+trained student exported as a plain state dict for the library constructor it came from, or as an ONNX graph.
 
 Reading goes through :func:`respkd.checkpoint.load_weights` (respkd checkpoints, safetensors, ``.pth`` state dicts
 read with ``torch.load(weights_only=True)``); loading into a model through :func:`fit_weights`, which either
@@ -8,7 +8,9 @@ demands an exact fit (every key, every shape) or loads what fits and says what i
 
 from __future__ import annotations
 
+import importlib
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,18 +18,21 @@ import torch
 from torch import nn
 
 from respkd.checkpoint import (Weights, atomic_save_safetensors, check_model_meta, checkpoint_of, load_checkpoint,
-                               load_weights, tensors_digest)
+                               load_model, load_weights, tensors_digest)
 from respkd.config import ModelConfig
 from respkd.errors import RespkdError, first_line
 from respkd.files import atomic_write
 from respkd.models import build_model
 
 __all__ = [
-    "EXPORT_FORMATS", "constructor_call", "describe_fit", "export_student", "first_conv_note", "fit_weights",
-    "init_student", "load_external_model",
+    "EXPORT_FORMATS", "ONNX_INPUT", "ONNX_MODULES", "ONNX_OUTPUT", "constructor_call", "describe_fit", "export_onnx",
+    "export_student", "first_conv_note", "fit_weights", "init_student", "load_external_model", "require_onnx",
 ]
 
-EXPORT_FORMATS = ("safetensors", "pth")
+EXPORT_FORMATS = ("safetensors", "pth", "onnx")
+# The extra that ONNX export needs: torch.onnx.export's exporter (torch.export + onnxscript) writes with onnx.
+ONNX_MODULES = ("onnx", "onnxscript")
+ONNX_INPUT, ONNX_OUTPUT = "input", "logits"
 
 
 def _few(keys: list[str], n: int = 3) -> str:
@@ -116,15 +121,18 @@ def load_external_model(
 def export_student(
     source: str | Path, out: str | Path, fmt: str | None = None, force: bool = False, runs_root: str | Path = "runs"
 ) -> dict[str, Any]:
-    """Write the student of a respkd run or checkpoint as a plain state dict (nothing but the model's tensors).
+    """Write the student of a respkd run or checkpoint as a plain state dict (nothing but the model's tensors), or as
+    an ONNX graph.
 
-    ``fmt`` is ``safetensors`` or ``pth`` (a ``torch.save`` of the state dict); by default taken from ``out``'s
-    suffix (``.pth``/``.pt``: pth, anything else: safetensors). ``out`` is never the input and never overwritten
-    without ``force``. Returns what was written and the constructor call that the state dict loads into.
+    ``fmt`` is ``safetensors``, ``pth`` (a ``torch.save`` of the state dict) or ``onnx`` (:func:`export_onnx`); by
+    default taken from ``out``'s suffix (``.pth``/``.pt``: pth, ``.onnx``: onnx, anything else: safetensors).
+    ``out`` is never the input and never overwritten without ``force``. Returns what was written and, for a state
+    dict, the constructor call that it loads into.
     """
     path = checkpoint_of(source, runs_root)
     out = Path(out)
-    fmt = fmt or ("pth" if out.suffix.lower() in (".pth", ".pt") else "safetensors")
+    suffix = out.suffix.lower()
+    fmt = fmt or ("pth" if suffix in (".pth", ".pt") else "onnx" if suffix == ".onnx" else "safetensors")
     if fmt not in EXPORT_FORMATS:
         raise RespkdError(f"unknown export format '{fmt}': use {' or '.join(EXPORT_FORMATS)}")
     if out.exists() and out.resolve() == path.resolve():
@@ -133,6 +141,12 @@ def export_student(
         raise RespkdError(f"{out} is a directory: give the file to write")
     if out.exists() and not force:
         raise RespkdError(f"{out} already exists; pass --force to overwrite it")
+    if fmt == "onnx":
+        require_onnx()  # before reading anything: the one thing missing is the extra
+        network, meta = load_model(path)
+        opset = export_onnx(network, tuple(meta["in_shape"]), out)
+        return {"checkpoint": str(path), "out": str(out), "format": fmt, "opset": opset, "in_shape": meta["in_shape"],
+                "num_classes": meta["num_classes"], "normalization": meta.get("normalization")}
     state, meta = load_checkpoint(path)
     check_model_meta(meta, path)
     model = dict(meta["model"])
@@ -150,6 +164,42 @@ def export_student(
             "constructor": constructor_call(name, num_classes, in_shape, options),
             "note": first_conv_note(name, num_classes, in_shape, options, state),
             "in_shape": list(in_shape), "normalization": meta.get("normalization")}
+
+
+def require_onnx() -> None:
+    """Refuse ONNX export in one line, naming the extra to install, when its packages are missing."""
+    for module in ONNX_MODULES:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise RespkdError(f"ONNX export needs the '{module}' package: pip install 'respkd[onnx]' (onnx, "
+                              "onnxscript, and onnxruntime to run the file)") from None
+
+
+def export_onnx(model: nn.Module, in_shape: tuple[int, ...], out: str | Path) -> int:
+    """Write ``model`` (in eval mode, on the CPU) as an ONNX graph taking ``input`` ``(batch, *in_shape)`` (the
+    batch size is free) to ``logits`` ``(batch, classes)``, through torch.onnx's exporter (torch.export), atomically;
+    returns the graph's opset. The inputs are normalised as the checkpoint records, as for the state dict."""
+    require_onnx()
+    import onnx
+
+    model = model.cpu().eval()
+    example = torch.zeros(2, *in_shape)
+    batch = torch.export.Dim("batch", min=1)
+
+    def write(tmp: Path) -> None:
+        with warnings.catch_warnings():  # the exporter's notes (decompositions, opset upgrades) are not the user's
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (example,), str(tmp), input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT],
+                              dynamic_shapes=({0: batch},), dynamo=True, external_data=False, verbose=False)
+
+    try:
+        atomic_write(Path(out), write)
+    except Exception as err:  # noqa: BLE001 - an operator the exporter cannot translate, and the like
+        raise RespkdError(f"ONNX export of {type(model).__name__} failed ({type(err).__name__}: "
+                          f"{first_line(err)})") from None
+    graph = onnx.load(str(out), load_external_data=False)
+    return next(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx"))
 
 
 def constructor_call(name: str, num_classes: int, in_shape: tuple[int, ...], options: dict[str, Any]) -> str:
