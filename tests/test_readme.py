@@ -127,3 +127,5 @@ def test_the_readme_commands_on_committed_results_run(tmp_path, real_mnist_root,
         assert main(argv_of(line)) == 0, line
         out = capsys.readouterr().out
         assert out.strip(), line
+        if claimed := re.search(r"#.*?(\d+) test errors", line):  # the comment states the result: it must be it
+            assert f"test errors {claimed.group(1)}/" in out, (line, out)
