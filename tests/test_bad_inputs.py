@@ -635,6 +635,19 @@ CASES: dict[str, Case] = {
                                     ("summary.json",)),
     "table-summary-without-metrics": Case(lambda w: ["table", "--json", str(Path(w.file("r/summary.json", json.dumps(
         {"name": "r", "params": 1, "macs": 1, "config": {}, "metrics": {"top1": 9.0}}))).parent)], ("metrics.top5",)),
+    "plot-run-without-metrics": Case(lambda w: ["plot", str(Path(w.file("norun/notes.txt", "x")).parent), "--out",
+                                                str(w.root / "c.png")], ("no metrics.jsonl",)),
+    "plot-broken-metrics-line": Case(lambda w: ["plot", str(Path(w.file("r/metrics.jsonl", (
+        w.runs / "tiny-teacher" / "metrics.jsonl").read_text() + '{"epoch": 3, "loss"\n')).parent), "--out",
+        str(w.root / "c.png")], ("line 3 is not valid JSON",)),
+    "plot-metrics-line-without-test-errors": Case(lambda w: ["plot", str(Path(w.file("r/metrics.jsonl", json.dumps(
+        {"epoch": 1, "loss": 0.5}) + "\n")).parent), "--out", str(w.root / "c.png")], ("line 1", "'test_errors'")),
+    "plot-no-such-run": Case(lambda w: ["plot", "no-such-run", "--runs-root", str(w.runs), "--out",
+                                        str(w.root / "c.png")], ("no such run directory",)),
+    "plot-out-in-missing-folder": Case(lambda w: ["plot", str(w.runs / "tiny-teacher"), "--out",
+                                                  str(w.root / "nope" / "c.png")], ("does not exist",)),
+    "plot-out-not-a-figure": Case(lambda w: ["plot", str(w.runs / "tiny-teacher"), "--out", str(w.root / "c.jpg")],
+                                  (".png, .svg, .pdf",), subprocess=True),
     "reproduce-plan-yaml-error": Case(lambda w: ["reproduce", w.file("plan.yaml", "title: [x\n")],
                                       ("invalid YAML",)),
     "reproduce-plan-duplicate-key": Case(lambda w: ["reproduce", w.file("plan.yaml", "title: a\ntitle: b\nstages: []\n")],

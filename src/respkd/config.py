@@ -398,6 +398,9 @@ class TrainConfig(Section):
     # Also write the training state (<run>/resume.safetensors, see respkd.resume) every this many optimizer steps,
     # besides every epoch end; 0: at epoch ends only. Changing it does not change the run, so a resume ignores it.
     checkpoint_every_steps: int = Field(0, ge=0, le=MAX_COUNT)
+    # Also write each epoch's metrics as TensorBoard scalars into <run>/tensorboard/ (respkd.tensorboard; needs the
+    # tensorboard extra). Changing it does not change the run, so a resume ignores it.
+    tensorboard: bool = False
     # Under torchrun on GPUs: batch-norm statistics over the global batch (torch.nn.SyncBatchNorm) instead of each
     # process's share. Nothing changes in one process.
     sync_batchnorm: bool = False

@@ -19,6 +19,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from respkd import distributed
+
 if TYPE_CHECKING:  # only for annotations: the loop itself needs no config, so importing it does not load pydantic
     from respkd.config import TrainConfig
 
@@ -26,6 +28,9 @@ __all__ = [
     "EpochProgress", "autocast", "build_optimizer", "build_scheduler", "device_of", "evaluate", "fast_bf16_available",
     "train_one_epoch", "unpack_batch", "use_bf16",
 ]
+
+POSTFIX_SECONDS = 0.5  # how often the training bar's running loss is refreshed
+EVAL_BAR_DELAY_SECONDS = 2.0  # an evaluation shows a bar only once it has taken this long: large sets only
 
 
 def fast_bf16_available(device: torch.device) -> bool:
@@ -140,7 +145,8 @@ def train_one_epoch(
         bf16: bf16 autocast for the forward pass (the losses stay in float32).
         epoch: the epoch (from 1), told to a task with ``set_epoch`` (a Distiller whose loss warms up, e.g. DKD) and
             shown by the progress bar.
-        progress: show a progress bar (default: when stderr is a terminal).
+        progress: a tqdm bar with the running mean loss, left on screen when the epoch ends; None: when stderr is a
+            terminal. Where it is not (a log file, a pipe), no bar is written.
         teacher_logits: ``teacher_logits(indices, epoch)`` returns the teacher's outputs for the batch's examples
             (:meth:`respkd.teacher_cache.TeacherCache.for_loader`), handed to the Distiller instead of a teacher pass.
         done: the part of this epoch already trained (resuming); ``loader`` must then yield only the batches after it.
@@ -168,9 +174,10 @@ def train_one_epoch(
     state = done or EpochProgress()
     sums = state.sums
     start = time.perf_counter() - state.seconds
-    batches = tqdm(loader, desc="train" if epoch is None else f"epoch {epoch}", leave=False, disable=not show,
-                   dynamic_ncols=True, initial=state.batches)
-    for batch in batches:
+    bar = tqdm(total=len(loader) if hasattr(loader, "__len__") else None, initial=state.batches,
+               desc="train" if epoch is None else f"epoch {epoch}", disable=not show, dynamic_ncols=True)
+    shown_at = time.perf_counter()
+    for batch in loader:
         inputs, labels, indices = unpack_batch(batch, device)
         cached = {}
         if teacher_logits is not None:
@@ -194,6 +201,14 @@ def train_one_epoch(
         state.seconds = time.perf_counter() - start
         if after_step is not None:
             after_step(state)
+        bar.update()
+        # The running mean loss reads the device sum: a sync at most every POSTFIX_SECONDS, never one per step.
+        if show and time.perf_counter() - shown_at >= POSTFIX_SECONDS:
+            bar.set_postfix(loss=f"{float(sums['loss']) / state.batches:.4g}", refresh=False)
+            shown_at = time.perf_counter()
+    if show and "loss" in sums:  # the epoch's mean on the line that stays (this process's share under torchrun)
+        bar.set_postfix(loss=f"{float(sums['loss']) / state.batches:.4g}", refresh=False)
+    bar.close()
     if average is not None and sums:  # every process ran the same number of equal shares: the mean is exact
         sums = dict(zip(sums, average(torch.stack(list(sums.values())))))
     stats = {key: float(total) / max(state.batches, 1) for key, total in sums.items()}
@@ -220,6 +235,9 @@ def evaluate(model: nn.Module, loader: Iterable, num_classes: int | None = None,
         ``top1`` and ``top5`` (percent), ``errors`` (count of top-1 mistakes), ``n``, mean ``loss`` (cross-entropy)
         and ``errors_per_class`` (mistakes on the examples of each true class).
 
+    An evaluation still running after ``EVAL_BAR_DELAY_SECONDS`` shows a bar when stderr is a terminal (process 0
+    only), gone once it ends.
+
     Example:
         >>> metrics = evaluate(student, DataLoader(test_set, batch_size=1000))
         >>> print(f"{metrics['errors']} test errors, top-1 {metrics['top1']:.2f}%")
@@ -229,7 +247,9 @@ def evaluate(model: nn.Module, loader: Iterable, num_classes: int | None = None,
     n = errors = top5_hits = 0
     loss_sum = 0.0
     errors_per_class = None if num_classes is None else torch.zeros(num_classes, dtype=torch.long)
-    for batch in loader:
+    show = sys.stderr.isatty() and distributed.is_main_process()
+    for batch in tqdm(loader, desc="evaluate", leave=False, delay=EVAL_BAR_DELAY_SECONDS, disable=not show,
+                      dynamic_ncols=True):
         inputs, labels, _ = unpack_batch(batch, device)
         logits = model(inputs).float()
         if errors_per_class is None:

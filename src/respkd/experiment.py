@@ -33,6 +33,7 @@ from respkd.models import build_model, count_macs, count_parameters
 from respkd.resume import TrainingState, check_start, has_state, state_problem
 from respkd.rundir import RunDir, check_folder_can_hold, is_finished, summary_matches, train_epochs
 from respkd.teacher import describe_teacher, load_teacher, teacher_paths
+from respkd.tensorboard import require_tensorboard
 from respkd.teacher_cache import TeacherCache, build_cache, cache_spec, find_cache, selection_digest
 from respkd.weights import describe_fit, init_student
 
@@ -139,6 +140,8 @@ def run(config: RunConfig | dict[str, Any] | str | Path, runs_root: str | Path =
     distributed.setup(resolve_device(cfg.device))
     with distributed.together():
         check_start(out_dir, cfg, resume=resume, force=force, finished=(out_dir / SUMMARY_NAME).exists())
+        if cfg.train.tensorboard:
+            require_tensorboard()
         p = prepare(cfg, runs_root, force)
         data, tc = p.data, cfg.train
         distributed.check_batch_size(tc.batch_size, len(data.train_labels))
@@ -185,7 +188,8 @@ def run(config: RunConfig | dict[str, Any] | str | Path, runs_root: str | Path =
     state.begin(log)
     ev = train_epochs(out, p.task, p.student, train_loader, optimizer, scheduler, p.device, bf16, tc.epochs,
                       test_loader=test_loader, num_classes=data.num_classes, state=state,
-                      teacher_logits=cached_teacher, progress=None if out.writes else False).test
+                      teacher_logits=cached_teacher, progress=None if out.writes else False,
+                      tensorboard=tc.tensorboard).test
     if ev is None:  # resumed after the last epoch's state was saved: only the final steps below were left
         ev = evaluate(p.student, test_loader, data.num_classes, distributed.all_reduce_sum)
     wall, train_time = state.wall_time(), state.position.train_time_s

@@ -4,6 +4,7 @@ A run folder ``<runs_root>/<name>/`` holds:
   config.yaml        the validated config, overrides applied
   environment.json   library versions, machine, threads, git commit
   metrics.jsonl      one JSON line per epoch, appended as training goes (nothing is lost on a crash)
+  tensorboard/       with train.tensorboard: true, the same per-epoch metrics as TensorBoard scalars
   log.txt            the human-readable log
   model.safetensors  the trained student with its metadata (see respkd.checkpoint)
   summary.json       final metrics, parameter count, multiply-adds, wall time: what the results table reads; a run
@@ -36,6 +37,7 @@ from respkd.errors import RespkdError
 from respkd.files import atomic_write_text
 from respkd.provenance import made_from
 from respkd.resume import TrainingState
+from respkd.tensorboard import EpochScalars
 
 __all__ = [
     "CONFIG_NAME", "ENVIRONMENT_NAME", "LOG_NAME", "METRICS_NAME", "Epochs", "RunDir", "RunLog",
@@ -151,6 +153,7 @@ def train_epochs(
     scheduler: Any, device: torch.device, bf16: bool, epochs: int, *, test_loader: Iterable | None = None,
     num_classes: int = 0, state: TrainingState | None = None,
     teacher_logits: Callable[[torch.Tensor, int], torch.Tensor] | None = None, progress: bool | None = None,
+    tensorboard: bool = False,
 ) -> Epochs:
     """Train epochs 1..``epochs`` (those after ``state``'s position when resuming), one metrics line and one log line
     per epoch into ``out``; ``state`` (:class:`~respkd.resume.TrainingState`) is saved as it goes.
@@ -159,11 +162,13 @@ def train_epochs(
     every epoch ends with the student's test metrics, which join its lines (with the learning rate); without it (a
     specialist, measured once it is trained) the lines hold the losses and the time. ``teacher_logits`` and
     ``progress`` are :func:`~respkd.engine.train_one_epoch`'s. Under torchrun every process trains and evaluates its
-    share: the loss terms are averaged and the test counts summed over the processes.
+    share: the loss terms are averaged and the test counts summed over the processes. ``tensorboard``: each metrics
+    line also as TensorBoard scalars in ``out``'s ``tensorboard/`` (:mod:`respkd.tensorboard`).
     """
     first = state.position.epochs_done + 1 if state is not None else 1
     last_test, trained = None, 0.0
-    with out.open_metrics(first - 1) as metrics:
+    scalars = EpochScalars(out.path, enabled=tensorboard and out.writes, epochs_done=first - 1)
+    with out.open_metrics(first - 1) as metrics, scalars:
         for epoch in range(first, epochs + 1):
             done = state.position.epoch if state is not None else EpochProgress()  # trained before a resume
             loader.set_epoch(epoch, skip=done.batches)
@@ -178,6 +183,7 @@ def train_epochs(
                               test_loss=ev["loss"])
                 shown = f" lr={stats['lr']:.4g} test_errors={ev['errors']} top1={ev['top1']:.2f}"
             metrics.write(json.dumps(record) + "\n")
+            scalars.write(record)
             losses = " ".join(f"{k}={v:.4f}" for k, v in stats.items() if k.endswith("loss"))
             out.log(f"epoch {epoch:>3}/{epochs} {losses}{shown} ({stats['epoch_time_s']:.1f}s)")
             trained += stats["epoch_time_s"]

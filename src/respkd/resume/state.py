@@ -31,7 +31,7 @@ STATE_NAME = "resume.safetensors"
 STATE_FORMAT = "respkd-train-state-v1"
 _WHAT = "training state"  # the noun for the file in messages
 # Config keys that do not change what is computed: a run may resume with other values.
-IGNORED_KEYS = ("train.checkpoint_every_steps",)
+IGNORED_KEYS = ("train.checkpoint_every_steps", "train.tensorboard")
 
 
 def _copy(tensor: torch.Tensor) -> torch.Tensor:
