@@ -1,7 +1,7 @@
 """Evaluate a checkpoint (a file, a run folder or a run's name), a plain state dict of a named architecture, or an
 ensemble of checkpoints, on the dataset's test set: every test example exactly once.
 
-The test set must have the model's classes: their number, and their names where both sides record them; a model
+The test set must have the model's classes (by name where the model records them, :mod:`respkd.classes`): a model
 evaluated on other classes would fail deep inside torch (more labels than outputs) or report a meaningless accuracy
 (fewer), so either is refused in one line.
 """
@@ -14,9 +14,10 @@ from typing import Any, Sequence
 import torch
 
 from respkd.checkpoint import TORCH_SUFFIXES, checkpoint_of, is_respkd_checkpoint, load_model, read_checkpoint_meta
+from respkd.classes import check_classes
 from respkd.config import RunConfig, apply_override, validate_config
-from respkd.data import load_data, make_loader, select
-from respkd.data.datasets import DatasetInfo, Splits, input_normalization
+from respkd.data import describe_data, load_data, make_loader, select
+from respkd.data.datasets import Splits, input_normalization
 from respkd.data.memory import BatchLoader
 from respkd.data.streamed import FolderLoader, FolderSplits
 from respkd.engine import evaluate
@@ -24,8 +25,7 @@ from respkd.ensemble import AGREE_KEYS, load_ensemble
 from respkd.errors import RespkdError
 from respkd.weights import load_external_model
 
-__all__ = ["check_classes", "checkpoint_test_loader", "evaluate_checkpoint", "evaluate_ensemble", "evaluate_weights",
-           "weights_config"]
+__all__ = ["checkpoint_test_loader", "evaluate_checkpoint", "evaluate_ensemble", "evaluate_weights", "weights_config"]
 
 # What `--set` may change when evaluating: the test data, and a plain state dict's architecture.
 EVAL_SECTIONS = ("data", "model")
@@ -87,7 +87,7 @@ def evaluate_weights(
         raise RespkdError(f"{path} is a respkd checkpoint: it records its model; evaluate it without --model")
     cfg = weights_config(model, dataset, overrides)
     d = cfg.data
-    data = select(load_data(d.dataset, data_root or d.root, data_path or d.path, d.source), cfg)
+    data = select(load_data(d, data_root, data_path), cfg)
     mean, std = input_normalization(data.info, d.normalize)
     network, meta = load_external_model(cfg.model, path, data.num_classes, data.info.image_shape,
                                         {"mean": list(mean), "std": list(std)}, device, what="--model")
@@ -96,35 +96,21 @@ def evaluate_weights(
     return {"checkpoint": str(path), "dataset": data.info.name, "model": meta["model"], **result}
 
 
-def check_classes(meta: dict[str, Any], info: DatasetInfo, source: str | Path) -> None:
-    """Refuse a test set whose classes are not the model's: another number of them, or (where both record names)
-    another name, in one line naming the first that differs."""
-    theirs = list(info.class_names)
-    if meta["num_classes"] != len(theirs):
-        raise RespkdError(f"{source} has {meta['num_classes']} classes but the test set of {info.name} has "
-                          f"{len(theirs)}: evaluate it on data of its own classes")
-    ours = meta.get("class_names")
-    if ours and theirs and list(ours) != theirs:
-        k = next(i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b)
-        raise RespkdError(f"{source}'s class {k} is '{ours[k]}' but the test set's is '{theirs[k]}': evaluate it on "
-                          "data of its own classes")
-
-
 def checkpoint_test_loader(
     meta: dict[str, Any], checkpoint: str | Path, data_path: str | None, data_root: str | None, device: str,
     overrides: Sequence[str] = (),
 ) -> tuple[BatchLoader | FolderLoader, Splits | FolderSplits]:
     """Batches of the test set named in a checkpoint's embedded config (``data.*`` overrides applied), normalised as
-    the model was trained; its classes must be the checkpoint's (:func:`check_classes`)."""
+    the model was trained; its classes must be the checkpoint's (by name, :mod:`respkd.classes`)."""
     raw = meta.get("config")
     if isinstance(raw, dict) and overrides:
         raw = {**raw, "data": dict(raw.get("data") or {})}
         for override in overrides:
             apply_override(raw, override)
     cfg = validate_config(raw, f"{checkpoint} (embedded config)")
-    d = cfg.data
-    data = select(load_data(d.dataset, data_root or d.root, data_path or d.path, d.source), cfg)
-    check_classes(meta, data.info, checkpoint)
+    data = select(load_data(cfg.data, data_root, data_path), cfg)
+    check_classes(meta, data.info.class_names, "checkpoint", "data",
+                  f"data: {describe_data(cfg.data, data_path)}")
     return make_loader(data, "test", cfg, device), data
 
 

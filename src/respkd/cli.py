@@ -156,6 +156,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from respkd.predict import predict, prediction_lines
+
+    result = predict(args.source, args.images, top=args.top, runs_root=args.runs_root, device=args.device)
+    print(json.dumps(result) if args.json else "\n".join(prediction_lines(result)))
+    return 0
+
+
 def cmd_table(args: argparse.Namespace) -> int:
     from respkd.report import results_json, results_table
 
@@ -314,6 +322,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-root", default="runs", help="where run names are looked up (default: runs)")
     p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     p.set_defaults(func=cmd_export)
+    p = sub.add_parser("predict", help="the most probable classes of image files, read as the model's training images")
+    p.add_argument("source", help="a checkpoint, a run directory, or a run's name under --runs-root")
+    p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders of them")
+    p.add_argument("--top", type=int, metavar="K", help="the K most probable classes (default 5, at most the classes)")
+    p.add_argument("--json", action="store_true", help="print one JSON object (predictions: image, top classes)")
+    p.add_argument("--runs-root", default="runs", help="where run names are looked up (default: runs)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1 or auto")
+    p.set_defaults(func=cmd_predict)
     p = sub.add_parser("eval-ensemble", help="test accuracy of an ensemble, of each member, and of a distilled net")
     p.add_argument("checkpoints", nargs="+", help="the members' checkpoints (two or more)")
     p.add_argument("--rule", choices=["mean_probs", "mean_logits"], default="mean_probs",

@@ -19,7 +19,7 @@ from torch import nn
 from respkd import distributed
 from respkd.checkpoint import SUMMARY_NAME, checkpoint_meta, run_checkpoint
 from respkd.config import RunConfig, config_to_dict, load_config, validate_config
-from respkd.data import load_data, make_loader, select
+from respkd.data import load_data, make_loader, preprocessing, select
 from respkd.data.datasets import Splits, input_normalization
 from respkd.data.memory import BatchLoader
 from respkd.data.streamed import FolderSplits
@@ -65,13 +65,16 @@ def prepare(cfg: RunConfig, runs_root: Path, force: bool = False) -> Prepared:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
-    data = select(load_data(cfg.data.dataset, cfg.data.root, cfg.data.path, cfg.data.source), cfg)
+    data = select(load_data(cfg.data), cfg)
+    if cfg.distills and cfg.kd.cache and data.info.streamed:  # a folder of one's own images too large for memory
+        raise RespkdError(f"'kd.cache' needs the images in memory, but {cfg.data.path} is streamed from its files "
+                          "(see data.in_memory); distil from the online teacher (kd.cache: false)")
     seed_everything(cfg.seed)
     student = build_model(cfg.model.name, data.num_classes, data.info.image_shape, **cfg.model.options()).to(device)
     init = None
     if cfg.init is not None:
         source = run_checkpoint(cfg.init.run, runs_root) if cfg.init.run is not None else Path(cfg.init.checkpoint)
-        init = init_student(student, source, cfg.init.strict)
+        init = init_student(student, source, cfg.init.strict, data.info.class_names)
     if cfg.train.channels_last:
         student = student.to(memory_format=torch.channels_last)
     teacher_meta, teacher_input = None, None
@@ -204,6 +207,7 @@ def run(config: RunConfig | dict[str, Any] | str | Path, runs_root: str | Path =
         "metrics": ev, "epochs": tc.epochs, "wall_time_s": round(wall, 1), "train_time_s": round(train_time, 1),
         "seconds_per_epoch": round(train_time / tc.epochs, 3), "precision": "bf16" if bf16 else "fp32",
         "dataset": cfg.data.dataset, "data_sha256": data.sha256, "data_canonical": data.canonical,
+        "class_names": list(data.info.class_names),
         "n_train": len(data.train_labels),
         "n_train_per_class": torch.bincount(data.train_labels.cpu(), minlength=data.num_classes).tolist(),
         "n_val": len(data.val_labels), "val_metrics": val_metrics,
@@ -219,6 +223,7 @@ def run(config: RunConfig | dict[str, Any] | str | Path, runs_root: str | Path =
         normalization=input_normalization(data.info, cfg.data.normalize),
         **{k: summary[k] for k in ("name", "dataset", "data_sha256", "metrics", "config")},
         versions={k: env[k] for k in ("respkd", "torch", "torchvision", "python")},
+        preprocessing=preprocessing(data.info),
     )
     out.finish(p.student.state_dict(), meta, summary)
     state.finish()
