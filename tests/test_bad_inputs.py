@@ -581,7 +581,7 @@ CASES: dict[str, Case] = {
         "r/summary.json", "{}")).parent)], ("does not exist",)),
     # ---- eval of runs and plain state dicts
     "eval-misspelt-run": Case(lambda w: ["eval", "tiny-teachr", "--runs-root", str(w.runs)],
-                              ("tiny-teachr does not exist", "runs there: tiny-teacher, tiny-student-kd")),
+                              ("tiny-teachr: no such checkpoint, run directory, or run", "runs there: tiny-teacher, tiny-student-kd")),
     "eval-pth-without-model": Case(lambda w: ["eval", state_dict_file(w)], ("a torch.save file, not a respkd "
                                                                            "checkpoint", "--model NAME --dataset")),
     "eval-plain-safetensors-without-model": Case(lambda w: ["eval", state_dict_file(w, "w.safetensors")],

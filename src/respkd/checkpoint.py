@@ -152,8 +152,11 @@ def checkpoint_of(source: str | Path, runs_root: str | Path = "runs") -> Path:
         path = Path(runs_root) / str(source) / CHECKPOINT_NAME
     if not path.is_file():
         near = nearest_runs(str(source), runs_root)
-        raise RespkdError(f"{source} does not exist: no such checkpoint, run directory, or run under {runs_root}/"
-                          + (f" (runs there: {', '.join(near)})" if near else ""))
+        # a path names a file that is missing; a bare name was most likely meant as a run's
+        detail = (f"{path} does not exist" if "/" in str(source) or Path(source).suffix
+                  else f"runs there: {', '.join(near)}" if near else "")
+        raise RespkdError(f"{source}: no such checkpoint, run directory, or run under {runs_root}/"
+                          + (f" ({detail})" if detail else ""))
     return path
 
 
