@@ -59,6 +59,7 @@ Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 MAX_COUNT = 2**31 - 1  # examples, steps
 MAX_CLASSES = 100_000  # ImageNet-21k has 21,841
 MAX_EPOCHS = 100_000
+MAX_THREADS = 4096  # keeps torch.set_num_threads from overflowing
 MAX_WORKERS = 256
 # T = 1e-300 made logits / T infinite and the loss NaN; distillation uses 1 to 20 (the paper's sweeps).
 Temperature = Annotated[float, Field(ge=0.01, le=1000)]
@@ -512,7 +513,7 @@ class RunConfig(Section):
     name: RunName
     seed: Seed = 0
     device: str = Field("cpu", max_length=32)  # "cpu", "cuda", "cuda:1", or "auto" (cuda when available)
-    threads: int | None = Field(None, ge=1, le=4096)  # the bound keeps torch.set_num_threads from overflowing
+    threads: int | None = Field(None, ge=1, le=MAX_THREADS)
     data: DataConfig = DataConfig()
     model: ModelConfig
     init: InitConfig | None = None

@@ -39,7 +39,7 @@ from respkd.config import config_to_dict
 from respkd.data.memory import BatchLoader
 from respkd.distill import Distiller, Supervised
 from respkd.engine import build_optimizer, build_scheduler, evaluate, use_bf16
-from respkd.environment import capture_environment, seed_everything
+from respkd.environment import capture_environment, seed_everything, usable_cores
 from respkd.errors import RespkdError
 from respkd.files import atomic_write_text, read_json
 from respkd.models import build_model, count_parameters
@@ -214,8 +214,7 @@ def worker_threads(cfg: SpecialistsConfig, workers: int) -> int:
     """torch threads per worker: the config's ``threads``, else the cores this process may use, shared evenly."""
     if cfg.threads:
         return cfg.threads
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // workers)
+    return max(1, usable_cores() // workers)
 
 
 def train_all(
