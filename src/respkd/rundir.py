@@ -172,7 +172,7 @@ def train_epochs(
         for epoch in range(first, epochs + 1):
             done = state.position.epoch if state is not None else EpochProgress()  # trained before a resume
             loader.set_epoch(epoch, skip=done.batches)
-            stats = train_one_epoch(task, student, loader, optimizer, scheduler, device, bf16, epoch,
+            stats = train_one_epoch(task, loader, optimizer, scheduler=scheduler, device=device, bf16=bf16, epoch=epoch,
                                     progress=progress, teacher_logits=teacher_logits, done=done,
                                     after_step=state.after_step if state is not None else None,
                                     average=distributed.all_reduce_mean)
