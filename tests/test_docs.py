@@ -6,6 +6,7 @@ every key; and no page tells how the work went instead of what the software does
 
 from __future__ import annotations
 
+import argparse
 import re
 import sys
 from pathlib import Path
@@ -112,6 +113,15 @@ def test_every_python_block_of_the_docs_runs(page, tmp_path, real_mnist_root, mo
     for k, block in enumerate(fenced_blocks(TEXT[page], "python")):
         exec(compile(block, f"{name(page)} python block {k + 1}", "exec"), {"__name__": "__docs__"})
         assert capsys.readouterr().out.strip(), f"block {k + 1} printed nothing"
+
+
+def test_the_cli_page_shows_every_subcommand():
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    specialists = next(a for a in commands["specialists"]._actions if isinstance(a, argparse._SubParsersAction))
+    every = [c for c in commands if c not in ("distil", "specialists")] + [f"specialists {c}" for c in specialists.choices]
+    shown = {" ".join(subcommand(argv_of(line))) for line in fenced_commands(TEXT[REPO / "docs" / "cli.md"])}
+    assert [c for c in every if c not in shown] == []
 
 
 def test_make_targets_named_exist():
@@ -252,6 +262,43 @@ def test_the_paper_table_says_a_miss_plainly_with_the_measured_number(tmp_path, 
         errors = summary["metrics"]["errors"]
         assert f"**{errors}** / 10000" in row
         assert row.endswith("| met |") if errors <= paper else row.endswith(f"**missed**: {errors} vs {paper} |")
+
+
+def table_rows(text: str) -> list[tuple[list[str], list[str]]]:
+    """(header cells, row cells) of every markdown table row outside the generated blocks."""
+    rows, header = [], None
+    for line in without_generated(text).splitlines():
+        if not line.startswith("|"):
+            header = None
+            continue
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip()[1:-1])]
+        if header is None:
+            header = cells
+        elif not set("".join(cells)) <= set("-: "):
+            rows.append((header, cells))
+    return rows
+
+
+def numbers_recorded(target: Path) -> list[float]:
+    """Every number written in a results file, or in the JSON and markdown files of a run folder."""
+    files = [target] if target.is_file() else [*target.glob("*.json"), *target.glob("*.md")]
+    return [float(n) for f in files for n in re.findall(r"\d+(?:\.\d+)?(?:e-?\d+)?", f.read_text())]
+
+
+MEASURED = [(name(p), header.index("measured"), cells) for p in PAGES for header, cells in table_rows(TEXT[p])
+            if "measured" in header and "../results/" in " ".join(cells)]
+
+
+@pytest.mark.parametrize("page,column,cells", MEASURED, ids=[f"{p}:{c[0][:40]}" for p, _, c in MEASURED])
+def test_every_measured_number_is_in_the_run_folder_its_row_links(page, column, cells):
+    """A hand-written results row: each number of its "measured" cell (shares in % apart, which are ratios of
+    them) is written, to its shown precision, in a file of the run folders or results files the row links."""
+    measured = cells[column]
+    recorded = [n for target in re.findall(r"\]\(\.\./(results/[^)#]+)\)", " ".join(cells))
+                for n in numbers_recorded(REPO / target)]
+    for token in re.findall(r"(?<![\w.])(\d+(?:\.\d+)?)(?![\d.]*%)", measured):
+        digits = len(token.partition(".")[2])
+        assert any(round(n, digits) == float(token) for n in recorded), f"{page}: {token} ({measured})"
 
 
 # ---------------------------------------------------------------- what the pages say

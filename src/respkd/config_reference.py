@@ -27,7 +27,9 @@ import annotated_types
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
+from respkd import models
 from respkd.config import PathText, RunConfig, RunName, TrainConfig
+from respkd.specialists.config import SpecialistsConfig
 
 __all__ = [
     "MODEL_OPTION_MEANINGS", "RUN_MEANINGS", "SPECIALISTS_MEANINGS", "config_keys", "main", "model_options_table",
@@ -369,15 +371,11 @@ def run_reference() -> str:
 
 
 def specialists_reference() -> str:
-    from respkd.specialists.config import SpecialistsConfig
-
     return reference_table(SpecialistsConfig, SPECIALISTS_MEANINGS, referenced=(TrainConfig,))
 
 
 def model_options_table() -> str:
     """The options of respkd's own models that take any (``model.<option>``), with the factories' defaults."""
-    from respkd import models
-
     rows, seen = [], set()
     for name in models.list_models():  # each registered under its factory's name, a function of respkd.models
         for option, param in inspect.signature(getattr(models, name)).parameters.items():
