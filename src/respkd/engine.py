@@ -71,12 +71,14 @@ class EpochProgress:
     """How far an epoch has got: batches trained, the running sums of its loss terms, and seconds spent on it.
 
     The training state of :mod:`respkd.resume` saves it, so an epoch interrupted part-way continues from its next
-    batch with the same sums, and so reports exactly the statistics of an uninterrupted epoch.
+    batch with the same sums, and so reports exactly the statistics of an uninterrupted epoch. ``skipped``: batches
+    whose update was not applied (``train.on_nonfinite: skip_step``), left out of the sums.
     """
 
     batches: int = 0
     sums: dict[str, torch.Tensor] = field(default_factory=dict)
     seconds: float = 0.0
+    skipped: int = 0
 
 
 def train_one_epoch(
@@ -93,8 +95,10 @@ def train_one_epoch(
     done: EpochProgress | None = None,
     after_step: Callable[[EpochProgress], None] | None = None,
     average: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    skip_step: Callable[[dict[str, torch.Tensor], EpochProgress], bool] | None = None,
 ) -> dict[str, float]:
-    """One pass over ``loader``; returns the mean of every loss term and the epoch's wall time.
+    """One pass over ``loader``; returns the mean of every loss term over the steps applied, the epoch's wall time,
+    its last learning rate and the number of steps skipped.
 
     ``task`` is a :class:`~respkd.distill.Supervised` or :class:`~respkd.distill.Distiller`; ``student`` is the
     trained model, whose ``apply_constraints()`` (max-norm) runs after every step when it has one. A task with a
@@ -105,6 +109,9 @@ def train_one_epoch(
     it. ``after_step(progress)`` runs after every optimizer step (e.g. to save the training state).
     ``average``, under torchrun, averages the summed loss terms over the processes
     (:func:`respkd.distributed.all_reduce_mean`): one collective per epoch, not per step.
+    ``skip_step(out, progress)``, when given, runs between backward and the optimizer step; True drops the step (its
+    gradients, update and loss terms; the schedule still advances) and counts in ``skipped_steps``
+    (:class:`respkd.guard.StepGuard`, ``train.on_nonfinite: skip_step``).
     """
     task.train()
     set_epoch = getattr(task, "set_epoch", None)  # a Distiller whose loss warms up over epochs (DKD) reads it
@@ -123,20 +130,25 @@ def train_one_epoch(
             out = task(inputs, labels, **cached)
         optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()
-        optimizer.step()
+        if skip_step is not None and skip_step(out, state):
+            optimizer.zero_grad(set_to_none=True)
+            state.skipped += 1
+        else:
+            optimizer.step()
+            if constrain is not None:
+                constrain()
+            for key, value in out.items():
+                if key.endswith("loss"):
+                    sums[key] = sums.get(key, 0.0) + value.detach().float()  # summed on device: no sync per step
         scheduler.step()
-        if constrain is not None:
-            constrain()
-        for key, value in out.items():
-            if key.endswith("loss"):
-                sums[key] = sums.get(key, 0.0) + value.detach().float()  # summed on device: no sync per step
         state.batches += 1
         state.seconds = time.perf_counter() - start
         if after_step is not None:
             after_step(state)
     if average is not None and sums:  # every process ran the same number of equal shares: the mean is exact
         sums = dict(zip(sums, average(torch.stack(list(sums.values())))))
-    stats = {key: float(total) / max(state.batches, 1) for key, total in sums.items()}
+    stats = {key: float(total) / max(state.batches - state.skipped, 1) for key, total in sums.items()}
+    stats["skipped_steps"] = state.skipped
     stats["epoch_time_s"] = time.perf_counter() - start
     stats["lr"] = optimizer.param_groups[0]["lr"]
     return stats

@@ -27,10 +27,11 @@ from respkd.data.transfer import describe_transfer
 from respkd.distill import Distiller, Supervised
 from respkd.engine import build_optimizer, build_scheduler, evaluate, use_bf16
 from respkd.environment import capture_environment, resolve_device, seed_everything
-from respkd.errors import RespkdError
+from respkd.errors import RespkdError, Stopped
 from respkd.files import read_json
+from respkd.locks import LOCK_NAME, FolderLock
 from respkd.models import build_model, count_macs, count_parameters
-from respkd.resume import TrainingState, check_start, has_state, state_problem
+from respkd.resume import STATE_NAME, TrainingState, check_start, has_state, state_problem
 from respkd.rundir import RunDir, check_folder_can_hold, is_finished, summary_matches, train_epochs
 from respkd.teacher import describe_teacher, load_teacher, teacher_path, teacher_paths
 from respkd.teacher_cache import TeacherCache, build_cache, cache_spec, find_cache, selection_digest
@@ -113,14 +114,34 @@ def run(cfg: RunConfig, runs_root: str | Path = "runs", force: bool = False, qui
     """Train (or distil) as ``cfg`` says; returns the summary also written to ``summary.json``.
 
     ``resume`` continues an interrupted run from its training state (see :mod:`respkd.resume`) instead of starting
-    over; the result is bitwise the same as an uninterrupted run's.
+    over; the result is bitwise the same as an uninterrupted run's. The run folder is locked while the run works in
+    it (:mod:`respkd.locks`; under torchrun by process 0): a second process on the same run is refused. A stop by a
+    signal (:class:`~respkd.errors.Stopped`) says where the run's training state is, when it has one.
     """
     runs_root = Path(runs_root)
+    out_dir = runs_root / cfg.name
+    lock = FolderLock(out_dir / LOCK_NAME, f"run '{cfg.name}'")
+    try:
+        return _run_locked(cfg, runs_root, force, quiet, resume, lock)
+    except Stopped as stop:
+        if stop.state is None and has_state(out_dir):  # stopped before training began, or after it ended
+            stop.state = out_dir / STATE_NAME
+        raise
+    finally:
+        lock.release()
+
+
+def _run_locked(cfg: RunConfig, runs_root: Path, force: bool, quiet: bool, resume: bool,
+                lock: FolderLock) -> dict[str, Any]:
+    """:func:`run`'s work, taking ``lock`` once every check has passed."""
     out_dir = runs_root / cfg.name
     # torchrun (see respkd.distributed): join the process group; every process then passes every check below, or
     # all stop. In one process both are no-ops.
     distributed.setup(resolve_device(cfg.device))
+    main_process = distributed.is_main_process()
     with distributed.together():
+        if main_process:
+            lock.check_free()  # before judging the folder: another process may be writing it
         check_start(out_dir, cfg, resume=resume, force=force, finished=(out_dir / SUMMARY_NAME).exists())
         p = prepare(cfg, runs_root, force)
         data, tc = p.data, cfg.train
@@ -140,66 +161,72 @@ def run(cfg: RunConfig, runs_root: str | Path = "runs", force: bool = False, qui
         state = TrainingState(p.out_dir, cfg, identity, p.student, optimizer, scheduler, len(train_loader), p.device)
         if resume:
             state.load()  # checked and read before anything is written
+        if main_process:
+            lock.acquire()  # the last check: from here on this process writes the folder
     distributed.wrap_student(p.task, p.student, p.device, tc.sync_batchnorm)  # only the student, never the teacher
     distributed.reseed_per_process(cfg.seed)  # (a resumed run's generators are restored later, by state.begin)
 
-    out = RunDir(p.out_dir, writes=distributed.is_main_process())  # under torchrun only process 0 writes and prints
-    env = capture_environment()
-    if not resume:
-        state.discard()  # --force: an interrupted run's state is not this run's
-        out.start(config_to_dict(cfg), env)
-    log = out.open_log(quiet, append=resume)
-    params, macs = count_parameters(p.student), count_macs(p.student, data.info.image_shape)
-    log(_first_log_line(p, runs_root, params, macs, bf16))
-    if cfg.distills and (cfg.kd.loss != "kd" or cfg.kd.standardize):
-        log(f"response loss: {p.task.describe_loss()}")
-    if p.init is not None:
-        log(f"student initialised with {describe_fit(p.init)}")
-    if cfg.distills and p.teacher_meta.get("notes"):
-        log(f"teacher weights: {'; '.join(p.teacher_meta['notes'])}")
-    if p.teacher_input is not None:
-        log(f"teacher input adapter: {p.task.teacher.adapter.extra_repr()}")
-    cache_info, cached_teacher = _open_teacher_cache(p, runs_root, spec, cache, train_loader, bf16, log)
+    with RunDir(p.out_dir, writes=distributed.is_main_process()) as out:  # under torchrun only process 0 writes
+        env = capture_environment()
+        if not resume:
+            state.discard()  # --force: an interrupted run's state is not this run's
+            out.start(config_to_dict(cfg), env)
+        log = out.open_log(quiet, append=resume)
+        if lock.taken_over is not None:
+            log(f"[{cfg.name}] took over {lock.path} from {lock.taken_over.describe()}, which ended without "
+                "releasing it")
+        params, macs = count_parameters(p.student), count_macs(p.student, data.info.image_shape)
+        log(_first_log_line(p, runs_root, params, macs, bf16))
+        if cfg.distills and (cfg.kd.loss != "kd" or cfg.kd.standardize):
+            log(f"response loss: {p.task.describe_loss()}")
+        if p.init is not None:
+            log(f"student initialised with {describe_fit(p.init)}")
+        if cfg.distills and p.teacher_meta.get("notes"):
+            log(f"teacher weights: {'; '.join(p.teacher_meta['notes'])}")
+        if p.teacher_input is not None:
+            log(f"teacher input adapter: {p.task.teacher.adapter.extra_repr()}")
+        cache_info, cached_teacher = _open_teacher_cache(p, runs_root, spec, cache, train_loader, bf16, log)
 
-    state.begin(log)
-    ev = train_epochs(out, p.task, p.student, train_loader, optimizer, scheduler, p.device, bf16, tc.epochs,
-                      test_loader=test_loader, num_classes=data.num_classes, state=state,
-                      teacher_logits=cached_teacher, progress=None if out.writes else False).test
-    if ev is None:  # resumed after the last epoch's state was saved: only the final steps below were left
-        ev = evaluate(p.student, test_loader, data.num_classes, distributed.all_reduce_sum)
-    wall, train_time = state.wall_time(), state.position.train_time_s
-    val_metrics = None
-    if len(data.val_labels):  # once, at the end: the split is for choosing things after training, not during it
-        val_loader = make_loader(data, "val", cfg, p.device)
-        val_metrics = evaluate(p.student, val_loader, data.num_classes, distributed.all_reduce_sum)
+        state.begin(log)
+        ev = train_epochs(out, p.task, p.student, train_loader, optimizer, scheduler, p.device, bf16, tc.epochs,
+                          test_loader=test_loader, num_classes=data.num_classes, state=state,
+                          teacher_logits=cached_teacher, progress=None if out.writes else False,
+                          on_nonfinite=tc.on_nonfinite, max_skipped_steps=tc.max_skipped_steps).test
+        if ev is None:  # resumed after the last epoch's state was saved: only the final steps below were left
+            ev = evaluate(p.student, test_loader, data.num_classes, distributed.all_reduce_sum)
+        wall, train_time = state.wall_time(), state.position.train_time_s
+        val_metrics = None
+        if len(data.val_labels):  # once, at the end: the split is for choosing things after training, not during it
+            val_loader = make_loader(data, "val", cfg, p.device)
+            val_metrics = evaluate(p.student, val_loader, data.num_classes, distributed.all_reduce_sum)
 
-    summary = {
-        "name": cfg.name, "kind": "distill" if cfg.distills else "train",
-        "model": cfg.model.name, "params": params, "macs": macs,
-        "metrics": ev, "epochs": tc.epochs, "wall_time_s": round(wall, 1), "train_time_s": round(train_time, 1),
-        "seconds_per_epoch": round(train_time / tc.epochs, 3), "precision": "bf16" if bf16 else "fp32",
-        "dataset": cfg.data.dataset, "data_sha256": data.sha256, "data_canonical": data.canonical,
-        "n_train": len(data.train_labels),
-        "n_train_per_class": torch.bincount(data.train_labels.cpu(), minlength=data.num_classes).tolist(),
-        "n_val": len(data.val_labels), "val_metrics": val_metrics,
-        "teacher": describe_teacher(cfg, runs_root) if cfg.distills else None,
-        "teacher_combine": cfg.teacher.rule if cfg.distills else None,
-        "teacher_cache": cache_info, "resumes": state.position.resumes, "processes": distributed.world_size(),
-        "teacher_input": p.teacher_input, "init": p.init,
-        "config": config_to_dict(cfg), "environment": env,
-    }
-    meta = checkpoint_meta(
-        model={"name": cfg.model.name, **cfg.model.options()}, num_classes=data.num_classes,
-        in_shape=data.info.image_shape, class_names=data.info.class_names,
-        normalization=input_normalization(data.info, cfg.data.normalize),
-        **{k: summary[k] for k in ("name", "dataset", "data_sha256", "metrics", "config")},
-        versions={k: env[k] for k in ("respkd", "torch", "torchvision", "python")},
-    )
-    out.finish(p.student.state_dict(), meta, summary)
-    state.finish()
-    log(f"[{cfg.name}] done: test errors {ev['errors']}/{ev['n']}, top-1 {ev['top1']:.2f}%, top-5 {ev['top5']:.2f}%, "
-        f"wall {wall / 60:.1f} min -> {p.out_dir}")
-    out.close()
+        summary = {
+            "name": cfg.name, "kind": "distill" if cfg.distills else "train",
+            "model": cfg.model.name, "params": params, "macs": macs,
+            "metrics": ev, "epochs": tc.epochs, "wall_time_s": round(wall, 1), "train_time_s": round(train_time, 1),
+            "seconds_per_epoch": round(train_time / tc.epochs, 3), "precision": "bf16" if bf16 else "fp32",
+            "dataset": cfg.data.dataset, "data_sha256": data.sha256, "data_canonical": data.canonical,
+            "n_train": len(data.train_labels),
+            "n_train_per_class": torch.bincount(data.train_labels.cpu(), minlength=data.num_classes).tolist(),
+            "n_val": len(data.val_labels), "val_metrics": val_metrics,
+            "teacher": describe_teacher(cfg, runs_root) if cfg.distills else None,
+            "teacher_combine": cfg.teacher.rule if cfg.distills else None,
+            "teacher_cache": cache_info, "resumes": state.position.resumes, "processes": distributed.world_size(),
+            "skipped_steps": state.position.skipped_steps,
+            "teacher_input": p.teacher_input, "init": p.init,
+            "config": config_to_dict(cfg), "environment": env,
+        }
+        meta = checkpoint_meta(
+            model={"name": cfg.model.name, **cfg.model.options()}, num_classes=data.num_classes,
+            in_shape=data.info.image_shape, class_names=data.info.class_names,
+            normalization=input_normalization(data.info, cfg.data.normalize),
+            **{k: summary[k] for k in ("name", "dataset", "data_sha256", "metrics", "config")},
+            versions={k: env[k] for k in ("respkd", "torch", "torchvision", "python")},
+        )
+        out.finish(p.student.state_dict(), meta, summary)
+        state.finish()
+        log(f"[{cfg.name}] done: test errors {ev['errors']}/{ev['n']}, top-1 {ev['top1']:.2f}%, "
+            f"top-5 {ev['top5']:.2f}%, wall {wall / 60:.1f} min -> {p.out_dir}")
     return summary
 
 
@@ -237,6 +264,7 @@ def _open_teacher_cache(
         lambda: found if found is not None else find_cache(cfg.kd.cache_dir, spec),
         lambda: build_cache(cfg.kd.cache_dir, spec, p.task.teacher_logits, loader, bf16, log=log,
                             extra_meta={"teacher": describe_teacher(cfg, runs_root)}))
+    built = built and cache.built_here  # not when another process built it while this one waited
     if not built:
         log(f"reusing teacher cache {cache.folder} (built in {cache.build_time_s:.2f}s)")
     info = {"used": True, "built_now": built, "build_time_s": cache.build_time_s,

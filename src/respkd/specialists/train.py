@@ -42,6 +42,7 @@ from respkd.engine import build_optimizer, build_scheduler, evaluate, use_bf16
 from respkd.environment import capture_environment, seed_everything
 from respkd.errors import RespkdError
 from respkd.files import atomic_write_text, read_json
+from respkd.locks import FolderLock
 from respkd.models import build_model, count_parameters
 from respkd.provenance import read_record, same_inputs
 from respkd.rundir import RunDir, train_epochs
@@ -120,7 +121,7 @@ def train_specialist(ctx: Context, subsets: list[list[int]], k: int, force: bool
     """Train specialist ``k`` into its own directory (module doc); skipped when finished from the same spec."""
     if not 0 <= k < len(subsets):
         raise RespkdError(f"--only {k}: there are {len(subsets)} specialists (0..{len(subsets) - 1})")
-    cfg, sc, data = ctx.cfg, ctx.cfg.specialist, ctx.data
+    cfg = ctx.cfg
     subset = list(subsets[k])
     spec = specialist_spec(ctx, subset, k)
     final = specialist_dir(ctx.out_dir, k)
@@ -131,7 +132,18 @@ def train_specialist(ctx: Context, subsets: list[list[int]], k: int, force: bool
             print(f"specialist {k}: already finished in {final}, skipped", flush=True)
             return read_json(final / SUMMARY_NAME, "summary")
         raise RespkdError(f"{final} was finished from another config, generalist or subset; pass --force to retrain it")
+    ctx.out_dir.mkdir(parents=True, exist_ok=True)
+    lock = FolderLock(ctx.out_dir / f".specialist-{k}.lock", f"specialist {k} of '{cfg.name}'")
+    lock.acquire()  # before its stale folders are removed: a second process training it is refused instead
+    try:
+        return _train(ctx, k, subset, spec, final, quiet)
+    finally:
+        lock.release()
 
+
+def _train(ctx: Context, k: int, subset: list[int], spec: dict[str, Any], final: Path, quiet: bool) -> dict[str, Any]:
+    """:func:`train_specialist`'s work, under the specialist's lock."""
+    cfg, sc, data = ctx.cfg, ctx.cfg.specialist, ctx.data
     seed_everything(cfg.seed * 1009 + k)
     mapping = label_map(subset, ctx.num_classes)
     inside = torch.isin(data.train_labels, torch.tensor(subset))
@@ -151,48 +163,47 @@ def train_specialist(ctx: Context, subsets: list[list[int]], k: int, force: bool
     val_loader = BatchLoader(data.val_images, mapping[data.val_labels], 1000, *ctx.norm, device=ctx.device,
                              channels_last=tc.channels_last)
 
-    ctx.out_dir.mkdir(parents=True, exist_ok=True)
     for stale in ctx.out_dir.glob(f".specialist-{k}.partial-*"):  # left by a crashed attempt at this specialist
         shutil.rmtree(stale, ignore_errors=True)
     partial = ctx.out_dir / f".specialist-{k}.partial-{os.getpid()}"
     partial.mkdir()
     names = [data.info.class_names[c] for c in subset]
-    out = RunDir(partial)
-    log = out.open_log(quiet)
-    log(f"[{cfg.name} specialist {k}] {', '.join(names)} + dustbin: "
-        f"{'fine-tuned from the generalist' if sc.model is None else f'fresh {sc.model.name}'}, "
-        f"{'soft targets at T=' + format(sc.soft_targets.temperature, 'g') if sc.soft_targets else 'hard labels'}; "
-        f"{int(inside.sum())} subset / {int((~inside).sum())} other training examples, batches of {batches.n_in} + "
-        f"{batches.n_out}, {len(batches)} batches per epoch, {tc.epochs} epochs ({torch.get_num_threads()} threads)")
-    start = time.perf_counter()
-    trained = train_epochs(out, task, student, batches, optimizer, scheduler, ctx.device, bf16, tc.epochs,
-                           progress=False)
-    shift_dustbin(student, ctx.in_shape, correction)
-    test = evaluate(student, test_loader, len(subset) + 1)
-    val = evaluate(student, val_loader, len(subset) + 1)
-    wall = time.perf_counter() - start
-    steps = tc.epochs * len(batches)
-    summary = {
-        "name": f"{cfg.name}-specialist-{k}", "k": k, "subset": subset, "subset_names": names,
-        "dustbin_correction": correction, "n_subset": int(inside.sum()), "n_other": int((~inside).sum()),
-        "batch_subset": batches.n_in, "batch_other": batches.n_out, "steps": steps,
-        "examples_seen": steps * tc.batch_size,  # forward + backward passes of the specialist
-        "generalist_forward_examples": steps * tc.batch_size if sc.soft_targets else 0,  # its soft targets
-        "params": count_parameters(student), "train_time_s": round(trained.train_time_s, 2),
-        "wall_time_s": round(wall, 2), "threads": torch.get_num_threads(),
-        "test_metrics": test, "val_metrics": val, "spec": spec, "environment": capture_environment(),
-    }
-    meta = checkpoint_meta(
-        model=model_spec, num_classes=len(subset) + 1, in_shape=ctx.in_shape, class_names=[*names, "dustbin"],
-        normalization=ctx.norm, name=summary["name"], dataset=ctx.gen_cfg.data.dataset, data_sha256=data.sha256,
-        metrics=test, config=config_to_dict(ctx.gen_cfg),
-        specialist={key: summary[key] for key in ("k", "subset", "dustbin_correction")}
-        | {"generalist_weights_sha256": ctx.gen_meta["weights_sha256"]},
-    )
-    out.finish(student.state_dict(), meta, summary)
-    log(f"[{cfg.name} specialist {k}] done: dustbin logit {correction:+.3f}, test top-1 over subset + dustbin "
-        f"{test['top1']:.2f}%, {wall:.1f}s -> {final}")
-    out.close()
+    with RunDir(partial) as out:
+        log = out.open_log(quiet)
+        log(f"[{cfg.name} specialist {k}] {', '.join(names)} + dustbin: "
+            f"{'fine-tuned from the generalist' if sc.model is None else f'fresh {sc.model.name}'}, "
+            f"{'soft targets at T=' + format(sc.soft_targets.temperature, 'g') if sc.soft_targets else 'hard labels'}; "
+            f"{int(inside.sum())} subset / {int((~inside).sum())} other training examples, batches of {batches.n_in} + "
+            f"{batches.n_out}, {len(batches)} batches per epoch, {tc.epochs} epochs "
+            f"({torch.get_num_threads()} threads)")
+        start = time.perf_counter()
+        trained = train_epochs(out, task, student, batches, optimizer, scheduler, ctx.device, bf16, tc.epochs,
+                               progress=False, on_nonfinite=tc.on_nonfinite, max_skipped_steps=tc.max_skipped_steps)
+        shift_dustbin(student, ctx.in_shape, correction)
+        test = evaluate(student, test_loader, len(subset) + 1)
+        val = evaluate(student, val_loader, len(subset) + 1)
+        wall = time.perf_counter() - start
+        steps = tc.epochs * len(batches)
+        summary = {
+            "name": f"{cfg.name}-specialist-{k}", "k": k, "subset": subset, "subset_names": names,
+            "dustbin_correction": correction, "n_subset": int(inside.sum()), "n_other": int((~inside).sum()),
+            "batch_subset": batches.n_in, "batch_other": batches.n_out, "steps": steps,
+            "examples_seen": steps * tc.batch_size,  # forward + backward passes of the specialist
+            "generalist_forward_examples": steps * tc.batch_size if sc.soft_targets else 0,  # its soft targets
+            "params": count_parameters(student), "train_time_s": round(trained.train_time_s, 2),
+            "wall_time_s": round(wall, 2), "threads": torch.get_num_threads(),
+            "test_metrics": test, "val_metrics": val, "spec": spec, "environment": capture_environment(),
+        }
+        meta = checkpoint_meta(
+            model=model_spec, num_classes=len(subset) + 1, in_shape=ctx.in_shape, class_names=[*names, "dustbin"],
+            normalization=ctx.norm, name=summary["name"], dataset=ctx.gen_cfg.data.dataset, data_sha256=data.sha256,
+            metrics=test, config=config_to_dict(ctx.gen_cfg),
+            specialist={key: summary[key] for key in ("k", "subset", "dustbin_correction")}
+            | {"generalist_weights_sha256": ctx.gen_meta["weights_sha256"]},
+        )
+        out.finish(student.state_dict(), meta, summary)
+        log(f"[{cfg.name} specialist {k}] done: dustbin logit {correction:+.3f}, test top-1 over subset + dustbin "
+            f"{test['top1']:.2f}%, {wall:.1f}s -> {final}")
     if final.exists():
         shutil.rmtree(final)
     os.replace(partial, final)
