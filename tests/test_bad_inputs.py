@@ -30,10 +30,12 @@ import yaml
 
 from respkd.checkpoint import save_checkpoint
 from respkd.cli import main
+from respkd.config import DataConfig
 from respkd.locks import LOCK_NAME, FolderLock
 from respkd.models import build_model
 
 from conftest import corrupt_mnist_cache, synthetic_digits, tiny_config, write_idx
+from test_folder import write_own_images
 from test_recipes import write_cifar, write_image_folders
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -229,6 +231,89 @@ def other_model_checkpoint(w: World, **meta_changes) -> str:
     meta = {"model": {"name": "mlp", "hidden": [8]}, "num_classes": 10, "in_shape": [1, 28, 28], **meta_changes}
     save_checkpoint(model.state_dict(), path, meta)
     return str(path)
+
+
+def own_images(w: World, counts: dict[str, int] | None = None, grey_only: bool = False) -> Path:
+    """A small flat tree of one's own PNGs (test_folder.write_own_images): 3 classes of 5 by default."""
+    return write_own_images(w.root / "inputs" / "my_images", counts or {"dark": 5, "light": 5, "stripes": 5},
+                            grey_only=grey_only)
+
+
+def folder_data(tree: Path | str, **changes) -> dict:
+    """The ``--set``-free config changes that read ``tree`` as one's own images at 28 x 28 (the MLP's size)."""
+    return {"data.dataset": "folder", "data.path": str(tree), "data.image_size": 28, **changes}
+
+
+def own_train(make: Callable[[World], Path | str] = own_images, distil: bool = False, **changes):
+    """``respkd train`` (or distill) on the tree ``make`` builds, with ``changes``."""
+    def argv(w: World) -> list[str]:
+        name = "tiny-student-kd" if distil else "tiny-teacher"
+        return ["distill" if distil else "train", w.config(name, distil=distil, **folder_data(make(w), **changes)),
+                *w.run_args()]
+    return argv
+
+
+def decoded_tree(w: World, counts: dict[str, int], **changes) -> Path:
+    """A grey tree already decoded into the world's data root (as a first run leaves it), so that a refusal after
+    the data are read writes nothing."""
+    from respkd.data.folder import load_folder
+
+    tree = own_images(w, counts, grey_only=True)
+    cfg = tiny_config("x", w.idx, w.root / "data")
+    d = DataConfig.model_validate({**cfg["data"], **{k.removeprefix("data."): v for k, v in folder_data(
+        tree, **changes).items()}})
+    load_folder(d, d.root, tree)
+    return tree
+
+
+def with_image(tree: Path, relative: str, content: bytes) -> Path:
+    (tree / relative).parent.mkdir(parents=True, exist_ok=True)
+    (tree / relative).write_bytes(content)
+    return tree
+
+
+def split_tree(w: World, test_name: str | None = "val", test_counts: dict[str, int] | None = None,
+               both: bool = False) -> Path:
+    """``train/<class>/*`` (2 dark, 2 light) with a ``test_name`` folder beside it (1 of each, or ``test_counts``),
+    and with ``both`` a ``test/`` as well."""
+    root = w.root / "inputs" / "split_images"
+    write_own_images(root / "train", {"dark": 2, "light": 2})
+    for name in [test_name] * (test_name is not None) + ["test"] * both:
+        write_own_images(root / name, test_counts or {"dark": 1, "light": 1})
+    return root
+
+
+def corrupted_folder_cache(w: World) -> Path:
+    """A tree whose cache in the world's data root has one byte of its pixels flipped."""
+    tree = decoded_tree(w, {"dark": 5, "light": 5})
+    (cache,) = (w.root / "data").glob("folder-*.safetensors")
+    raw = bytearray(cache.read_bytes())
+    raw[-10] ^= 0x10
+    cache.write_bytes(bytes(raw))
+    return tree
+
+
+def renamed_classes(w: World, name: str = "renamed.safetensors") -> str:
+    """The finished teacher's checkpoint with its class names changed ('zero' for '0'): its weights untouched."""
+    names = ["zero", *map(str, range(1, 10))]
+    return w.file(name, rewrite_metadata(w.ckpt, change_respkd_meta(class_names=names)))
+
+
+def four_class_checkpoint(w: World) -> str:
+    """An older respkd checkpoint of 4 classes that records no class names."""
+    path = w.root / "inputs" / "four.safetensors"
+    model = build_model("mlp", 4, (1, 28, 28), hidden=[8])
+    save_checkpoint(model.state_dict(), path, {"model": {"name": "mlp", "hidden": [8]}, "num_classes": 4,
+                                                "in_shape": [1, 28, 28], "normalization": {"mean": [0.1307],
+                                                                                           "std": [0.3081]}})
+    return str(path)
+
+
+def predict_args(*inputs: Callable[[World], str] | str, extra: tuple[str, ...] = ()) -> Callable[[World], list]:
+    return lambda w: ["predict", str(w.ckpt), *[i(w) if callable(i) else i for i in inputs], *extra]
+
+
+NOT_A_PNG = b"\x89PNG\r\n\x1a\n but the rest is not"
 
 
 # ---------------------------------------------------------------- the corpus
@@ -514,6 +599,19 @@ CASES: dict[str, Case] = {
                                     ("summary.json",)),
     "table-summary-without-metrics": Case(lambda w: ["table", "--json", str(Path(w.file("r/summary.json", json.dumps(
         {"name": "r", "params": 1, "macs": 1, "config": {}, "metrics": {"top1": 9.0}}))).parent)], ("metrics.top5",)),
+    "plot-run-without-metrics": Case(lambda w: ["plot", str(Path(w.file("norun/notes.txt", "x")).parent), "--out",
+                                                str(w.root / "c.png")], ("no metrics.jsonl",)),
+    "plot-broken-metrics-line": Case(lambda w: ["plot", str(Path(w.file("r/metrics.jsonl", (
+        w.runs / "tiny-teacher" / "metrics.jsonl").read_text() + '{"epoch": 3, "loss"\n')).parent), "--out",
+        str(w.root / "c.png")], ("line 3 is not valid JSON",)),
+    "plot-metrics-line-without-test-errors": Case(lambda w: ["plot", str(Path(w.file("r/metrics.jsonl", json.dumps(
+        {"epoch": 1, "loss": 0.5}) + "\n")).parent), "--out", str(w.root / "c.png")], ("line 1", "'test_errors'")),
+    "plot-no-such-run": Case(lambda w: ["plot", "no-such-run", "--runs-root", str(w.runs), "--out",
+                                        str(w.root / "c.png")], ("no such run directory",)),
+    "plot-out-in-missing-folder": Case(lambda w: ["plot", str(w.runs / "tiny-teacher"), "--out",
+                                                  str(w.root / "nope" / "c.png")], ("does not exist",)),
+    "plot-out-not-a-figure": Case(lambda w: ["plot", str(w.runs / "tiny-teacher"), "--out", str(w.root / "c.jpg")],
+                                  (".png, .svg, .pdf",), subprocess=True),
     "reproduce-plan-yaml-error": Case(lambda w: ["reproduce", w.file("plan.yaml", "title: [x\n")],
                                       ("invalid YAML",)),
     "reproduce-plan-duplicate-key": Case(lambda w: ["reproduce", w.file("plan.yaml", "title: a\ntitle: b\nstages: []\n")],
@@ -920,6 +1018,85 @@ HOSTILE: dict[str, Case] = {
     "specialists-name-of-101-characters": Case(specialists(name="s" * 101), ("'name'",)),
 }
 CASES |= HOSTILE
+
+# ---- one's own images (data.dataset: folder), classes checked by name, respkd predict
+OWN_IMAGES: dict[str, Case] = {
+    "folder-without-image-size": Case(train(**{"data.dataset": "folder"}), ("needs 'image_size'",)),
+    "folder-without-path": Case(train(**{"data.dataset": "folder", "data.path": DROP, "data.image_size": 8}),
+                                ("needs 'path'",)),
+    "folder-key-for-mnist": Case(train(**{"data.test_fraction": 0.3}), ("'test_fraction' is for 'dataset: folder'",)),
+    "folder-channels-two": Case(own_train(**{"data.channels": 2}), ("'data.channels'",)),
+    "folder-channels-bool": Case(own_train(**{"data.channels": True}), ("'data.channels'",)),
+    "folder-image-size-three-values": Case(own_train(**{"data.image_size": [8, 8, 8]}), ("one number or [height",)),
+    "folder-image-size-huge": Case(own_train(**{"data.image_size": 10**6}), ("'image_size' must be from 1 to 4096",)),
+    "folder-test-fraction-one": Case(own_train(**{"data.test_fraction": 1.0}), ("'data.test_fraction'",)),
+    "folder-mean-without-std": Case(own_train(**{"data.mean": [0.5]}), ("give 'mean' and 'std' together",)),
+    "folder-missing": Case(own_train(lambda w: w.root / "nowhere"), ("does not exist",)),
+    "folder-no-class-folders": Case(own_train(lambda w: Path(w.file("flat/readme.txt", "no classes")).parent),
+                                    ("holds no class folders",)),
+    "folder-one-class": Case(own_train(lambda w: own_images(w, {"dark": 4})), ("one class folder ('dark')",
+                                                                               "at least 2 classes")),
+    "folder-empty-class-folder": Case(own_train(lambda w: (own_images(w) / "empty").mkdir() or own_images(w)),
+                                      ("empty: class folder holds no images",)),
+    "folder-file-not-an-image": Case(own_train(lambda w: with_image(own_images(w), "light/notes.txt", b"hi")),
+                                     ("notes.txt: not an image file", "'.txt'")),
+    "folder-corrupt-image": Case(own_train(lambda w: with_image(own_images(w), "dark/broken.png", NOT_A_PNG)),
+                                 ("broken.png: cannot decode image",)),
+    "folder-truncated-image": Case(own_train(lambda w: with_image(own_images(w), "dark/cut.png", (
+        own_images(w) / "dark" / "dark_00.png").read_bytes()[:200])), ("cut.png: cannot decode image",)),
+    "folder-image-outside-class-folders": Case(own_train(lambda w: with_image(own_images(w), "stray.png", NOT_A_PNG)),
+                                               ("stray.png: an image outside any class folder",)),
+    "folder-train-and-val-classes-differ": Case(own_train(lambda w: split_tree(w, test_counts={"dark": 1, "lite": 1})),
+                                                ("train/ and val/ hold different class folders", "'light'")),
+    "folder-train-without-val": Case(own_train(lambda w: split_tree(w, None)), ("no val/ or test/",)),
+    "folder-val-and-test": Case(own_train(lambda w: split_tree(w, both=True)), ("both val/ and test/",)),
+    "folder-test-fraction-with-split-layout": Case(own_train(lambda w: split_tree(w, "test"), **{
+        "data.test_fraction": 0.3}), ("data.test_fraction splits a flat", "is split already")),
+    "folder-test-fraction-leaves-no-test-image": Case(own_train(lambda w: own_images(w, {"a": 5, "b": 2})),
+                                                      ("leaves class 'b' (2 images) with no test image",)),
+    "folder-test-fraction-leaves-no-training-image": Case(own_train(lambda w: own_images(w, {"a": 5, "b": 2}), **{
+        "data.test_fraction": 0.8}), ("leaves class 'b' (2 images) with no training image",)),
+    "folder-mean-for-rgb-on-grey-images": Case(own_train(lambda w: own_images(w, grey_only=True), **{
+        "data.mean": [0.5] * 3, "data.std": [0.2] * 3}), ("have 3 values", "grey (1 channel)")),
+    "folder-jitter-streamed": Case(own_train(**{"data.in_memory": False, "data.jitter": 2}),
+                                   ("'jitter' needs the images in memory",)),
+    "folder-jitter-too-large-for-memory": Case(own_train(lambda w: own_images(w, dict.fromkeys("abc", 15)), **{
+        "data.image_size": 4096, "data.jitter": 1}), ("data.jitter needs the images in memory",
+                                                      "data.in_memory: true")),
+    "folder-kd-cache-streamed": Case(own_train(distil=True, **{"data.in_memory": False, "kd.cache": True}),
+                                     ("'kd.cache' cannot be used with a streamed dataset (folder)",)),
+    "folder-cache-corrupt": Case(lambda w: ["train", w.config(**folder_data(corrupted_folder_cache(w))),
+                                            *w.run_args()], ("checksum mismatch",)),
+    "distill-teacher-classes-differ-by-name": Case(own_train(lambda w: decoded_tree(w, dict.fromkeys("abcdefghij", 5)),
+                                                             distil=True),
+                                                   ("the teacher's class 0 is '0' but the data's class 0 is 'a'",)),
+    "distill-teacher-with-renamed-classes": Case(lambda w: ["distill", w.config(
+        "tiny-student-kd", distil=True, teacher={"checkpoint": renamed_classes(w)}), *w.run_args()],
+        ("the teacher's class 0 is 'zero' but the data's class 0 is '0' (data: mnist",)),
+    "distill-old-teacher-of-other-count": Case(lambda w: ["distill", w.config("tiny-student-kd", distil=True, teacher={
+        "checkpoint": four_class_checkpoint(w)}), *w.run_args()], ("the teacher has 4 classes but the data has 10",
+                                                                   "records no class names")),
+    "init-checkpoint-with-renamed-classes": Case(lambda w: ["train", w.config(
+        init={"checkpoint": renamed_classes(w)}), *w.run_args()], ("the init checkpoint's class 0 is 'zero'",)),
+    "eval-checkpoint-with-renamed-classes": Case(lambda w: ["eval", renamed_classes(w)],
+                                                 ("the checkpoint's class 0 is 'zero' but the data's class 0 is '0'",)),
+    "predict-missing-image": Case(predict_args("no-such.png"), ("no-such.png: no such image file or folder",)),
+    "predict-not-an-image": Case(predict_args(lambda w: w.file("notes.txt", "x")), ("not an image file",)),
+    "predict-corrupt-image": Case(predict_args(lambda w: w.file("bad.png", NOT_A_PNG)), ("bad.png: cannot decode",)),
+    "predict-empty-folder": Case(predict_args(lambda w: str(Path(w.file("nothing/a.txt", "x")).parent)),
+                                 ("a folder holding no image files",)),
+    "predict-top-too-large": Case(predict_args(lambda w: str(own_images(w)), extra=("--top", "11")),
+                                  ("--top 11: the model has 10 classes",)),
+    "predict-top-zero": Case(predict_args(lambda w: str(own_images(w)), extra=("--top", "0")), ("--top 0",)),
+    "predict-top-not-a-number": Case(predict_args("x.png", extra=("--top", "two")), ("--top",), usage=True),
+    "predict-unknown-run": Case(lambda w: ["predict", "no-such-run", "x.png", "--runs-root", str(w.runs)],
+                                ("no-such-run: no such checkpoint",)),
+    "predict-checkpoint-without-normalization": Case(lambda w: ["predict", w.file(
+        "nonorm.safetensors", rewrite_metadata(w.ckpt, change_respkd_meta(normalization=DROP))), str(own_images(w))],
+        ("records no usable input normalization",)),
+    "predict-without-images": Case(lambda w: ["predict", str(w.ckpt)], ("required",), usage=True),
+}
+CASES |= OWN_IMAGES
 
 
 @pytest.fixture

@@ -249,7 +249,10 @@ FULL_TRAIN = {"epochs": 2, "batch_size": 8, "lr": 0.1, "momentum": 0.9, "weight_
 RUN_FULL = {
     "name": "t", "seed": 1, "threads": 2, "model": {"name": "mlp"}, "init": {"run": "a"}, "train": FULL_TRAIN,
     "data": {"jitter": 2, "jitter_views": 4, "workers": 1, "train_limit": 100, "test_limit": 100, "val_size": 10,
-             "val_seed": 1, "transfer": {"drop_classes": [3], "fraction": 0.5, "seed": 1}},
+             "val_seed": 1, "transfer": {"drop_classes": [3], "fraction": 0.5, "seed": 1},
+             # one's own images: the dataset that takes every data key
+             "dataset": "folder", "path": "images", "image_size": 8, "test_fraction": 0.2, "split_seed": 1,
+             "mean": [0.5], "std": [0.5]},
     "teacher": {"run": "b", "input": {"mean": [0.5], "std": [0.5], "size": 28}},
     "kd": {"temperature": 4.0, "soft_weight": 1.0, "hard_weight": 0.5, "cache": True, "cache_topk": 3},
 }

@@ -379,7 +379,7 @@ def test_streamed_image_folders_under_torchrun(tmp_path):
 def test_folder_loader_shares_make_up_the_one_process_batches(tmp_path):
     """FolderLoader (streamed images) with 2 processes: process r's batch k is the r-th half of the 1-process batch k,
     also when resuming part-way (skip); evaluation files are sliced by make_loader, not here."""
-    from respkd.data.streamed import FolderLoader, load_image_folders
+    from respkd.data.streamed import FolderLoader, load_image_folders, reference_transform
     from respkd.data.datasets import dataset_info
     from test_recipes import write_image_folders
 
@@ -387,7 +387,8 @@ def test_folder_loader_shares_make_up_the_one_process_batches(tmp_path):
     files = load_image_folders(dataset_info("imagenet"), str(folder)).train_files
 
     def indices(rank: int, world: int, skip: int = 0) -> list[list[int]]:
-        loader = FolderLoader(files, 4, (0.5,) * 3, (0.5,) * 3, 16, train=True, seed=3, rank=rank, world_size=world)
+        loader = FolderLoader(files, 4, (0.5,) * 3, (0.5,) * 3, reference_transform(True, 16), train=True, seed=3,
+                              rank=rank, world_size=world)
         loader.set_epoch(2, skip=skip)
         return [batch[2].tolist() for batch in loader]
 

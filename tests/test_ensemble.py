@@ -111,12 +111,12 @@ def test_ensemble_behind_the_distiller_is_frozen_and_stays_in_eval_mode():
 
 
 def write_member(path: Path, seed: int, num_classes: int = 5, in_shape=IN_SHAPE, mean: float = 0.0,
-                 dataset: str = "mnist") -> Path:
+                 dataset: str = "mnist", class_names: list[str] | None = None) -> Path:
     torch.manual_seed(seed)
     model = build_model("mlp", num_classes, in_shape, hidden=[12])
     meta = {"model": {"name": "mlp", "hidden": [12]}, "num_classes": num_classes, "in_shape": list(in_shape),
             "normalization": {"mean": [mean], "std": [1.0]}, "dataset": dataset, "name": path.stem}
-    save_checkpoint(model.state_dict(), path, meta)
+    save_checkpoint(model.state_dict(), path, meta if class_names is None else {**meta, "class_names": class_names})
     return path
 
 
@@ -140,6 +140,14 @@ def test_members_that_do_not_fit_together_are_refused(tmp_path, change, what):
     good = write_member(tmp_path / "a.safetensors", 0)
     bad = write_member(tmp_path / "b.safetensors", 1, **change)
     with pytest.raises(RespkdError, match=f"ensemble members disagree on {what}: .*a.safetensors has .*b.safetensors has"):
+        load_ensemble([good, bad])
+
+
+def test_members_of_other_class_names_are_refused(tmp_path):
+    good = write_member(tmp_path / "a.safetensors", 0, class_names=list("01234"))
+    bad = write_member(tmp_path / "b.safetensors", 1, class_names=["0", "1", "2", "3", "four"])
+    with pytest.raises(RespkdError, match="b.safetensors's class 4 is 'four' but the member .*a.safetensors's class 4 "
+                                          "is '4'"):
         load_ensemble([good, bad])
 
 

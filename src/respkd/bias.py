@@ -20,9 +20,10 @@ import torch
 from torch import nn
 
 from respkd.checkpoint import load_model, save_checkpoint
+from respkd.classes import check_classes
 from respkd.config import validate_config
-from respkd.data import select
-from respkd.data.datasets import input_normalization, load_dataset
+from respkd.data import load_in_memory, select
+from respkd.data.datasets import input_normalization
 from respkd.data.memory import BatchLoader
 from respkd.engine import evaluate
 from respkd.errors import RespkdError
@@ -169,7 +170,8 @@ def adjust_bias(
                           "(retrain with data.val_size > 0, or give a fixed shift)")
     layer = output_layer(model, tuple(meta["in_shape"]))
     d = cfg.data
-    data = select(load_dataset(d.dataset, data_root or d.root, data_path or d.path, d.source), cfg)
+    data = select(load_in_memory(d, data_root, data_path), cfg)
+    check_classes(meta, data.info.class_names, "checkpoint", "data")
     norm = input_normalization(data.info, d.normalize)
     test_loader = BatchLoader(data.test_images, data.test_labels, 1000, *norm, device=device)
     n_per_class = torch.bincount(data.test_labels, minlength=num_classes).tolist()

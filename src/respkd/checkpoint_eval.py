@@ -8,8 +8,9 @@ from typing import Any
 import torch
 
 from respkd.checkpoint import load_model, read_checkpoint_meta
+from respkd.classes import check_classes
 from respkd.config import validate_config
-from respkd.data import load_data, make_loader, select
+from respkd.data import describe_data, load_data, make_loader, select
 from respkd.data.datasets import Splits
 from respkd.data.memory import BatchLoader
 from respkd.data.streamed import FolderLoader, FolderSplits
@@ -38,10 +39,12 @@ def evaluate_checkpoint(
 def checkpoint_test_loader(
     meta: dict[str, Any], checkpoint: str | Path, data_path: str | None, data_root: str | None, device: str
 ) -> tuple[BatchLoader | FolderLoader, Splits | FolderSplits]:
-    """Batches of the test set named in a checkpoint's embedded config, normalised as the model was trained."""
+    """Batches of the test set named in a checkpoint's embedded config, normalised as the model was trained; its
+    classes must be the checkpoint's (by name, :mod:`respkd.classes`)."""
     cfg = validate_config(meta.get("config"), f"{checkpoint} (embedded config)")
-    d = cfg.data
-    data = select(load_data(d.dataset, data_root or d.root, data_path or d.path, d.source), cfg)
+    data = select(load_data(cfg.data, data_root, data_path), cfg)
+    check_classes(meta, data.info.class_names, "checkpoint", "data",
+                  f"data: {describe_data(cfg.data, data_path)}")
     return make_loader(data, "test", cfg, device), data
 
 

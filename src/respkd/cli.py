@@ -1,4 +1,4 @@
-"""The ``respkd`` command: train, distil, evaluate, export, adjust biases, sweep, tabulate, reproduce, specialists.
+"""The ``respkd`` command: train, distil, evaluate, export, adjust biases, sweep, tabulate, plot, reproduce, specialists
 
 Every user error (config, data, checkpoint, command line) ends as one line on stderr and exit status 2;
 nothing is written before the input has been checked. The other ways a command ends early are one line too: a loss
@@ -145,6 +145,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from respkd.predict import predict, prediction_lines
+
+    result = predict(args.source, args.images, top=args.top, runs_root=args.runs_root, device=args.device)
+    print(json.dumps(result) if args.json else "\n".join(prediction_lines(result)))
+    return 0
+
+
 def cmd_table(args: argparse.Namespace) -> int:
     from respkd.report import results_json, results_table
 
@@ -154,6 +162,23 @@ def cmd_table(args: argparse.Namespace) -> int:
     else:
         print(results_table(runs, link_root=Path(args.link_root) if args.link_root else None,
                             group_seeds=not args.per_run))
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from respkd.plot import check_figure_path, plot_curves, require_matplotlib, run_curves, run_folder
+    from respkd.report import distillation_verdicts
+
+    out = Path(args.out)
+    check_figure_path(out)
+    require_matplotlib("respkd plot")
+    run_dirs = list(dict.fromkeys(run_folder(r, args.runs_root) for r in args.runs))
+    curves, teachers = run_curves(run_dirs)
+    verdicts = distillation_verdicts(run_dirs)
+    plot_curves(curves, teachers, out, title=args.title)
+    for line in verdicts:
+        print(line)
+    print(f"wrote {out} (training loss and test errors per epoch of {len(curves)} run(s))")
     return 0
 
 
@@ -276,6 +301,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-root", default="runs", help="where run names are looked up (default: runs)")
     p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     p.set_defaults(func=cmd_export)
+    p = sub.add_parser("predict", help="the most probable classes of image files, read as the model's training images")
+    p.add_argument("source", help="a checkpoint, a run directory, or a run's name under --runs-root")
+    p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders of them")
+    p.add_argument("--top", type=int, metavar="K", help="the K most probable classes (default 5, at most the classes)")
+    p.add_argument("--json", action="store_true", help="print one JSON object (predictions: image, top classes)")
+    p.add_argument("--runs-root", default="runs", help="where run names are looked up (default: runs)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1 or auto")
+    p.set_defaults(func=cmd_predict)
     p = sub.add_parser("eval-ensemble", help="test accuracy of an ensemble, of each member, and of a distilled net")
     p.add_argument("checkpoints", nargs="+", help="the members' checkpoints (two or more)")
     p.add_argument("--rule", choices=["mean_probs", "mean_logits"], default="mean_probs",
@@ -315,6 +348,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true",
                    help="print the numbers as JSON: per row n, seeds, mean and std of top1/top5/errors, per-run values")
     p.set_defaults(func=cmd_table)
+    p = sub.add_parser("plot", help="draw training loss and test errors per epoch of runs (from metrics.jsonl), "
+                                    "the teacher's test errors as a line; compare a distillation with its control")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories, or run names under --runs-root")
+    p.add_argument("--out", default="curves.png", help="the figure: .png, .svg or .pdf (default: curves.png)")
+    p.add_argument("--runs-root", default="runs", help="where run names are looked up (default: runs)")
+    p.add_argument("--title", help="a title above the two panels")
+    p.set_defaults(func=cmd_plot)
     p = sub.add_parser("reproduce", help="run a plan of experiments in order, skipping finished ones, then tabulate")
     p.add_argument("plan", help="a plan YAML, or the name of one under configs/plans/ (e.g. mnist_table)")
     p.add_argument("--runs-root", help="parent folder of the run directories (default: the plan's runs_root)")

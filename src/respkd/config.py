@@ -21,7 +21,8 @@ import math
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 from respkd.errors import RespkdError, closest_name, quote, shorten
 
@@ -44,6 +45,7 @@ Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 MAX_COUNT = 2**31 - 1  # examples, steps
 MAX_CLASSES = 100_000  # ImageNet-21k has 21,841
 MAX_EPOCHS = 100_000
+MAX_WORKERS = 256
 # T = 1e-300 made logits / T infinite and the loss NaN; distillation uses 1 to 20 (the paper's sweeps).
 Temperature = Annotated[float, Field(ge=0.01, le=1000)]
 LossWeight = Annotated[float, Field(ge=0, le=1000)]
@@ -101,15 +103,20 @@ DATA_SOURCES = {
     "cifar10": ("auto", "python", "binary", "download"),
     "cifar100": ("auto", "python", "binary", "download"),
     "imagenet": ("auto",),
+    "folder": ("auto",),
 }
 STREAMED_DATASETS = ("imagenet",)  # read from disk batch by batch with torchvision's transforms, not held in memory
+IN_MEMORY_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100")  # always tensors in memory: no workers
+# Keys for a folder of one's own images (data.dataset: folder, see respkd.data.folder); other datasets refuse them.
+FOLDER_KEYS = ("image_size", "channels", "test_fraction", "split_seed", "mean", "std", "in_memory")
 
 
 class DataConfig(Section):
-    dataset: Literal["mnist", "fashion_mnist", "cifar10", "cifar100", "imagenet"] = "mnist"
+    dataset: Literal["mnist", "fashion_mnist", "cifar10", "cifar100", "imagenet", "folder"] = "mnist"
     root: PathText = "data"  # where the checksummed cache lives
     # MNIST: a folder of IDX or CSV files; CIFAR: its binary or Python release; ImageNet: the folder holding train/
-    # and val/ class folders (required). None: the cache or offline copy, else torchvision's download.
+    # and val/ class folders (required); folder: <class>/* images, or train/<class>/* and val/ (or test/)
+    # <class>/* (required). None: the cache or offline copy, else torchvision's download.
     path: PathText | None = None
     source: Literal["auto", "idx", "csv", "python", "binary", "download"] = "auto"
     # Standardise inputs with the dataset's mean/std; false feeds raw pixels / 255 in [0, 1] (the paper's MLPs).
@@ -121,8 +128,9 @@ class DataConfig(Section):
     # Mirror training inputs left-right at random (each example with probability 1/2). With jitter: 4 it is CIFAR's
     # standard augmentation (RandomCrop(32, padding=4) + RandomHorizontalFlip).
     flip: bool = False
-    # Processes decoding images for streamed datasets (imagenet); in-memory datasets need none and ignore it.
-    workers: int = Field(8, ge=0, le=256)
+    # Processes decoding image files (imagenet, folder); None: min(8, the cores this process may use). The in-memory
+    # datasets (mnist, fashion_mnist, cifar*) decode nothing: for them it is recorded as None whatever was given.
+    workers: int | None = Field(None, ge=0, le=MAX_WORKERS)
     train_limit: int | None = Field(None, ge=1, le=MAX_COUNT)  # keep only the first N training examples (quick runs)
     test_limit: int | None = Field(None, ge=1, le=MAX_COUNT)  # evaluate on the first N test examples only
     # A validation split held out of the training set (stratified by class, seeded by val_seed) BEFORE the transfer
@@ -131,21 +139,93 @@ class DataConfig(Section):
     val_size: int = Field(0, ge=0, le=MAX_COUNT)  # below the training set's size: checked when it is read
     val_seed: Seed = 0
     transfer: TransferConfig = TransferConfig()
+    # ---- data.dataset: folder only (respkd.data.folder)
+    # Every image is resized to this (one number: a square; or [height, width]): scaled to cover it, centre-cropped.
+    image_size: int | list[int] | None = None
+    channels: Literal[1, 3] | None = None  # None: 1 if every image is grey, else 3 (grey repeated); streamed: 3
+    # A flat <class>/* tree is split into train and test, stratified by class: this share of each class is the test
+    # set (None: 0.2), drawn with split_seed (None: 0). A train/ + val/ (or test/) tree is used as it is.
+    test_fraction: float | None = Field(None, gt=0, lt=1)
+    split_seed: Seed | None = None
+    # Per-channel normalisation of pixels / 255; None: computed from the training images (and recorded).
+    mean: list[Annotated[float, Field(ge=0, le=1)]] | None = Field(None, min_length=1, max_length=3)
+    std: list[Annotated[float, Field(le=1)]] | None = Field(None, min_length=1, max_length=3)  # > 0: checked below
+    # Decode the images once into uint8 tensors (cached under root): true, false (stream them with workers), or
+    # auto: in memory when they fit in respkd.data.folder.IN_MEMORY_BYTES (2 GiB) decoded.
+    in_memory: Literal["auto"] | bool = "auto"
 
     @model_validator(mode="after")
     def _fits_dataset(self) -> "DataConfig":
         if self.source not in DATA_SOURCES[self.dataset]:
             raise ValueError(f"'source' {self.source} does not apply to {self.dataset}: choose "
                              f"{', '.join(DATA_SOURCES[self.dataset])}")
-        if self.dataset in STREAMED_DATASETS:
-            # Its augmentation is torchvision's reference recipe, and it is never held in memory to be split.
-            given = [k for k in ("jitter", "jitter_views", "flip", "val_size") if getattr(self, k)]
+        if self.dataset in STREAMED_DATASETS or (self.dataset == "folder" and self.in_memory is False):
+            # Its augmentation is torchvision's reference recipe (or none), and it is never held in memory to be split.
+            given = [k for k in ("jitter", "jitter_views", "val_size") if getattr(self, k)]
+            given += ["flip"] if self.flip and self.dataset != "folder" else []
             if self.transfer.active:
                 given.append("transfer")
+            if given and self.dataset == "folder":
+                raise ValueError(f"'{given[0]}' needs the images in memory, but 'in_memory' is false (they are "
+                                 "streamed from the files)")
             if given:
                 raise ValueError(f"'{given[0]}' is for in-memory datasets; {self.dataset} is streamed with "
                                  "torchvision's reference augmentation (RandomResizedCrop + flip)")
         return self
+
+    @field_validator("channels", mode="before")
+    @classmethod
+    def _channels_not_bool(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # Literal[1, 3] would take True as 1
+            raise ValueError("Input should be 1 or 3")
+        return value
+
+    @model_validator(mode="after")
+    def _folder_keys(self) -> "DataConfig":
+        defaults = {"in_memory": "auto"}
+        given = [k for k in FOLDER_KEYS if getattr(self, k) != defaults.get(k)]
+        if self.dataset != "folder":
+            if given:
+                raise ValueError(f"'{given[0]}' is for 'dataset: folder' (your own images), not {self.dataset}")
+            return self
+        if self.path is None:
+            raise ValueError("'dataset: folder' needs 'path': a folder holding <class>/* images, or train/<class>/* "
+                             "and val/<class>/*")
+        if self.image_size is None:
+            raise ValueError("'dataset: folder' needs 'image_size' (e.g. 64, or [48, 64] as [height, width]): every "
+                             "image is resized to it")
+        sizes = [self.image_size] if isinstance(self.image_size, int) else self.image_size
+        if isinstance(self.image_size, list) and len(self.image_size) != 2:
+            raise ValueError("'image_size' is one number or [height, width]")
+        if any(not 1 <= v <= 4096 for v in sizes):
+            raise ValueError("'image_size' must be from 1 to 4096")
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("give 'mean' and 'std' together")
+        if self.mean is not None:
+            if len(self.mean) != len(self.std) or len(self.mean) not in (1, 3):
+                raise ValueError(f"'mean' and 'std' need 1 or 3 values each, got {len(self.mean)} and {len(self.std)}")
+            if any(s <= 0 for s in self.std):
+                raise ValueError("'std' values must be > 0")
+            if self.channels is not None and len(self.mean) != self.channels:
+                raise ValueError(f"'mean' has {len(self.mean)} values but 'channels' is {self.channels}")
+        return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_workers_in_memory(cls, data: Any) -> Any:
+        """An in-memory dataset starts no worker: a valid ``workers`` is recorded as None, so that configs recorded
+        with the 8 that older respkd defaulted to still match today's (respkd.provenance compares them)."""
+        if (isinstance(data, dict) and data.get("dataset", "mnist") in IN_MEMORY_DATASETS
+                and type(data.get("workers")) is int and 0 <= data["workers"] <= MAX_WORKERS):
+            return {**data, "workers": None}
+        return data
+
+    @property
+    def image_hw(self) -> tuple[int, int] | None:
+        """``image_size`` as (height, width)."""
+        if self.image_size is None:
+            return None
+        return (self.image_size, self.image_size) if isinstance(self.image_size, int) else tuple(self.image_size)
 
 
 class ModelConfig(BaseModel):
@@ -375,6 +455,9 @@ class TrainConfig(Section):
     # step and go on, stopping after more than max_skipped_steps skips in the whole run (see respkd.guard).
     on_nonfinite: Literal["stop", "skip_step"] = "stop"
     max_skipped_steps: int = Field(10, ge=1, le=MAX_COUNT)
+    # Also write each epoch's metrics as TensorBoard scalars into <run>/tensorboard/ (respkd.tensorboard; needs the
+    # tensorboard extra). Changing it does not change the run, so a resume ignores it.
+    tensorboard: bool = False
     # Under torchrun on GPUs: batch-norm statistics over the global batch (torch.nn.SyncBatchNorm) instead of each
     # process's share. Nothing changes in one process.
     sync_batchnorm: bool = False
@@ -429,7 +512,8 @@ class RunConfig(Section):
                 "'kd.cache' with 'data.jitter' needs 'data.jitter_views' (the cache stores the teacher's outputs for a "
                 "fixed number of jittered views; a new draw every epoch cannot be cached)"
             )
-        if self.kd is not None and self.kd.cache and (self.data.flip or self.data.dataset in STREAMED_DATASETS):
+        streamed = self.data.dataset in STREAMED_DATASETS or self.data.in_memory is False
+        if self.kd is not None and self.kd.cache and (self.data.flip or streamed):
             why = "'data.flip'" if self.data.flip else f"a streamed dataset ({self.data.dataset})"
             raise ValueError(f"'kd.cache' cannot be used with {why}: the cache stores fixed views, these inputs change "
                              "every epoch; distil from the online teacher (kd.cache: false)")

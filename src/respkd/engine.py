@@ -13,12 +13,16 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from respkd import distributed
 from respkd.config import TrainConfig
 
 __all__ = [
     "EpochProgress", "autocast", "build_optimizer", "build_scheduler", "evaluate", "fast_bf16_available",
     "train_one_epoch", "use_bf16",
 ]
+
+POSTFIX_SECONDS = 0.5  # how often the training bar's running loss is refreshed
+EVAL_BAR_DELAY_SECONDS = 2.0  # an evaluation shows a bar only once it has taken this long: large sets only
 
 
 def fast_bf16_available(device: torch.device) -> bool:
@@ -112,6 +116,8 @@ def train_one_epoch(
     ``skip_step(out, progress)``, when given, runs between backward and the optimizer step; True drops the step (its
     gradients, update and loss terms; the schedule still advances) and counts in ``skipped_steps``
     (:class:`respkd.guard.StepGuard`, ``train.on_nonfinite: skip_step``).
+    ``progress``: a tqdm bar with the running mean loss, left on screen when the epoch ends; None: when stderr is a
+    terminal. Where it is not (a log file, a pipe), no bar is written.
     """
     task.train()
     set_epoch = getattr(task, "set_epoch", None)  # a Distiller whose loss warms up over epochs (DKD) reads it
@@ -122,9 +128,10 @@ def train_one_epoch(
     state = done or EpochProgress()
     sums = state.sums
     start = time.perf_counter() - state.seconds
-    batches = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not show, dynamic_ncols=True,
-                   initial=state.batches)
-    for inputs, labels, indices in batches:
+    bar = tqdm(total=len(loader) if hasattr(loader, "__len__") else None, initial=state.batches, desc=f"epoch {epoch}",
+               disable=not show, dynamic_ncols=True)
+    shown_at = time.perf_counter()
+    for inputs, labels, indices in loader:
         cached = {} if teacher_logits is None else {"teacher_logits": teacher_logits(indices, epoch)}
         with autocast(device, bf16):
             out = task(inputs, labels, **cached)
@@ -145,6 +152,14 @@ def train_one_epoch(
         state.seconds = time.perf_counter() - start
         if after_step is not None:
             after_step(state)
+        bar.update()
+        # The running mean loss reads the device sum: a sync at most every POSTFIX_SECONDS, never one per step.
+        if show and "loss" in sums and time.perf_counter() - shown_at >= POSTFIX_SECONDS:
+            bar.set_postfix(loss=f"{float(sums['loss']) / (state.batches - state.skipped):.4g}", refresh=False)
+            shown_at = time.perf_counter()
+    if show and "loss" in sums:  # the epoch's mean on the line that stays (this process's share under torchrun)
+        bar.set_postfix(loss=f"{float(sums['loss']) / (state.batches - state.skipped):.4g}", refresh=False)
+    bar.close()
     if average is not None and sums:  # every process ran the same number of equal shares: the mean is exact
         sums = dict(zip(sums, average(torch.stack(list(sums.values())))))
     stats = {key: float(total) / max(state.batches - state.skipped, 1) for key, total in sums.items()}
@@ -162,13 +177,17 @@ def evaluate(model: nn.Module, loader: Iterable, num_classes: int,
     Returns ``top1`` and ``top5`` (percent), ``errors`` (count of top-1 mistakes), ``n``, mean ``loss`` and
     ``errors_per_class`` (mistakes on the examples of each true class). Under torchrun each process evaluates its
     own slice of the examples and ``reduce`` (:func:`respkd.distributed.all_reduce_sum`) sums the counts.
+    An evaluation still running after ``EVAL_BAR_DELAY_SECONDS`` shows a bar when stderr is a terminal (process 0
+    only), gone once it ends.
     """
     model.eval()
     n = errors = top5_hits = 0
     loss_sum = 0.0
     errors_per_class = torch.zeros(num_classes, dtype=torch.long)
     k = min(5, num_classes)
-    for inputs, labels, _ in loader:
+    show = sys.stderr.isatty() and distributed.is_main_process()
+    for inputs, labels, _ in tqdm(loader, desc="evaluate", leave=False, delay=EVAL_BAR_DELAY_SECONDS, disable=not show,
+                                  dynamic_ncols=True):
         logits = model(inputs).float()
         loss_sum += float(nn.functional.cross_entropy(logits, labels, reduction="sum"))
         top = logits.topk(k, dim=1).indices

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from respkd.checkpoint import load_model
+from respkd.classes import check_classes, recorded_class_names
 from respkd.config import COMBINE_RULES
 from respkd.errors import RespkdError
 
@@ -111,6 +112,8 @@ def load_ensemble(
                 raise RespkdError(
                     f"ensemble members disagree on {key}: {paths[0]} has {first.get(key)}, {path} has {meta.get(key)}"
                 )
+        if (names := recorded_class_names(first)) is not None:  # the same classes by name too (respkd.classes)
+            check_classes(meta, names, f"member {path}", f"member {paths[0]}")
     digest = ensemble_digest([m["weights_sha256"] for m in metas], combine, temperature)
     meta = {key: first.get(key) for key in (*AGREE_KEYS, "class_names")}
     meta.update({

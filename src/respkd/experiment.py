@@ -19,7 +19,7 @@ from torch import nn
 from respkd import distributed
 from respkd.checkpoint import CHECKPOINT_NAME, SUMMARY_NAME, checkpoint_meta
 from respkd.config import RunConfig, config_to_dict
-from respkd.data import load_data, make_loader, select
+from respkd.data import load_data, make_loader, preprocessing, select
 from respkd.data.datasets import Splits, input_normalization
 from respkd.data.memory import BatchLoader
 from respkd.data.streamed import FolderSplits
@@ -34,6 +34,7 @@ from respkd.models import build_model, count_macs, count_parameters
 from respkd.resume import STATE_NAME, TrainingState, check_start, has_state, state_problem
 from respkd.rundir import RunDir, check_folder_can_hold, is_finished, summary_matches, train_epochs
 from respkd.teacher import describe_teacher, load_teacher, teacher_path, teacher_paths
+from respkd.tensorboard import require_tensorboard
 from respkd.teacher_cache import TeacherCache, build_cache, cache_spec, find_cache, selection_digest
 from respkd.weights import describe_fit, init_student
 
@@ -66,13 +67,16 @@ def prepare(cfg: RunConfig, runs_root: Path, force: bool = False) -> Prepared:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
-    data = select(load_data(cfg.data.dataset, cfg.data.root, cfg.data.path, cfg.data.source), cfg)
+    data = select(load_data(cfg.data), cfg)
+    if cfg.distills and cfg.kd.cache and data.info.streamed:  # a folder of one's own images too large for memory
+        raise RespkdError(f"'kd.cache' needs the images in memory, but {cfg.data.path} is streamed from its files "
+                          "(see data.in_memory); distil from the online teacher (kd.cache: false)")
     seed_everything(cfg.seed)
     student = build_model(cfg.model.name, data.num_classes, data.info.image_shape, **cfg.model.options()).to(device)
     init = None
     if cfg.init is not None:
         source = runs_root / cfg.init.run / CHECKPOINT_NAME if cfg.init.run is not None else Path(cfg.init.checkpoint)
-        init = init_student(student, source, cfg.init.strict)
+        init = init_student(student, source, cfg.init.strict, data.info.class_names)
     if cfg.train.channels_last:
         student = student.to(memory_format=torch.channels_last)
     teacher_meta, teacher_input = None, None
@@ -143,6 +147,8 @@ def _run_locked(cfg: RunConfig, runs_root: Path, force: bool, quiet: bool, resum
         if main_process:
             lock.check_free()  # before judging the folder: another process may be writing it
         check_start(out_dir, cfg, resume=resume, force=force, finished=(out_dir / SUMMARY_NAME).exists())
+        if cfg.train.tensorboard:
+            require_tensorboard()
         p = prepare(cfg, runs_root, force)
         data, tc = p.data, cfg.train
         distributed.check_batch_size(tc.batch_size, len(data.train_labels))
@@ -191,7 +197,8 @@ def _run_locked(cfg: RunConfig, runs_root: Path, force: bool, quiet: bool, resum
         ev = train_epochs(out, p.task, p.student, train_loader, optimizer, scheduler, p.device, bf16, tc.epochs,
                           test_loader=test_loader, num_classes=data.num_classes, state=state,
                           teacher_logits=cached_teacher, progress=None if out.writes else False,
-                          on_nonfinite=tc.on_nonfinite, max_skipped_steps=tc.max_skipped_steps).test
+                          tensorboard=tc.tensorboard, on_nonfinite=tc.on_nonfinite,
+                          max_skipped_steps=tc.max_skipped_steps).test
         if ev is None:  # resumed after the last epoch's state was saved: only the final steps below were left
             ev = evaluate(p.student, test_loader, data.num_classes, distributed.all_reduce_sum)
         wall, train_time = state.wall_time(), state.position.train_time_s
@@ -206,6 +213,7 @@ def _run_locked(cfg: RunConfig, runs_root: Path, force: bool, quiet: bool, resum
             "metrics": ev, "epochs": tc.epochs, "wall_time_s": round(wall, 1), "train_time_s": round(train_time, 1),
             "seconds_per_epoch": round(train_time / tc.epochs, 3), "precision": "bf16" if bf16 else "fp32",
             "dataset": cfg.data.dataset, "data_sha256": data.sha256, "data_canonical": data.canonical,
+            "class_names": list(data.info.class_names),
             "n_train": len(data.train_labels),
             "n_train_per_class": torch.bincount(data.train_labels.cpu(), minlength=data.num_classes).tolist(),
             "n_val": len(data.val_labels), "val_metrics": val_metrics,
@@ -222,6 +230,7 @@ def _run_locked(cfg: RunConfig, runs_root: Path, force: bool, quiet: bool, resum
             normalization=input_normalization(data.info, cfg.data.normalize),
             **{k: summary[k] for k in ("name", "dataset", "data_sha256", "metrics", "config")},
             versions={k: env[k] for k in ("respkd", "torch", "torchvision", "python")},
+            preprocessing=preprocessing(data.info),
         )
         out.finish(p.student.state_dict(), meta, summary)
         state.finish()

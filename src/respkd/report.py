@@ -1,23 +1,26 @@
 """The results table, in the seed README's columns plus test errors, read from finished runs' summary.json.
 
 ``respkd table`` folds runs that differ only by their seed into one row of mean ± sample standard deviation
-(:mod:`respkd.seeds`); ``--per-run`` (and plan reports) keep one row per run.
+(:mod:`respkd.seeds`); ``--per-run`` (and plan reports) keep one row per run. :func:`distillation_verdicts` sets a
+distilled student against the same student trained on hard labels, with its teacher's test errors beside them.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
 
-from respkd.checkpoint import SUMMARY_NAME
+from respkd.checkpoint import SUMMARY_NAME, read_checkpoint_meta
+from respkd.config import read_yaml_mapping
 from respkd.errors import RespkdError
 from respkd.files import read_json
 from respkd.seeds import fmt_mean_std, group_runs, seed_report
 
 __all__ = [
-    "COLUMNS", "METRIC_KEYS", "SUMMARY_KEYS", "group_row", "read_summary", "read_table_summary", "results_json",
-    "results_table", "run_groups", "table_row",
+    "COLUMNS", "METRIC_KEYS", "SUMMARY_KEYS", "control_key", "distillation_verdicts", "group_row", "read_summary",
+    "read_table_summary", "results_json", "results_table", "run_groups", "table_row", "teacher_reference",
 ]
 
 COLUMNS = ("Model", "Params(M)", "Flops(G)", "Top-1 (%)", "Top-5 (%)", "Test errors", "Config", "Download")
@@ -103,3 +106,94 @@ def results_json(run_dirs: list[Path], per_run: bool = False) -> list[dict[str, 
     plus the parameter and multiply-add counts."""
     return [{**seed_report(dirs, sums), "params": sums[0]["params"], "macs": sums[0]["macs"]}
             for dirs, sums in run_groups(run_dirs, per_run)]
+
+
+# ---------------------------------------------------------------- a distillation against its hard-label control
+
+
+def teacher_reference(run_dir: Path) -> dict[str, Any] | None:
+    """The teacher of a distillation run and its test errors: ``{"name", "errors", "n"}``, or None when the run does
+    not distil or the teacher's errors are not known (an ensemble, weights from elsewhere).
+
+    Read from the run's ``summary.json``: its ``teacher_metrics`` when present, else the summary (or the checkpoint
+    metadata) beside the teacher checkpoint it names. A run still training has no summary: its ``config.yaml`` names
+    the teacher (a checkpoint, or a run beside this one). A teacher evaluated on another number of test examples
+    than the run is not a reference for it: None.
+    """
+    run_dir = Path(run_dir)
+    summary = read_summary(run_dir) if (run_dir / "summary.json").is_file() else None
+    n = summary["metrics"].get("n") if summary is not None else None
+    if summary is not None:
+        teacher, known = summary.get("teacher"), summary.get("teacher_metrics")
+        if isinstance(known, dict) and isinstance(known.get("errors"), int):
+            return _same_test_set(Path(teacher).parent.name if isinstance(teacher, str) else "ensemble", known, n)
+    else:
+        teacher = _configured_teacher(run_dir)
+    if not isinstance(teacher, str):  # None: trained on labels; a list: an ensemble, whose errors no member holds
+        return None
+    path = Path(teacher)
+    if (path.parent / "summary.json").is_file():
+        found = read_summary(path.parent)
+        return _same_test_set(found.get("name", path.parent.name), found["metrics"], n)
+    try:
+        meta = read_checkpoint_meta(path)
+    except RespkdError:  # not a respkd checkpoint (weights from elsewhere), or gone: no metrics to show
+        return None
+    metrics = meta.get("metrics")
+    return _same_test_set(meta.get("name", path.parent.name), metrics, n) if isinstance(metrics, dict) else None
+
+
+def _same_test_set(name: str, metrics: dict[str, Any], n: int | None) -> dict[str, Any] | None:
+    if not isinstance(metrics.get("errors"), int) or (n is not None and metrics.get("n") not in (None, n)):
+        return None
+    return {"name": name, "errors": metrics["errors"], "n": metrics.get("n")}
+
+
+def _configured_teacher(run_dir: Path) -> str | None:
+    """The teacher checkpoint a running run's ``config.yaml`` names (a ``run`` is a folder beside this run's)."""
+    path = run_dir / "config.yaml"
+    teacher = read_yaml_mapping(path, what="run config").get("teacher") if path.is_file() else None
+    if not isinstance(teacher, dict):
+        return None
+    if isinstance(teacher.get("checkpoint"), str):
+        return teacher["checkpoint"]
+    if isinstance(teacher.get("run"), str):
+        return str(run_dir.parent / teacher["run"] / "model.safetensors")
+    return None
+
+
+def control_key(config: dict[str, Any]) -> str:
+    """What a distillation shares with its hard-label control: the whole config but the name, the teacher, the
+    distillation settings and the thread count (same student, data, seed, optimizer, schedule and epochs)."""
+    return json.dumps({k: v for k, v in config.items() if k not in ("name", "teacher", "kd", "threads")},
+                      sort_keys=True)
+
+
+def distillation_verdicts(run_dirs: list[Path]) -> list[str]:
+    """One line per finished distillation among ``run_dirs`` that has its hard-label control among them too (the
+    first such run that is not its own teacher): the test errors of both, as measured, and the teacher's when known."""
+    finished = [(Path(d), read_table_summary(Path(d))) for d in run_dirs if (Path(d) / "summary.json").is_file()]
+    lines = []
+    for d, s in finished:
+        if s["config"].get("teacher") is None:
+            continue
+        teacher_dirs = {Path(t).parent.resolve() for t in _as_list(s.get("teacher"))}
+        key = control_key(s["config"])
+        control = next((c for cd, c in finished if c["config"].get("teacher") is None
+                        and cd.resolve() not in teacher_dirs and control_key(c["config"]) == key), None)
+        if control is None:
+            continue
+        ours, theirs = s["metrics"]["errors"], control["metrics"]["errors"]
+        diff = (f"{theirs - ours} fewer than" if ours < theirs else f"{ours - theirs} more than" if ours > theirs
+                else "as many as")
+        teacher = teacher_reference(d)
+        t = (s["config"].get("kd") or {}).get("temperature")
+        lines.append(f"{s['name']} (distilled{f' at T = {t:g}' if t is not None else ''}): {ours} test errors, {diff} "
+                     f"the same student on hard labels ({control['name']}: {theirs}); both {s['config']['train']['epochs']} "
+                     f"epochs, seed {s['config'].get('seed')}"
+                     + (f"; teacher {teacher['name']}: {teacher['errors']}" if teacher is not None else ""))
+    return lines
+
+
+def _as_list(teacher: str | list[str] | None) -> list[str]:
+    return [] if teacher is None else [teacher] if isinstance(teacher, str) else list(teacher)

@@ -5,6 +5,7 @@ A run folder ``<runs_root>/<name>/`` holds:
   environment.json   library versions, machine, threads, git commit
   metrics.jsonl      one JSON line per epoch, added as training goes (the file is rewritten whole each epoch, so it
                      only ever holds whole lines, also after a failed write)
+  tensorboard/       with train.tensorboard: true, the same per-epoch metrics as TensorBoard scalars
   log.txt            the human-readable log
   model.safetensors  the trained student with its metadata (see respkd.checkpoint)
   summary.json       final metrics, parameter count, multiply-adds, wall time: what the results table reads; a run
@@ -40,6 +41,7 @@ from respkd.files import atomic_write_text, write_failure, writing
 from respkd.guard import StepGuard
 from respkd.provenance import made_from
 from respkd.resume import TrainingState
+from respkd.tensorboard import EpochScalars
 
 __all__ = [
     "CONFIG_NAME", "ENVIRONMENT_NAME", "LOG_NAME", "METRICS_NAME", "Epochs", "Metrics", "RunDir", "RunLog",
@@ -214,7 +216,7 @@ def train_epochs(
     scheduler: Any, device: torch.device, bf16: bool, epochs: int, *, test_loader: Iterable | None = None,
     num_classes: int = 0, state: TrainingState | None = None,
     teacher_logits: Callable[[torch.Tensor, int], torch.Tensor] | None = None, progress: bool | None = None,
-    on_nonfinite: str = "stop", max_skipped_steps: int = 10,
+    tensorboard: bool = False, on_nonfinite: str = "stop", max_skipped_steps: int = 10,
 ) -> Epochs:
     """Train epochs 1..``epochs`` (those after ``state``'s position when resuming), one metrics line and one log line
     per epoch into ``out``; ``state`` (:class:`~respkd.resume.TrainingState`) is saved as it goes.
@@ -223,7 +225,8 @@ def train_epochs(
     every epoch ends with the student's test metrics, which join its lines (with the learning rate); without it (a
     specialist, measured once it is trained) the lines hold the losses and the time. ``teacher_logits`` and
     ``progress`` are :func:`~respkd.engine.train_one_epoch`'s. Under torchrun every process trains and evaluates its
-    share: the loss terms are averaged and the test counts summed over the processes.
+    share: the loss terms are averaged and the test counts summed over the processes. ``tensorboard``: each metrics
+    line also as TensorBoard scalars in ``out``'s ``tensorboard/`` (:mod:`respkd.tensorboard`).
 
     A signal (:mod:`respkd.preemption`) stops the loop after the optimizer step in flight, or after the epoch's
     evaluation: the state is saved there and :class:`~respkd.errors.Stopped` says where. A non-finite loss is
@@ -231,8 +234,7 @@ def train_epochs(
     """
     first = state.position.epochs_done + 1 if state is not None else 1
     last_test, trained = None, 0.0
-    steps = len(loader)
-    guard = StepGuard(on_nonfinite, max_skipped_steps, steps, device, out.log, out.log.write,
+    guard = StepGuard(on_nonfinite, max_skipped_steps, len(loader), device, out.log, out.log.write,
                       lambda: (state.path, state.saved) if state is not None and state.saved else None,
                       state.position.skipped_steps if state is not None else 0)
 
@@ -242,8 +244,9 @@ def train_epochs(
             state.after_step(done)
 
     metrics = out.open_metrics(first - 1)
+    scalars = EpochScalars(out.path, enabled=tensorboard and out.writes, epochs_done=first - 1)
     try:
-        with preemption.deferred():
+        with scalars, preemption.deferred():
             for epoch in range(first, epochs + 1):
                 done = state.position.epoch if state is not None else EpochProgress()  # trained before a resume
                 loader.set_epoch(epoch, skip=done.batches)
@@ -260,6 +263,7 @@ def train_epochs(
                     shown = f" lr={stats['lr']:.4g} test_errors={ev['errors']} top1={ev['top1']:.2f}"
                 with distributed.together(signals=False):  # a failed write in process 0 stops every process
                     metrics.append(record)
+                    scalars.write(record)
                     losses = " ".join(f"{k}={v:.4f}" for k, v in stats.items() if k.endswith("loss"))
                     out.log(f"epoch {epoch:>3}/{epochs} {losses}{shown} ({stats['epoch_time_s']:.1f}s)")
                 trained += stats["epoch_time_s"]

@@ -9,7 +9,6 @@ writes ``<runs_root>/<name>-sweep/`` with ``sweep.md`` (test errors, rows hidden
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from respkd.errors import RespkdError
 from respkd.experiment import run_many
 from respkd.files import atomic_write, atomic_write_text
 from respkd.models import accepts_option
+from respkd.plot import pyplot, require_matplotlib
 from respkd.report import read_summary
 
 __all__ = [
@@ -80,8 +80,7 @@ def sweep_cells(base: RunConfig, temperatures: list[float], hiddens: list[list[i
 
 def check_plotting() -> None:
     """The plot needs matplotlib (the ``plots`` or ``dev`` extras): say so before anything runs."""
-    if importlib.util.find_spec("matplotlib") is None:
-        raise RespkdError("the sweep plot needs matplotlib: pip install 'respkd[plots]' (or matplotlib>=3.7)")
+    require_matplotlib("the sweep plot")
 
 
 def run_sweep(
@@ -148,12 +147,7 @@ def sweep_table(result: dict[str, Any]) -> str:
 
 def plot_sweep(result: dict[str, Any], path: Path) -> None:
     """Test errors against T (log axis), one line per hidden size; matplotlib imported here, Agg backend."""
-    check_plotting()
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot("the sweep plot")
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for r in result["rows"]:
         ax.plot([c["temperature"] for c in r["cells"]], [c["errors"] for c in r["cells"]], marker="o", label=r["label"])

@@ -4,8 +4,9 @@ put behind the input adapter that ``teacher.input`` asks for.
 A teacher is one respkd checkpoint (``teacher.run`` or ``teacher.checkpoint``), an ensemble of them
 (``teacher.runs`` / ``teacher.checkpoints``, :mod:`respkd.ensemble`), or an architecture with a state dict file
 (``teacher.model`` + ``teacher.weights``, :func:`respkd.weights.load_external_teacher`). Whatever it is, its
-metadata looks like one checkpoint's, and it must agree with the student's data on the number of classes, the input
-shape and the input normalisation (each refused in one line otherwise, with the fix).
+metadata looks like one checkpoint's, and it must agree with the student's data on the classes (by name,
+:mod:`respkd.classes`), the input shape and the input normalisation (each refused in one line otherwise, with the
+fix).
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from torch import nn
 
 from respkd.adapter import AdaptedTeacher, build_adapter
 from respkd.checkpoint import CHECKPOINT_NAME, load_model
+from respkd.classes import check_classes
 from respkd.config import RunConfig
+from respkd.data import describe_data
 from respkd.data.datasets import DatasetInfo, input_normalization
 from respkd.ensemble import load_ensemble
 from respkd.errors import RespkdError
@@ -83,9 +86,7 @@ def load_teacher(cfg: RunConfig, runs_root: Path, info: DatasetInfo, device: tor
                                              device)
     else:
         module, meta = load_model(teacher_path(cfg, runs_root), device)
-    if meta["num_classes"] != num_classes:
-        raise RespkdError(f"teacher has {meta['num_classes']} classes but the student's dataset "
-                          f"({cfg.data.dataset}) has {num_classes}")
+    check_classes(meta, info.class_names, "teacher", "data", f"data: {describe_data(cfg.data)}")
     given = "the student's are" if adapter is None else "teacher.input gives"
     fix = "" if adapter is not None else "; set teacher.input to convert the student's batches for the teacher"
     if tuple(meta["in_shape"]) != in_shape:

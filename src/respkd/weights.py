@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
 from respkd.checkpoint import (Weights, atomic_save_safetensors, check_model_meta, checkpoint_of, load_checkpoint,
                                load_weights)
+from respkd.classes import check_classes
 from respkd.config import ModelConfig
 from respkd.errors import RespkdError, first_line
 from respkd.files import atomic_write
@@ -72,9 +73,13 @@ def describe_fit(info: dict[str, Any]) -> str:
     return line + (f"; skipped: {'; '.join(skipped)}" if skipped else "")
 
 
-def init_student(student: nn.Module, path: Path, strict: bool) -> dict[str, Any]:
-    """The config's ``init``: start the student from the weights in ``path``."""
-    return fit_weights(student, load_weights(path), strict, "the student")
+def init_student(student: nn.Module, path: Path, strict: bool, class_names: Sequence[str] = ()) -> dict[str, Any]:
+    """The config's ``init``: start the student from the weights in ``path``. A respkd checkpoint whose output layer
+    is loaded (strict, or as many classes) must have the data's ``class_names`` (:mod:`respkd.classes`)."""
+    weights = load_weights(path)
+    if weights.meta is not None and class_names and (strict or weights.meta.get("num_classes") == len(class_names)):
+        check_classes(weights.meta, class_names, "init checkpoint", "data", f"init: {path}")
+    return fit_weights(student, weights, strict, "the student")
 
 
 def load_external_teacher(

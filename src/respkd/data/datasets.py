@@ -35,7 +35,8 @@ from respkd.errors import RespkdError
 
 __all__ = [
     "CACHE_FORMAT", "CIFAR100_CLASSES", "DATASETS", "FASHION_MNIST_APT_DIR", "IDX_FILES", "DatasetInfo", "Splits",
-    "dataset_info", "input_normalization", "load_dataset", "read_cache", "require_folder", "write_cache",
+    "dataset_info", "input_normalization", "load_dataset", "read_cache", "read_cache_arrays", "require_folder",
+    "to_splits", "write_cache",
 ]
 
 CACHE_FORMAT = "respkd-dataset-v1"
@@ -74,7 +75,8 @@ class DatasetInfo:
     # (a slice, a different release) still works, but is reported as non-canonical. None: not known (yet).
     canonical_sha256: str | None
     # How it is stored and read: "mnist" (IDX/CSV, in memory), "cifar" (binary/Python release, in memory),
-    # "imagefolder" (class folders of image files, streamed from disk).
+    # "folder" (one's own image files, decoded into memory: respkd.data.folder), "imagefolder" (class folders of
+    # image files, streamed from disk: ImageNet, or a folder too large for memory).
     kind: str = "mnist"
 
     @property
@@ -168,18 +170,24 @@ def load_dataset(name: str, root: str | Path = "data", path: str | Path | None =
     if path is None and source == "auto" and cache.exists():
         return read_cache(cache, info)
     arrays, origin = _read_raw(info, Path(root), None if path is None else Path(path), source)
-    splits = _to_splits(info, arrays)
+    splits = to_splits(info, arrays)
     if path is None:  # an explicit folder is read as it is every time (IDX reads fast); the offline copies are cached
         write_cache(cache, arrays, origin)
     return splits
 
 
-def write_cache(cache: Path, arrays: dict[str, torch.Tensor], origin: str) -> None:
-    meta = {"format": CACHE_FORMAT, "sha256": tensors_digest(arrays), "origin": origin}
+def write_cache(cache: Path, arrays: dict[str, torch.Tensor], origin: str, **extra: object) -> None:
+    """Write the uint8 arrays with their digest; ``extra`` (JSON-serialisable) joins the metadata."""
+    meta = {"format": CACHE_FORMAT, "sha256": tensors_digest(arrays), "origin": origin, **extra}
     atomic_save_safetensors(arrays, cache, {"respkd": json.dumps(meta)})
 
 
 def read_cache(cache: Path, info: DatasetInfo) -> Splits:
+    return to_splits(info, read_cache_arrays(cache)[0])
+
+
+def read_cache_arrays(cache: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """The arrays of a dataset cache, their digest verified, and its metadata; anything else is one line."""
     try:
         arrays = load_file(str(cache))
         with safe_open(str(cache), "pt") as f:
@@ -194,10 +202,11 @@ def read_cache(cache: Path, info: DatasetInfo) -> Splits:
             f"{cache}: checksum mismatch (stored {str(meta.get('sha256'))[:12]}, computed {digest[:12]}): the cache "
             "is corrupt or was modified; delete it to rebuild from the raw files"
         )
-    return _to_splits(info, arrays)
+    return arrays, meta
 
 
-def _to_splits(info: DatasetInfo, arrays: dict[str, torch.Tensor]) -> Splits:
+def to_splits(info: DatasetInfo, arrays: dict[str, torch.Tensor]) -> Splits:
+    """:class:`Splits` of the cache's arrays (grey images stored without their channel axis), their shapes checked."""
     c, h, w = info.image_shape
     stored = (h, w) if c == 1 else (c, h, w)  # grey images are stored without their channel axis
     for split in ("train", "test"):

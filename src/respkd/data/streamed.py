@@ -1,4 +1,5 @@
-"""ImageNet-style class folders, streamed from disk with torchvision's reference transforms.
+"""Class folders of image files streamed from disk: ImageNet with torchvision's reference transforms, and a large
+folder of one's own images (:mod:`respkd.data.folder`) with its fixed resize.
 
 Layout: ``<path>/train/<class>/*.JPEG`` and ``<path>/val/<class>/*.JPEG`` (class folders named by WordNet id, as
 torchvision's ``ImageFolder`` and its ImageNet reference scripts expect; the validation images sorted into class
@@ -11,6 +12,9 @@ Workers hand over uint8 tensors; the float conversion and normalisation run on t
 to copy). Batches are ``(inputs, labels, indices)``, as :class:`respkd.data.memory.BatchLoader` yields them.
 The epoch's order and the workers' random crops are seeded by ``(seed, epoch)``, so an epoch is reproducible for a
 given number of workers (with ``workers: 0`` the crops come from the run's global generator instead).
+:class:`FolderLoader` takes the transform (PIL image -> uint8 tensor) and the channels to decode to, so the same
+loader streams either; :func:`worker_items` is the one way respkd iterates decoding workers (a worker's error
+reaches the user as its one line).
 """
 
 from __future__ import annotations
@@ -19,19 +23,20 @@ import hashlib
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from respkd.data.datasets import DatasetInfo, require_folder
+from respkd.data.images import cover_crop, image_tensor, open_image, to_channels
 from respkd.data.memory import PixelNormalizer
 from respkd.errors import RespkdError, first_line
 
 __all__ = [
-    "RESIZE_SIZE", "SPLIT_FOLDERS", "FolderLoader", "FolderSplits", "IndexedImages", "load_image_folders",
-    "reference_transform",
+    "RESIZE_SIZE", "SPLIT_FOLDERS", "CoverCrop", "FolderLoader", "FolderSplits", "IndexedImages", "evenly_spaced",
+    "load_image_folders", "reference_transform", "worker_items",
 ]
 
 SPLIT_FOLDERS = {"train": "train", "test": "val"}
@@ -72,11 +77,12 @@ class FolderSplits:
     def limited(self, train_limit: int | None, test_limit: int | None) -> "FolderSplits":
         """At most ``train_limit``/``test_limit`` files of each split, evenly spaced over the class-sorted lists, so
         every class keeps its share (the first N would all be class 0)."""
-        return replace(self, train_files=_evenly_spaced(self.train_files, train_limit),
-                       test_files=_evenly_spaced(self.test_files, test_limit))
+        return replace(self, train_files=evenly_spaced(self.train_files, train_limit),
+                       test_files=evenly_spaced(self.test_files, test_limit))
 
 
-def _evenly_spaced(files: list, limit: int | None) -> list:
+def evenly_spaced(files: list, limit: int | None) -> list:
+    """At most ``limit`` of ``files``, evenly spaced over the list (all of them for None)."""
     if limit is None or limit >= len(files):
         return files
     picks = torch.linspace(0, len(files) - 1, limit).round().long().unique()
@@ -133,24 +139,50 @@ def reference_transform(train: bool, size: int):
     return v2.Compose([*steps, v2.PILToTensor()])
 
 
-class IndexedImages(Dataset):
-    """``(uint8 image tensor, label, index)`` for each ``(file, label)``; a file that cannot be decoded is a
-    RespkdError naming it."""
+class CoverCrop:
+    """A folder's transform (see :func:`respkd.data.images.cover_crop`): the image scaled to cover ``size`` and
+    centre-cropped, mirrored at random (torch's generator, seeded per worker) when ``flip``; a uint8 tensor."""
 
-    def __init__(self, files: list[tuple[str, int]], transform) -> None:
+    def __init__(self, size: tuple[int, int], flip: bool = False) -> None:
+        self.size, self.flip = size, flip
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        pixels = image_tensor(cover_crop(image, self.size))
+        return pixels.flip(-1) if self.flip and torch.rand(()) < 0.5 else pixels
+
+
+class IndexedImages(Dataset):
+    """``(uint8 image tensor, label, index)`` for each ``(file, label)``: decoded to ``channels`` (None: grey images
+    to 1, the others to 3), then ``transform``; a file that cannot be decoded is a RespkdError naming it."""
+
+    def __init__(self, files: list[tuple[str, int]], transform: Callable[[Image.Image], torch.Tensor],
+                 channels: int | None = 3, exif_transpose: bool = False) -> None:
         self.files, self.transform = files, transform
+        self.channels, self.exif_transpose = channels, exif_transpose
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
         file, label = self.files[index]
-        try:
-            with Image.open(file) as image:
-                rgb = image.convert("RGB")
-        except (OSError, UnidentifiedImageError, ValueError) as err:
-            raise RespkdError(f"{file}: cannot decode image ({err})") from None
-        return self.transform(rgb), label, index
+        image = to_channels(open_image(file, self.exif_transpose), self.channels, file)
+        return self.transform(image), label, index
+
+
+def worker_items(loader: DataLoader) -> Iterator[Any]:
+    """What ``loader`` yields; a RespkdError raised in a worker comes out as its own line (not the worker's
+    traceback), and the workers stop however the iteration ends."""
+    batches = iter(loader)
+    try:
+        yield from batches
+    except RespkdError as err:  # from a worker: the DataLoader wraps it with the worker's traceback
+        raise RespkdError(_last_line(str(err))) from None
+    finally:
+        # Stop the workers now, however the epoch ended (an error, or a caller that stopped early). Otherwise the
+        # iterator waits for the garbage collector, whose shutdown of the workers takes seconds.
+        stop = getattr(batches, "_shutdown_workers", None)
+        if stop is not None:
+            stop()
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -163,8 +195,9 @@ def _seed_worker(worker_id: int) -> None:
 class FolderLoader:
     """Iterate ``(inputs, labels, indices)`` over image files, decoded by ``workers`` processes.
 
-    Args mirror :class:`respkd.data.memory.BatchLoader` where they apply; ``train`` selects the augmenting
-    transform, a new order every epoch and ``drop_last``; evaluation keeps the order and every example.
+    Args mirror :class:`respkd.data.memory.BatchLoader` where they apply; ``transform`` turns a decoded image
+    (``channels``: 1 grey, 3 RGB) into a uint8 tensor (:func:`reference_transform`, :class:`CoverCrop`); ``train``
+    gives a new order every epoch and ``drop_last``; evaluation keeps the order and every example.
     """
 
     def __init__(
@@ -173,7 +206,7 @@ class FolderLoader:
         batch_size: int,
         mean: tuple[float, ...],
         std: tuple[float, ...],
-        image_size: int,
+        transform: Callable[[Image.Image], torch.Tensor],
         train: bool = False,
         workers: int = 0,
         seed: int = 0,
@@ -181,8 +214,10 @@ class FolderLoader:
         channels_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        channels: int = 3,
+        exif_transpose: bool = False,
     ) -> None:
-        self.dataset = IndexedImages(files, reference_transform(train, image_size))
+        self.dataset = IndexedImages(files, transform, channels, exif_transpose)
         # Under torchrun: this process's contiguous share of every global batch (see respkd.distributed).
         self.rank, self.world_size = rank, world_size
         self.batch_size, self.train, self.workers, self.seed = batch_size, train, workers, seed
@@ -223,19 +258,9 @@ class FolderLoader:
         )
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        batches = iter(self._loader())
-        try:
-            for images, labels, indices in batches:
-                x = self.normalize(images.to(self.device, non_blocking=True))
-                yield x, labels.to(self.device, non_blocking=True), indices
-        except RespkdError as err:  # from a worker: the DataLoader wraps it with the worker's traceback
-            raise RespkdError(_last_line(str(err))) from None
-        finally:
-            # Stop the workers now, however the epoch ended (an error, or a caller that stopped early). Otherwise the
-            # iterator waits for the garbage collector, whose shutdown of the workers takes seconds.
-            stop = getattr(batches, "_shutdown_workers", None)
-            if stop is not None:
-                stop()
+        for images, labels, indices in worker_items(self._loader()):
+            x = self.normalize(images.to(self.device, non_blocking=True))
+            yield x, labels.to(self.device, non_blocking=True), indices
 
 
 def _last_line(message: str) -> str:

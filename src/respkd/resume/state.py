@@ -30,10 +30,10 @@ __all__ = [
 STATE_NAME = "resume.safetensors"
 STATE_FORMAT = "respkd-train-state-v1"
 _WHAT = "training state"  # the noun for the file in messages
-# Config keys that a run may resume with other values of: how often the state is saved changes nothing computed; what
-# happens at a non-finite loss acts only from the state's position on (a saved state never holds a non-finite step
-# applied), so a run stopped by one may continue with train.on_nonfinite: skip_step.
-IGNORED_KEYS = ("train.checkpoint_every_steps", "train.on_nonfinite", "train.max_skipped_steps")
+# Config keys that a run may resume with other values of: how often the state is saved and TensorBoard change nothing
+# computed; what happens at a non-finite loss acts only from the state's position on (a saved state never holds a
+# non-finite step applied), so a run stopped by one may continue with train.on_nonfinite: skip_step.
+IGNORED_KEYS = ("train.checkpoint_every_steps", "train.tensorboard", "train.on_nonfinite", "train.max_skipped_steps")
 
 
 def _copy(tensor: torch.Tensor) -> torch.Tensor:

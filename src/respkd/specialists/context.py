@@ -17,8 +17,8 @@ from torch import nn
 
 from respkd.checkpoint import CHECKPOINT_NAME, SUMMARY_NAME, load_model
 from respkd.config import DataConfig, RunConfig, config_to_dict, validate_config
-from respkd.data import select
-from respkd.data.datasets import Splits, input_normalization, load_dataset
+from respkd.data import load_in_memory, select
+from respkd.data.datasets import Splits, input_normalization
 from respkd.environment import resolve_device
 from respkd.errors import RespkdError
 from respkd.models import build_model
@@ -86,7 +86,7 @@ def load_context(cfg: SpecialistsConfig, runs_root: str | Path, threads: int | N
         raise RespkdError(f"{path}: subsets are found on the generalist run's validation split, but its run had "
                           "data.val_size 0 (retrain the generalist with data.val_size > 0)")
     d = gen_cfg.data
-    data = select(load_dataset(d.dataset, d.root, d.path, d.source), gen_cfg)
+    data = select(load_in_memory(d), gen_cfg)
     if cfg.specialist.model is not None:  # a fresh net: check its options now, not in a worker an hour later
         build_model(cfg.specialist.model.name, 2, data.info.image_shape, **cfg.specialist.model.options())
     return Context(cfg, runs_root / cfg.name, device, generalist, meta, path, gen_cfg, data,

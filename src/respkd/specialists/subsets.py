@@ -41,6 +41,7 @@ import torch
 from respkd.bias import predict
 from respkd.errors import RespkdError
 from respkd.files import atomic_write, atomic_write_text
+from respkd.plot import pyplot
 from respkd.specialists.config import SubsetsConfig
 
 __all__ = [
@@ -174,10 +175,7 @@ def plot_subsets(record: dict[str, Any], path: Path) -> None:
     """Left: the clustered matrix, classes ordered by cluster, each cluster boxed. Right: which classes each
     specialist covers (overlaps show as a class in two rows). matplotlib imported here, Agg backend."""
     check_libraries()
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("the specialists' heat map")
     from matplotlib.patches import Rectangle
 
     names, matrix = record["class_names"], np.asarray(record["matrix"])
