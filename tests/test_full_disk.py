@@ -22,12 +22,10 @@ from safetensors import safe_open
 import respkd.checkpoint
 import respkd.resume.state
 from respkd.cli import main
-from respkd.config import validate_config
-from respkd.experiment import run
 from respkd.resume import STATE_NAME
 
-from conftest import tiny_config, write_yaml
-from test_preemption import assert_same_weights
+from conftest import one_line_error, tiny_config, write_yaml
+from test_preemption import assert_same_weights, uninterrupted
 
 NAME = "disk"
 NO_SPACE, IO_ERROR = os.strerror(errno.ENOSPC), os.strerror(errno.EIO)
@@ -41,20 +39,13 @@ def disk_config(idx_dir: Path, data_root: Path) -> dict:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, idx_dir) -> dict:
     base = tmp_path_factory.mktemp("disk")
-    cfg = disk_config(idx_dir, base / "data")
-    run(validate_config(cfg), base / "reference", quiet=True)
-    return {"config": cfg, "run": base / "reference" / NAME}
+    return uninterrupted(base, disk_config(idx_dir, base / "data"))
 
 
 @pytest.fixture
 def command(reference, tmp_path) -> list[str]:
     return ["train", str(write_yaml(tmp_path / "run.yaml", reference["config"])), "--runs-root", str(tmp_path / "runs")]
 
-
-def one_error(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    return err.strip()
 
 
 def failing_at(n: int, code: int, write):
@@ -88,7 +79,7 @@ def test_a_failed_state_write_keeps_the_previous_state(reference, command, tmp_p
         patch.setattr(respkd.resume.state, "save_file", failing_at(5, code, respkd.resume.state.save_file))
         assert main(command) == 74
     state = tmp_path / "runs" / NAME / STATE_NAME
-    assert one_error(capsys) == (f"respkd: error: could not write {state}: {os.strerror(code)}; the previous "
+    assert one_line_error(capsys) == (f"respkd: error: could not write {state}: {os.strerror(code)}; the previous "
                                  "training state is intact")
     assert saved_step(state) == 8 and no_temporary_files(tmp_path / "runs")
     assert main(command + ["--resume"]) == 0
@@ -113,7 +104,7 @@ def test_a_failed_metrics_write_leaves_whole_lines(reference, command, tmp_path,
         patch.setattr(pathlib.Path, "write_text", half_then_fail)
         assert main(command) == 74
     metrics = tmp_path / "runs" / NAME / "metrics.jsonl"
-    assert one_error(capsys) == (f"respkd: error: could not write {metrics}: {IO_ERROR}; the previous metrics file is "
+    assert one_line_error(capsys) == (f"respkd: error: could not write {metrics}: {IO_ERROR}; the previous metrics file is "
                                  "intact")
     lines = metrics.read_text().splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["epoch"] == 1 and metrics.read_text().endswith("\n")
@@ -129,7 +120,7 @@ def test_a_failed_checkpoint_write_leaves_the_run_resumable(reference, command, 
         patch.setattr(respkd.checkpoint, "save_file", failing_at(1, errno.ENOSPC, respkd.checkpoint.save_file))
         assert main(command) == 74
     model = tmp_path / "runs" / NAME / "model.safetensors"
-    assert one_error(capsys) == f"respkd: error: could not write {model}: {NO_SPACE}; no checkpoint was written"
+    assert one_line_error(capsys) == f"respkd: error: could not write {model}: {NO_SPACE}; no checkpoint was written"
     assert not model.exists() and not (tmp_path / "runs" / NAME / "summary.json").exists()
     assert main(command + ["--resume"]) == 0
     assert_same_weights(reference["run"], tmp_path / "runs" / NAME)
@@ -152,7 +143,7 @@ def test_a_failed_cache_write_leaves_no_cache(tmp_path, idx_dir, session_runs, m
     with monkeypatch.context() as patch:
         patch.setattr(respkd.teacher_cache.os, "posix_fallocate", no_room)
         assert main(args) == 74
-    line = one_error(capsys)
+    line = one_line_error(capsys)
     assert line.startswith(f"respkd: error: could not write {cache}/") and line.endswith(
         f": {NO_SPACE}; no partial teacher cache was left")
     assert list(cache.iterdir()) == []
@@ -184,7 +175,7 @@ def test_a_really_full_disk(reference, command, tmp_path, capsys):
     try:
         assert main(command) == 74
         state = disk / NAME / STATE_NAME
-        assert one_error(capsys) == (f"respkd: error: could not write {state}: {NO_SPACE}; the previous training "
+        assert one_line_error(capsys) == (f"respkd: error: could not write {state}: {NO_SPACE}; the previous training "
                                      "state is intact")
         assert saved_step(state) == 0 and no_temporary_files(disk)
         shutil.copytree(disk, tmp_path / "roomy")

@@ -13,22 +13,18 @@ import signal
 import socket
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from respkd.cli import main
 from respkd.locks import LOCK_NAME, FolderLock, Holder
 from respkd.resume import STATE_NAME
 
-from conftest import snapshot, tiny_config, write_yaml
+from conftest import one_line_error, snapshot, tiny_config, write_yaml
 from test_preemption import NAME, long_config, start_cli, wait_for_lines
 
 HOST = re.escape(socket.gethostname())
 
-
-def one_error(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    return err.strip()
 
 
 def test_a_second_run_is_refused_and_a_dead_holder_taken_over(tmp_path, idx_dir, capsys):
@@ -40,7 +36,7 @@ def test_a_second_run_is_refused_and_a_dead_holder_taken_over(tmp_path, idx_dir,
         # the second: this test's process, on the same run; refused before it reads or writes anything
         for extra in ([], ["--resume"], ["--force"]):
             assert main(["train", str(config), "--runs-root", str(runs), *extra]) == 2
-            line = one_error(capsys)
+            line = one_line_error(capsys)
             assert re.fullmatch(rf"respkd: error: run '{NAME}' is in use by process {first.pid} on host {HOST} since "
                                 rf"\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d \({re.escape(str(runs / NAME / LOCK_NAME))}\); "
                                 "wait for it or stop it", line), line
@@ -96,7 +92,7 @@ def test_a_stale_lock_is_taken_over(tmp_path, idx_dir, capsys):
     config = write_yaml(tmp_path / "run.yaml", tiny_config("stale", idx_dir, tmp_path / "data"))
     lock = tmp_path / "runs" / "stale" / LOCK_NAME
     lock.parent.mkdir(parents=True)
-    lock.write_text(json.dumps(Holder(999999, "elsewhere", "2024-01-02 03:04:05").__dict__))
+    lock.write_text(json.dumps(asdict(Holder(999999, "elsewhere", "2024-01-02 03:04:05"))))
     assert main(["train", str(config), "--runs-root", str(tmp_path / "runs")]) == 0
     assert (f"took over {lock} from process 999999 on host elsewhere since 2024-01-02 03:04:05, which ended without "
             "releasing it") in (lock.parent / "log.txt").read_text()
@@ -111,7 +107,7 @@ def test_seeds_lock_each_run_as_it_starts(tmp_path, idx_dir, capsys):
     try:
         before = snapshot(runs)
         assert main(["train", str(config), "--runs-root", str(runs), "--seeds", "0,1"]) == 2
-        assert f"respkd: error: run 'member-seed1' is in use by process {os.getpid()}" in one_error(capsys)
+        assert f"respkd: error: run 'member-seed1' is in use by process {os.getpid()}" in one_line_error(capsys)
         assert (runs / "member-seed0" / "summary.json").is_file()  # the first member ran
         assert {k: v for k, v in snapshot(runs).items() if k.startswith("member-seed1")} == before
     finally:

@@ -22,17 +22,12 @@ from respkd.cli import main
 from respkd.data.memory import BatchLoader
 from respkd.resume import STATE_NAME
 
-from conftest import tiny_config, write_yaml
+from conftest import one_line_error, tiny_config, write_yaml
 
 DIVERGED = re.compile(r"respkd: error: loss became nan at epoch (\d+), batch (\d+) \(step (\d+)\): loss=nan "
                       r"hard_loss=nan; the last good training state, at epoch (\d+), batch (\d+) \(step (\d+)\), is in "
                       r"(\S+)$")
 
-
-def one_error(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    return err.strip()
 
 
 def state_position(path: Path) -> dict:
@@ -54,7 +49,7 @@ def diverging(tmp_path, idx_dir) -> dict:
 
 def test_a_diverging_run_stops_at_the_step_and_keeps_the_last_good_state(diverging, capsys):
     assert main(diverging["args"]) == 3
-    found = DIVERGED.match(one_error(capsys))
+    found = DIVERGED.match(one_line_error(capsys))
     assert found, found
     epoch, batch, step, good_epoch, good_batch, good_step = map(int, found.groups()[:6])
     state = diverging["run_dir"] / STATE_NAME
@@ -122,11 +117,11 @@ def test_checks_every_few_steps_name_the_same_step(tmp_path, idx_dir, nan_at, ca
     args = ["train", str(skipping_config(tmp_path, idx_dir, on_nonfinite="stop", checkpoint_every_steps=0)),
             "--runs-root", str(tmp_path / "runs")]
     assert main(args) == 3
-    every_step = one_error(capsys)
+    every_step = one_line_error(capsys)
     assert "loss became nan at epoch 2, batch 3 (step 9): loss=nan hard_loss=nan;" in every_step
     monkeypatch.setattr(respkd.guard, "check_interval", lambda device, world: respkd.guard.CHECK_EVERY)
     assert main(args + ["--force"]) == 3
-    assert one_error(capsys) == every_step
+    assert one_line_error(capsys) == every_step
 
 
 def test_skip_step_drops_the_bad_steps_only(tmp_path, idx_dir, nan_at, capsys):
@@ -159,7 +154,7 @@ def test_skip_step_stops_after_max_skipped_steps(tmp_path, idx_dir, nan_at, caps
     nan_at(set(range(3, 19)), [])
     assert main(["train", str(config), "--runs-root", str(tmp_path / "runs")]) == 3
     state = tmp_path / "runs" / "skips" / STATE_NAME
-    assert one_error(capsys) == (
+    assert one_line_error(capsys) == (
         "respkd: error: loss was not finite at 3 steps, more than train.max_skipped_steps = 2; the last at epoch 1, "
         "batch 5 (step 5): loss=nan hard_loss=nan; the last good training state, at epoch 1, batch 4 (step 4), is "
         f"in {state}")
@@ -174,7 +169,7 @@ def test_a_run_stopped_by_nan_continues_with_skip_step_exactly(tmp_path, idx_dir
     assert main(["train", str(skipping), "--runs-root", str(tmp_path / "reference")]) == 0
     stopping = ["train", str(skipping), "--runs-root", str(tmp_path / "runs")]
     assert main(stopping + ["--set", "train.on_nonfinite=stop"]) == 3
-    assert "at epoch 2, batch 4 (step 10)" in one_error(capsys)
+    assert "at epoch 2, batch 4 (step 10)" in one_line_error(capsys)
     assert main(stopping + ["--resume"]) == 0
     a = load_file(tmp_path / "reference" / "skips" / "model.safetensors")
     b = load_file(tmp_path / "runs" / "skips" / "model.safetensors")

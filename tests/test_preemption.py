@@ -43,13 +43,16 @@ def long_config(idx_dir: Path, data_root: Path, **train) -> dict:
                        train={"epochs": 3, "batch_size": 4, "schedule": "onecycle", "cycle_momentum": True, **train})
 
 
+def uninterrupted(base: Path, cfg: dict) -> dict:
+    """``cfg`` and its run without interruption, under ``base``."""
+    run(validate_config(cfg), base / "reference", quiet=True)
+    return {"config": cfg, "run": base / "reference" / cfg["name"]}
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, idx_dir) -> dict:
-    """The config and its uninterrupted run."""
     base = tmp_path_factory.mktemp("preempt")
-    cfg = long_config(idx_dir, base / "data")
-    run(validate_config(cfg), base / "reference", quiet=True)
-    return {"config": cfg, "run": base / "reference" / NAME}
+    return uninterrupted(base, long_config(idx_dir, base / "data"))
 
 
 def start_cli(args: list[str], cwd: Path) -> subprocess.Popen:

@@ -19,7 +19,7 @@ import json
 import os
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -97,7 +97,7 @@ class FolderLock:
         """Take the lock if no other process has it; False (and :attr:`blocker`: who has it) if one does."""
         if self.held:
             return True
-        with writing(self.path, f"{self.what} was not started"):
+        with writing(self.path, "nothing was started"):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             for attempt in range(_TRIES):
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -120,7 +120,7 @@ class FolderLock:
                     continue
                 self.taken_over = Holder.read(fd)  # written by a holder that died: a clean release removes the file
                 os.ftruncate(fd, 0)
-                os.pwrite(fd, json.dumps(Holder.me().__dict__).encode(), 0)
+                os.pwrite(fd, json.dumps(asdict(Holder.me())).encode(), 0)
                 self.fd, self.blocker = fd, None
                 return True
         return False
