@@ -25,12 +25,13 @@ from typing import Any
 
 import torch
 
+from respkd.checkpoint import load_model
 from respkd.config import TrainConfig
 from respkd.data.datasets import load_dataset
-from respkd.data.loader import BatchLoader
+from respkd.data.memory import BatchLoader
 from respkd.distill import Distiller, Supervised
 from respkd.engine import build_optimizer, build_scheduler, train_one_epoch, use_bf16
-from respkd.experiment import environment, load_model
+from respkd.environment import capture_environment
 from respkd.losses import distillation_loss, hard_label_loss
 from respkd.models import build_model
 from respkd.teacher_cache import build_cache, cache_spec
@@ -107,7 +108,7 @@ def main() -> None:
     rows = {name: {"median_epoch_s": statistics.median(t), "epoch_s": t,
                    "median_ratio_to_kd": statistics.median(a / b for a, b in zip(t, kd)),
                    "objective_us_per_step": objective_us[name]} for name, t in times.items()}
-    env = environment()
+    env = capture_environment()
     print(f"{len(images)} MNIST images, batch 128, {'bf16' if bf16 else 'fp32'}, {torch.get_num_threads()} thread(s), "
           f"{args.rounds} interleaved rounds, {env['cpu']}")
     step_us = 1e6 * rows["kd"]["median_epoch_s"] / len(loader)

@@ -155,6 +155,18 @@ def test_several_kills_in_one_run(setup, tmp_path, monkeypatch, kind):
         assert summary["teacher_cache"]["used"]
 
 
+def test_device_resident_run_resumes_exactly(setup, tmp_path, monkeypatch):
+    """Cached distillation with its batches and teacher cache kept on the device (data.device_resident; the CPU
+    here), killed mid-epoch and resumed: bitwise the uninterrupted host-fed run, whose batches are the same."""
+    cfg = setup["configs"]["kd-cache"]
+    resident = {**cfg, "data": {**cfg["data"], "device_resident": True}}
+    resumed = crash_then_resume(resident, tmp_path / "runs", ["step:10"], monkeypatch)
+    assert_same_run(setup["reference"]("kd-cache"), resumed)
+    summary = json.loads((resumed / "summary.json").read_text())
+    assert summary["device_resident"] is True and summary["teacher_cache"]["used"]
+    assert summary["resumes"] == [{"epoch": 2, "batch": 2, "step": 8}]
+
+
 @pytest.mark.parametrize("crash,epoch", [("step:10", 2), ("epoch:2", 2)])
 def test_dkd_warm_up_resumes_exactly(setup, tmp_path, monkeypatch, crash, epoch):
     """Killed in epoch 2 of DKD's warm-up (factor 2/3), or after its metrics line, and resumed in a new Distiller

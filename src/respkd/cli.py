@@ -183,9 +183,20 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from respkd.plan import run_plan
+    from respkd.plan import PlanStopped, run_plan, run_plan_unit
 
-    run_plan(args.plan, runs_root=args.runs_root, overrides=args.overrides, force=args.force)
+    if args.unit is not None:
+        if args.jobs != 1:
+            raise RespkdError("--unit runs one unit in this process; give it without --jobs")
+        run_plan_unit(args.plan, args.unit, runs_root=args.runs_root, overrides=args.overrides, force=args.force,
+                      threads=args.threads)
+        return 0
+    try:
+        run_plan(args.plan, runs_root=args.runs_root, overrides=args.overrides, force=args.force, jobs=args.jobs,
+                 threads=args.threads)
+    except PlanStopped as stop:  # a unit crashed, or a signal came: not the input's fault, so not exit status 2
+        print(f"respkd: {stop}", file=sys.stderr)
+        return stop.exit_code
     return 0
 
 
@@ -361,6 +372,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key in every stage's config (repeatable)")
     p.add_argument("--force", action="store_true", help="rerun stages that already finished")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="run up to N independent units (runs, sweep cells, evaluations) at a time, each in a process "
+                        "of its own (default 1: one after another, in this process)")
+    p.add_argument("--threads", type=int, metavar="K",
+                   help="torch threads of each process (default: cores // N with --jobs, else torch's)")
+    p.add_argument("--unit", type=int, metavar="K",
+                   help="run only the plan's K-th unit, in this process (what each --jobs process runs; array jobs); "
+                        "the runs it reads must be finished")
     p.set_defaults(func=cmd_reproduce)
     _add_specialists_parser(sub)
     return parser

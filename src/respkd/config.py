@@ -45,6 +45,7 @@ Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 MAX_COUNT = 2**31 - 1  # examples, steps
 MAX_CLASSES = 100_000  # ImageNet-21k has 21,841
 MAX_EPOCHS = 100_000
+MAX_THREADS = 4096  # keeps torch.set_num_threads from overflowing
 MAX_WORKERS = 256
 # T = 1e-300 made logits / T infinite and the loss NaN; distillation uses 1 to 20 (the paper's sweeps).
 Temperature = Annotated[float, Field(ge=0.01, le=1000)]
@@ -131,6 +132,10 @@ class DataConfig(Section):
     # Processes decoding image files (imagenet, folder); None: min(8, the cores this process may use). The in-memory
     # datasets (mnist, fashion_mnist, cifar*) decode nothing: for them it is recorded as None whatever was given.
     workers: int | None = Field(None, ge=0, le=MAX_WORKERS)
+    # In-memory datasets: keep the images, labels and teacher cache on the training device, so a step copies nothing
+    # from the host (true), or build each batch in host memory and copy it (false); null: on CUDA when they fit in
+    # half of its memory, on the CPU false (see respkd.data.residency). Both give bitwise the same batches.
+    device_resident: bool | None = None
     train_limit: int | None = Field(None, ge=1, le=MAX_COUNT)  # keep only the first N training examples (quick runs)
     test_limit: int | None = Field(None, ge=1, le=MAX_COUNT)  # evaluate on the first N test examples only
     # A validation split held out of the training set (stratified by class, seeded by val_seed) BEFORE the transfer
@@ -161,7 +166,7 @@ class DataConfig(Section):
                              f"{', '.join(DATA_SOURCES[self.dataset])}")
         if self.dataset in STREAMED_DATASETS or (self.dataset == "folder" and self.in_memory is False):
             # Its augmentation is torchvision's reference recipe (or none), and it is never held in memory to be split.
-            given = [k for k in ("jitter", "jitter_views", "val_size") if getattr(self, k)]
+            given = [k for k in ("jitter", "jitter_views", "val_size", "device_resident") if getattr(self, k)]
             given += ["flip"] if self.flip and self.dataset != "folder" else []
             if self.transfer.active:
                 given.append("transfer")
@@ -448,6 +453,9 @@ class TrainConfig(Section):
     # AMX, but is several times *slower* on CPUs without them; "auto" picks bf16 only where it is fast.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     channels_last: bool = False
+    # Run the student (and an online teacher) through torch.compile; where compile cannot work here, one log line
+    # says why and the run trains without it (see respkd.compilation).
+    compile: bool = False
     # Also write the training state (<run>/resume.safetensors, see respkd.resume) every this many optimizer steps,
     # besides every epoch end; 0: at epoch ends only. Changing it does not change the run, so a resume ignores it.
     checkpoint_every_steps: int = Field(0, ge=0, le=MAX_COUNT)
@@ -489,7 +497,7 @@ class RunConfig(Section):
     name: RunName
     seed: Seed = 0
     device: str = Field("cpu", max_length=32)  # "cpu", "cuda", "cuda:1", or "auto" (cuda when available)
-    threads: int | None = Field(None, ge=1, le=4096)  # the bound keeps torch.set_num_threads from overflowing
+    threads: int | None = Field(None, ge=1, le=MAX_THREADS)
     data: DataConfig = DataConfig()
     model: ModelConfig
     init: InitConfig | None = None

@@ -15,7 +15,7 @@ import torch
 from respkd import __version__, distributed
 from respkd.errors import RespkdError
 
-__all__ = ["capture_environment", "resolve_device", "seed_everything"]
+__all__ = ["capture_environment", "resolve_device", "seed_everything", "usable_cores"]
 
 
 def seed_everything(seed: int) -> None:
@@ -23,6 +23,12 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one, else the machine's count): what
+    parallel workers share."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def resolve_device(name: str) -> torch.device:

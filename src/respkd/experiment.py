@@ -8,6 +8,7 @@ resuming interrupted ones. Library modules never import this one; plans, sweeps 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +19,12 @@ from torch import nn
 
 from respkd import distributed
 from respkd.checkpoint import CHECKPOINT_NAME, SUMMARY_NAME, checkpoint_meta
+from respkd.compilation import compile_modules
 from respkd.config import RunConfig, config_to_dict
 from respkd.data import load_data, make_loader, preprocessing, select
 from respkd.data.datasets import Splits, input_normalization
 from respkd.data.memory import BatchLoader
+from respkd.data.residency import describe_residency
 from respkd.data.streamed import FolderSplits
 from respkd.data.transfer import describe_transfer
 from respkd.distill import Distiller, Supervised
@@ -125,19 +128,19 @@ def run(cfg: RunConfig, runs_root: str | Path = "runs", force: bool = False, qui
     runs_root = Path(runs_root)
     out_dir = runs_root / cfg.name
     lock = FolderLock(out_dir / LOCK_NAME, f"run '{cfg.name}'")
-    try:
-        return _run_locked(cfg, runs_root, force, quiet, resume, lock)
-    except Stopped as stop:
-        if stop.state is None and has_state(out_dir):  # stopped before training began, or after it ended
-            stop.state = out_dir / STATE_NAME
-        raise
-    finally:
-        lock.release()
+    with contextlib.ExitStack() as on_exit:
+        on_exit.callback(lock.release)
+        try:
+            return _run_locked(cfg, runs_root, force, quiet, resume, lock, on_exit)
+        except Stopped as stop:
+            if stop.state is None and has_state(out_dir):  # stopped before training began, or after it ended
+                stop.state = out_dir / STATE_NAME
+            raise
 
 
-def _run_locked(cfg: RunConfig, runs_root: Path, force: bool, quiet: bool, resume: bool,
-                lock: FolderLock) -> dict[str, Any]:
-    """:func:`run`'s work, taking ``lock`` once every check has passed."""
+def _run_locked(cfg: RunConfig, runs_root: Path, force: bool, quiet: bool, resume: bool, lock: FolderLock,
+                on_exit: contextlib.ExitStack) -> dict[str, Any]:
+    """:func:`run`'s work, taking ``lock`` once every check has passed; what it opens is closed by ``on_exit``."""
     out_dir = runs_root / cfg.name
     # torchrun (see respkd.distributed): join the process group; every process then passes every check below, or
     # all stop. In one process both are no-ops.
@@ -172,70 +175,77 @@ def _run_locked(cfg: RunConfig, runs_root: Path, force: bool, quiet: bool, resum
     distributed.wrap_student(p.task, p.student, p.device, tc.sync_batchnorm)  # only the student, never the teacher
     distributed.reseed_per_process(cfg.seed)  # (a resumed run's generators are restored later, by state.begin)
 
-    with RunDir(p.out_dir, writes=distributed.is_main_process()) as out:  # under torchrun only process 0 writes
-        env = capture_environment()
-        if not resume:
-            state.discard()  # --force: an interrupted run's state is not this run's
-            out.start(config_to_dict(cfg), env)
-        log = out.open_log(quiet, append=resume)
-        if lock.taken_over is not None:
-            log(f"[{cfg.name}] took over {lock.path} from {lock.taken_over.describe()}, which ended without "
-                "releasing it")
-        params, macs = count_parameters(p.student), count_macs(p.student, data.info.image_shape)
-        log(_first_log_line(p, runs_root, params, macs, bf16))
-        if cfg.distills and (cfg.kd.loss != "kd" or cfg.kd.standardize):
-            log(f"response loss: {p.task.describe_loss()}")
-        if p.init is not None:
-            log(f"student initialised with {describe_fit(p.init)}")
-        if cfg.distills and p.teacher_meta.get("notes"):
-            log(f"teacher weights: {'; '.join(p.teacher_meta['notes'])}")
-        if p.teacher_input is not None:
-            log(f"teacher input adapter: {p.task.teacher.adapter.extra_repr()}")
-        cache_info, cached_teacher = _open_teacher_cache(p, runs_root, spec, cache, train_loader, bf16, log)
+    # under torchrun only process 0 writes and prints; the log is closed on the way out, also after an error
+    out = on_exit.enter_context(RunDir(p.out_dir, writes=distributed.is_main_process()))
+    env = capture_environment()
+    if not resume:
+        state.discard()  # --force: an interrupted run's state is not this run's
+        out.start(config_to_dict(cfg), env)
+    log = out.open_log(quiet, append=resume)
+    if lock.taken_over is not None:
+        log(f"[{cfg.name}] took over {lock.path} from {lock.taken_over.describe()}, which ended without releasing it")
+    params, macs = count_parameters(p.student), count_macs(p.student, data.info.image_shape)
+    log(_first_log_line(p, runs_root, params, macs, bf16))
+    if cfg.distills and (cfg.kd.loss != "kd" or cfg.kd.standardize):
+        log(f"response loss: {p.task.describe_loss()}")
+    if p.init is not None:
+        log(f"student initialised with {describe_fit(p.init)}")
+    if cfg.distills and p.teacher_meta.get("notes"):
+        log(f"teacher weights: {'; '.join(p.teacher_meta['notes'])}")
+    if p.teacher_input is not None:
+        log(f"teacher input adapter: {p.task.teacher.adapter.extra_repr()}")
+    resident = getattr(train_loader, "device_resident", False)  # streamed folders are always read on the host
+    if isinstance(train_loader, BatchLoader) and (resident or p.device.type != "cpu"):  # on the CPU by default: no news
+        log(describe_residency(resident, p.device))
+    online_teacher = [p.task.teacher] if cfg.distills and not cfg.kd.cache else []
+    compiled = tc.compile and compile_modules([p.student, *online_teacher], p.device, log)
+    cache_info, cached_teacher = _open_teacher_cache(p, runs_root, spec, cache, train_loader, bf16, log)
 
-        state.begin(log)
-        ev = train_epochs(out, p.task, p.student, train_loader, optimizer, scheduler, p.device, bf16, tc.epochs,
-                          test_loader=test_loader, num_classes=data.num_classes, state=state,
-                          teacher_logits=cached_teacher, progress=None if out.writes else False,
-                          tensorboard=tc.tensorboard, on_nonfinite=tc.on_nonfinite,
-                          max_skipped_steps=tc.max_skipped_steps).test
-        if ev is None:  # resumed after the last epoch's state was saved: only the final steps below were left
-            ev = evaluate(p.student, test_loader, data.num_classes, distributed.all_reduce_sum)
-        wall, train_time = state.wall_time(), state.position.train_time_s
-        val_metrics = None
-        if len(data.val_labels):  # once, at the end: the split is for choosing things after training, not during it
-            val_loader = make_loader(data, "val", cfg, p.device)
-            val_metrics = evaluate(p.student, val_loader, data.num_classes, distributed.all_reduce_sum)
+    state.begin(log)
+    ev = train_epochs(out, p.task, p.student, train_loader, optimizer, scheduler, p.device, bf16, tc.epochs,
+                      test_loader=test_loader, num_classes=data.num_classes, state=state,
+                      teacher_logits=cached_teacher, progress=None if out.writes else False,
+                      tensorboard=tc.tensorboard, on_nonfinite=tc.on_nonfinite,
+                      max_skipped_steps=tc.max_skipped_steps).test
+    if ev is None:  # resumed after the last epoch's state was saved: only the final steps below were left
+        ev = evaluate(p.student, test_loader, data.num_classes, distributed.all_reduce_sum)
+    wall, train_time = state.wall_time(), state.position.train_time_s
+    val_metrics = None
+    if len(data.val_labels):  # once, at the end: the split is for choosing things after training, not during it
+        val_loader = make_loader(data, "val", cfg, p.device)
+        val_metrics = evaluate(p.student, val_loader, data.num_classes, distributed.all_reduce_sum)
 
-        summary = {
-            "name": cfg.name, "kind": "distill" if cfg.distills else "train",
-            "model": cfg.model.name, "params": params, "macs": macs,
-            "metrics": ev, "epochs": tc.epochs, "wall_time_s": round(wall, 1), "train_time_s": round(train_time, 1),
-            "seconds_per_epoch": round(train_time / tc.epochs, 3), "precision": "bf16" if bf16 else "fp32",
-            "dataset": cfg.data.dataset, "data_sha256": data.sha256, "data_canonical": data.canonical,
-            "class_names": list(data.info.class_names),
-            "n_train": len(data.train_labels),
-            "n_train_per_class": torch.bincount(data.train_labels.cpu(), minlength=data.num_classes).tolist(),
-            "n_val": len(data.val_labels), "val_metrics": val_metrics,
-            "teacher": describe_teacher(cfg, runs_root) if cfg.distills else None,
-            "teacher_combine": cfg.teacher.rule if cfg.distills else None,
-            "teacher_cache": cache_info, "resumes": state.position.resumes, "processes": distributed.world_size(),
-            "skipped_steps": state.position.skipped_steps,
-            "teacher_input": p.teacher_input, "init": p.init,
-            "config": config_to_dict(cfg), "environment": env,
-        }
-        meta = checkpoint_meta(
-            model={"name": cfg.model.name, **cfg.model.options()}, num_classes=data.num_classes,
-            in_shape=data.info.image_shape, class_names=data.info.class_names,
-            normalization=input_normalization(data.info, cfg.data.normalize),
-            **{k: summary[k] for k in ("name", "dataset", "data_sha256", "metrics", "config")},
-            versions={k: env[k] for k in ("respkd", "torch", "torchvision", "python")},
-            preprocessing=preprocessing(data.info),
-        )
-        out.finish(p.student.state_dict(), meta, summary)
-        state.finish()
-        log(f"[{cfg.name}] done: test errors {ev['errors']}/{ev['n']}, top-1 {ev['top1']:.2f}%, "
-            f"top-5 {ev['top5']:.2f}%, wall {wall / 60:.1f} min -> {p.out_dir}")
+    summary = {
+        "name": cfg.name, "kind": "distill" if cfg.distills else "train",
+        "model": cfg.model.name, "params": params, "macs": macs,
+        "metrics": ev, "epochs": tc.epochs, "wall_time_s": round(wall, 1), "train_time_s": round(train_time, 1),
+        "seconds_per_epoch": round(train_time / tc.epochs, 3), "precision": "bf16" if bf16 else "fp32",
+        "dataset": cfg.data.dataset, "data_sha256": data.sha256, "data_canonical": data.canonical,
+        "class_names": list(data.info.class_names),
+        "n_train": len(data.train_labels),
+        "n_train_per_class": torch.bincount(data.train_labels.cpu(), minlength=data.num_classes).tolist(),
+        "n_val": len(data.val_labels), "val_metrics": val_metrics,
+        "teacher": describe_teacher(cfg, runs_root) if cfg.distills else None,
+        "teacher_combine": cfg.teacher.rule if cfg.distills else None,
+        "teacher_cache": cache_info, "resumes": state.position.resumes, "processes": distributed.world_size(),
+        "device_resident": resident, "compiled": compiled,
+        "skipped_steps": state.position.skipped_steps,
+        "teacher_input": p.teacher_input, "init": p.init,
+        "config": config_to_dict(cfg), "environment": env,
+    }
+    meta = checkpoint_meta(
+        model={"name": cfg.model.name, **cfg.model.options()}, num_classes=data.num_classes,
+        in_shape=data.info.image_shape, class_names=data.info.class_names,
+        normalization=input_normalization(data.info, cfg.data.normalize),
+        **{k: summary[k] for k in ("name", "dataset", "data_sha256", "metrics", "config")},
+        versions={k: env[k] for k in ("respkd", "torch", "torchvision", "python")},
+        preprocessing=preprocessing(data.info),
+    )
+    out.finish(p.student.state_dict(), meta, summary)
+    state.finish()
+    log(f"[{cfg.name}] done: test errors {ev['errors']}/{ev['n']}, top-1 {ev['top1']:.2f}%, top-5 {ev['top5']:.2f}%, "
+        f"wall {wall / 60:.1f} min -> {p.out_dir}")
+    out.close()
     return summary
 
 

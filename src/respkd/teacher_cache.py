@@ -54,7 +54,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -209,11 +209,16 @@ def topk_to_logits(probs: torch.Tensor, indices: torch.Tensor, num_classes: int,
 
 @dataclass
 class TeacherCache:
-    """An opened, verified cache: :meth:`lookup` returns the teacher's outputs for a batch of example ids."""
+    """An opened, verified cache: :meth:`lookup` returns the teacher's outputs for a batch of example ids.
+
+    ``arrays`` are the memory-mapped files; :meth:`on_device` gives the cache read once into ``tensors`` on a device
+    (what a device-resident loader uses, :mod:`respkd.data.residency`), whose lookups are bitwise the same.
+    """
 
     folder: Path
     meta: dict[str, Any]
     arrays: dict[str, np.ndarray]  # memory-mapped, read-only
+    tensors: dict[str, torch.Tensor] | None = None  # the same arrays on one device, after on_device
     built_here: bool = False  # built by this process (not found, nor built meanwhile by another)
 
     @property
@@ -228,31 +233,49 @@ class TeacherCache:
     def build_time_s(self) -> float:
         return float(self.meta.get("build_time_s", 0.0))
 
+    def on_device(self, device: torch.device | str) -> TeacherCache:
+        """This cache with its arrays read once into tensors on ``device``: lookups index those, copying nothing."""
+        tensors = {name: torch.from_numpy(np.array(array)).to(device) for name, array in self.arrays.items()}
+        return replace(self, tensors=tensors)
+
     def lookup(self, indices: torch.Tensor, view: int = 0, device: torch.device | str = "cpu") -> torch.Tensor:
-        """float32 ``(B, C)`` teacher "logits" of examples ``indices`` in jitter view ``view`` (taken mod V)."""
+        """float32 ``(B, C)`` teacher "logits" of examples ``indices`` in jitter view ``view`` (taken mod V); after
+        :meth:`on_device`, on that device (``device`` is then unused) and ``indices`` are best already there."""
         view %= self.views
-        idx = indices.cpu().numpy()
+        if self.tensors is not None:
+            idx = indices.to(next(iter(self.tensors.values())).device)
+
+            def rows(name: str) -> torch.Tensor:
+                return self.tensors[name][view][idx]
+        else:
+            idx = indices.cpu().numpy()
+
+            def rows(name: str) -> torch.Tensor:
+                return torch.from_numpy(np.asarray(self.arrays[name][view][idx])).to(device)
         spec = self.meta["spec"]
         if spec["topk"] is None:
-            rows = torch.from_numpy(np.asarray(self.arrays["logits"][view][idx])).to(device=device, dtype=torch.float32)
+            logits = rows("logits").float()
             if "row_max" in self.arrays:  # the teacher's own logits, not only up to a shift per row
-                rows = rows + torch.from_numpy(np.asarray(self.arrays["row_max"][view][idx])).to(device)[:, None]
-            return rows
-        probs = torch.from_numpy(np.asarray(self.arrays["topk_probs"][view][idx])).to(device)
-        classes = torch.from_numpy(np.asarray(self.arrays["topk_indices"][view][idx])).to(device)
-        return topk_to_logits(probs, classes, self.num_classes, spec["temperature"])
+                logits = logits + rows("row_max")[:, None]
+            return logits
+        return topk_to_logits(rows("topk_probs"), rows("topk_indices"), self.num_classes, spec["temperature"])
 
     def for_loader(
         self, loader: BatchLoader, device: torch.device | str = "cpu"
     ) -> Callable[[torch.Tensor, int], torch.Tensor]:
-        """The ``(indices, epoch) -> teacher logits`` function the engine takes: epoch ``e`` reads the loader's view."""
+        """The ``(indices, epoch) -> teacher logits`` function the engine takes: epoch ``e`` reads the loader's view.
+
+        For a device-resident loader the cache is read onto ``device`` first (:meth:`on_device`), so a lookup indexes
+        a tensor there with the batch's indices, which the loader keeps there too; otherwise rows are read from the
+        memory-mapped files and copied to ``device``."""
         jittered = bool(loader.jitter)
         if (loader.jitter_views if jittered else 1) != self.views or len(loader.images) != self.meta["spec"]["n_train"]:
             raise ValueError(f"loader ({len(loader.images)} examples, {loader.jitter_views} views) does not match the "
                              f"cache ({self.meta['spec']['n_train']} examples, {self.views} views)")
+        cache = self.on_device(device) if loader.device_resident else self
 
         def teacher_logits(indices: torch.Tensor, epoch: int) -> torch.Tensor:
-            return self.lookup(indices, loader.view_of_epoch(epoch) if jittered else 0, device)
+            return cache.lookup(indices, loader.view_of_epoch(epoch) if jittered else 0, device)
 
         return teacher_logits
 

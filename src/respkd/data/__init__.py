@@ -11,6 +11,7 @@ The modules behind it:
 * :mod:`~respkd.data.datasets`: the datasets held in memory, their checksummed caches and raw MNIST-style files;
   :mod:`~respkd.data.idx`, :mod:`~respkd.data.cifar` and :mod:`~respkd.data.safe_pickle` read the raw releases.
 * :mod:`~respkd.data.memory`: :class:`~respkd.data.memory.BatchLoader`, batches of in-memory tensors.
+* :mod:`~respkd.data.residency`: whether those batches are made on the training device or in host memory.
 * :mod:`~respkd.data.folder`: a folder of one's own images (``data.dataset: folder``), cached or streamed;
   :mod:`~respkd.data.images` decodes and resizes each image (also for ``respkd predict``).
 * :mod:`~respkd.data.streamed`: class folders of image files, decoded by worker processes.
@@ -27,6 +28,7 @@ from respkd.data.datasets import DatasetInfo, Splits, dataset_info, input_normal
 from respkd.data.folder import load_folder
 from respkd.data.images import decoding_workers
 from respkd.data.memory import BatchLoader
+from respkd.data.residency import device_resident
 from respkd.data.streamed import (RESIZE_SIZE, CoverCrop, FolderLoader, FolderSplits, load_image_folders,
                                   reference_transform)
 from respkd.data.transfer import select
@@ -99,10 +101,12 @@ def make_loader(
                             channels=channels, exif_transpose=own)
     images, labels = {"train": (data.train_images, data.train_labels), "test": (data.test_images, data.test_labels),
                       "val": (data.val_images, data.val_labels)}[split]
+    resident = device_resident(data, cfg, torch.device(device))
     if not train:
         part = distributed.shard(len(labels))
         return BatchLoader(images[part], labels[part], EVAL_BATCH, mean, std, device=device,
-                           channels_last=tc.channels_last)
+                           channels_last=tc.channels_last, device_resident=resident)
     return BatchLoader(images, labels, tc.batch_size, mean, std, shuffle=True, jitter=d.jitter,
                        jitter_views=d.jitter_views, flip=d.flip, drop_last=len(images) > tc.batch_size, seed=cfg.seed,
-                       device=device, channels_last=tc.channels_last, rank=rank, world_size=world)
+                       device=device, channels_last=tc.channels_last, rank=rank, world_size=world,
+                       device_resident=resident)

@@ -76,7 +76,11 @@ class BatchLoader:
         jitter_views: cycle through this many fixed jitter draws (views) instead of a new draw every epoch.
         flip: mirror each example left-right with probability 1/2 (drawn per example and view).
         drop_last: drop the last incomplete batch (training); evaluation keeps it so every example counts once.
-        device: where batches are produced; the data are moved there once.
+        device: where batches are returned (and normalised).
+        device_resident: keep the images and labels on ``device`` and build batches there (each epoch's order and
+            jitter moved there once: no copy from the host per step); False keeps them in host memory, builds each
+            batch there and copies its uint8 pixels and labels to ``device``. The same batches bitwise; see
+            :mod:`respkd.data.residency`.
         channels_last: return batches in channels-last memory format (faster convolutions on CPU).
         rank, world_size: under torchrun, yield only process ``rank``'s contiguous share of every batch (the batches
             themselves, their order and the jitter stay those of one process; see :mod:`respkd.distributed`).
@@ -99,12 +103,15 @@ class BatchLoader:
         channels_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        device_resident: bool = True,
     ) -> None:
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         self.device = torch.device(device)
-        self.images = images.to(self.device)
-        self.labels = labels.to(self.device)
+        self.device_resident = device_resident
+        self.home = self.device if device_resident else torch.device("cpu")  # where the data live, batches are built
+        self.images = images.to(self.home)
+        self.labels = labels.to(self.home)
         self.batch_size = batch_size
         self.shuffle, self.jitter, self.drop_last, self.seed = shuffle, jitter, drop_last, seed
         self.jitter_views = jitter_views
@@ -145,8 +152,9 @@ class BatchLoader:
         order_generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 2)
         order = torch.randperm(n, generator=order_generator) if self.shuffle else torch.arange(n)
         view = self.view_of_epoch(self.epoch)
-        offsets = self.view_offsets(view) if self.jitter else None
-        flips = self.view_flips(view) if self.flip else None
+        offsets = self.view_offsets(view).to(self.home) if self.jitter else None
+        flips = self.view_flips(view).to(self.home) if self.flip else None
+        order = order.to(self.home)  # once per epoch: the batches' indices are then slices of it
         for b in range(self.skip, len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             if self.world_size > 1:
@@ -156,11 +164,13 @@ class BatchLoader:
     def make_batch(
         self, idx: torch.Tensor, offsets: torch.Tensor | None = None, flips: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The normalised batch of examples ``idx``, translated by ``offsets`` and mirrored where ``flips``."""
-        idx_dev = idx.to(self.device)
-        x = self.images[idx_dev]
+        """The normalised batch of examples ``idx``, translated by ``offsets`` and mirrored where ``flips``; ``idx``
+        comes back where the data live (the device when resident, else the host)."""
+        idx = idx.to(self.home)
+        x = self.images[idx]
         if offsets is not None:
             x = translate(x, offsets, self.jitter)
         if flips is not None:
-            x = torch.where(flips.to(self.device)[:, None, None, None], x.flip(3), x)
-        return self.normalize(x), self.labels[idx_dev], idx
+            x = torch.where(flips.to(self.home)[:, None, None, None], x.flip(3), x)
+        x, labels = x.to(self.device, non_blocking=True), self.labels[idx].to(self.device, non_blocking=True)
+        return self.normalize(x), labels, idx

@@ -28,7 +28,7 @@ A plan is a YAML file (data only, validated like configs)::
         config: configs/fashion_mnist/specialists.yaml
         workers: 2
 
-Every stage kind is data (:mod:`respkd.plan.stages`, which also runs and reports each kind); each may carry
+Every stage kind is data (:mod:`respkd.plan.stage`, and one module per kind that runs and reports it); each may carry
 ``paper`` (numbers from the paper, by measure name: the measures each kind reports are its ``MEASURES``; an unknown
 name is an error) and ``note`` (shown in the report). Everything is
 validated before the first stage runs: configs, names (no two stages may write the same run), and that every run a
@@ -36,6 +36,13 @@ stage reads is made by an earlier stage or already exists under ``runs_root``. A
 for exactly the same inputs is skipped, so an interrupted reproduction continues with the first unfinished stage.
 At the end the plan writes its report (``REPORT.md``, :mod:`respkd.plan.report`) in ``runs_root``, comparing each
 measure with the paper's.
+
+A stage runs as units (:meth:`StageBase.units`): one per run (per seed), one per sweep cell plus the sweep's table,
+one for a bias, ensemble or specialists stage. ``respkd reproduce PLAN`` runs them one after another in its own
+process; ``--jobs N`` runs up to N at a time, each in a child process (``respkd reproduce PLAN --unit K``) with
+``cores // N`` torch threads (``--threads`` to choose), a unit starting once the runs it reads have been made
+(:mod:`respkd.plan.scheduler`). The runs are the same either way (same configs, seeds and resumes), bitwise at the
+same thread count; the report's closing line says how many processes of how many threads ran.
 """
 
 from __future__ import annotations
@@ -44,23 +51,27 @@ import time
 from pathlib import Path
 from typing import Annotated, Any, Union
 
+import torch
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
 
 from respkd.checkpoint import CHECKPOINT_NAME
-from respkd.config import (MAX_PROBLEMS, PathText, dotted, format_validation_error, join_problems, key_suggestion,
-                           read_yaml_mapping)
+from respkd.config import (MAX_PROBLEMS, MAX_THREADS, PathText, dotted, format_validation_error, join_problems,
+                           key_suggestion, read_yaml_mapping)
+from respkd.environment import usable_cores
 from respkd.errors import RespkdError
 from respkd.plan.bias_stage import BiasStage
 from respkd.plan.ensemble_stage import EnsembleEvalStage
 from respkd.plan.report import write_report
 from respkd.plan.run_stage import RunStage
+from respkd.plan.scheduler import PlanStopped, child_command, run_parallel
 from respkd.plan.specialists_stage import SpecialistsStage
-from respkd.plan.stage import Job, StageBase
+from respkd.plan.stage import Job, StageBase, Unit
 from respkd.plan.sweep_stage import SweepStage
 
 __all__ = [
-    "PLANS_DIR", "STAGE_TYPES", "BiasStage", "EnsembleEvalStage", "Job", "Plan", "RunStage", "SpecialistsStage",
-    "Stage", "SweepStage", "load_plan", "plan_error", "resolve", "resolve_plan_path", "run_plan",
+    "PLANS_DIR", "STAGE_TYPES", "BiasStage", "EnsembleEvalStage", "Job", "Plan", "PlanStopped", "RunStage",
+    "SpecialistsStage", "Stage", "SweepStage", "Unit", "check_processes", "load_plan", "plan_error", "plan_units",
+    "resolve", "resolve_plan_path", "run_plan", "run_plan_unit",
 ]
 
 PLANS_DIR = Path("configs/plans")
@@ -153,18 +164,63 @@ def resolve(plan: Plan, overrides: list[str], root: Path) -> list[Job]:
     return jobs
 
 
-def run_plan(name: str, runs_root: str | None = None, overrides: list[str] = (), force: bool = False) -> str:
-    """Run the plan ``name`` (a YAML path, or a plan under ``configs/plans/``) stage by stage, then write and return
-    its report."""
+def plan_units(jobs: list[Job]) -> list[Unit]:
+    """Every stage's units, in plan order: unit K of a plan is ``plan_units(...)[K - 1]``."""
+    return [unit for job in jobs for unit in job.stage.units(f"[{job.index}/{len(jobs)}]")]
+
+
+def check_processes(jobs: int, threads: int | None) -> None:
+    """Refuse a ``--jobs`` outside 1..4 x the cores, or ``--threads`` below 1 (one line each)."""
+    most = 4 * usable_cores()
+    if not 1 <= jobs <= most:
+        raise RespkdError(f"--jobs must be from 1 to {most} (4 x the {usable_cores()} cores this process may use), "
+                          f"got {jobs}")
+    if threads is not None and not 1 <= threads <= MAX_THREADS:
+        raise RespkdError(f"--threads must be from 1 to {MAX_THREADS}, got {threads}")
+
+
+def run_plan(name: str, runs_root: str | None = None, overrides: list[str] = (), force: bool = False,
+             jobs: int = 1, threads: int | None = None) -> str:
+    """Run the plan ``name`` (a YAML path, or a plan under ``configs/plans/``), then write and return its report.
+
+    ``jobs`` 1: unit after unit in this process (``threads``: its torch threads, default torch's); more: that many
+    child processes at a time, of ``threads`` torch threads each (default ``cores // jobs``; see
+    :mod:`respkd.plan.scheduler`)."""
+    check_processes(jobs, threads)
     plan = load_plan(name)
     root = Path(runs_root or plan.runs_root)
-    jobs = resolve(plan, list(overrides), root)
+    stages = resolve(plan, list(overrides), root)
+    units = plan_units(stages)
     start = time.perf_counter()
-    for job in jobs:
-        job.stage.execute(f"[{job.index}/{len(jobs)}]", root, force, _log)
-    report = write_report(plan.title, jobs, root, plan.report, time.perf_counter() - start)
+    if jobs == 1:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        for unit in units:
+            unit.execute(root, force, _log)
+        processes = None
+    else:
+        threads = threads or max(1, usable_cores() // jobs)
+        run_parallel(units, child_command(name, root, list(overrides), force, threads), root, force, jobs, threads,
+                     _log)
+        processes = (jobs, threads)
+    report = write_report(plan.title, stages, root, plan.report, time.perf_counter() - start, processes)
     print(report)
     return report
+
+
+def run_plan_unit(name: str, number: int, runs_root: str | None = None, overrides: list[str] = (),
+                  force: bool = False, threads: int | None = None) -> None:
+    """Run unit ``number`` (1-based, see :func:`plan_units`) of the plan ``name`` alone, in this process: what each
+    child of ``--jobs`` runs (or an array job). The runs it reads must be finished."""
+    check_processes(1, threads)
+    plan = load_plan(name)
+    root = Path(runs_root or plan.runs_root)
+    units = plan_units(resolve(plan, list(overrides), root))
+    if not 1 <= number <= len(units):
+        raise RespkdError(f"--unit {number}: plan {resolve_plan_path(name)} has units 1 to {len(units)}")
+    if threads is not None:
+        torch.set_num_threads(threads)
+    units[number - 1].execute(root, force, _log)
 
 
 def _log(line: str) -> None:

@@ -70,9 +70,13 @@ class BiasStage(StageBase):
         fields = self.model_dump(exclude={"paper", "note"})
         return {**fields, "source_weights_sha256": source["weights_sha256"]}
 
+    def finished(self, root: Path) -> bool:
+        out_dir = root / self.out_name
+        return made_from(out_dir / "bias.json", self.spec(root)) and (out_dir / CHECKPOINT_NAME).is_file()
+
     def execute(self, tag: str, root: Path, force: bool, log: Log) -> None:
         out_dir, spec = root / self.out_name, self.spec(root)
-        if not force and made_from(out_dir / "bias.json", spec) and (out_dir / CHECKPOINT_NAME).is_file():
+        if not force and self.finished(root):
             log(f"{tag} {self.out_name}: already finished in {out_dir}, skipped")
             return
         how = f"searched over {self.low:g}..{self.high:g}" if self.search else f"shift {self.shift:+g}"

@@ -47,9 +47,12 @@ class EnsembleEvalStage(StageBase):
         digests = [read_checkpoint_meta(root / r / CHECKPOINT_NAME)["weights_sha256"] for r in self.needs]
         return {**self.model_dump(exclude={"paper", "note"}), "weights_sha256": digests}
 
+    def finished(self, root: Path) -> bool:
+        return made_from(root / self.name / "ensemble.json", self.spec(root))
+
     def execute(self, tag: str, root: Path, force: bool, log: Log) -> None:
         out_dir, spec = root / self.name, self.spec(root)
-        if not force and made_from(out_dir / "ensemble.json", spec):
+        if not force and self.finished(root):
             log(f"{tag} {self.name}: already finished in {out_dir}, skipped")
             return
         log(f"{tag} {self.name}: ensemble of {len(self.runs)} ({self.combine}, T={self.temperature:g})")

@@ -21,9 +21,11 @@ def _fmt(value: float | None) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:.2f}"
 
 
-def write_report(title: str, jobs: list[Job], root: Path, report_name: str, elapsed: float) -> str:
+def write_report(title: str, jobs: list[Job], root: Path, report_name: str, elapsed: float,
+                 processes: tuple[int, int] | None = None) -> str:
     """Write ``root / report_name`` for the finished ``jobs``; returns its text. ``elapsed``: this invocation's
-    seconds (the runs' own wall times are read from their summaries)."""
+    seconds (the runs' own wall times are read from their summaries); ``processes``: (N, threads) when the
+    invocation ran N processes at a time (``--jobs``), None when it ran everything in itself."""
     run_dirs = [root / name for job in jobs for name in job.stage.table_runs()]
     lines = [f"# {title}", ""]
     if run_dirs:
@@ -52,9 +54,13 @@ def write_report(title: str, jobs: list[Job], root: Path, report_name: str, elap
     # plus the time spent building or opening their teacher caches.
     runs_wall = sum(s["wall_time_s"] + ((s.get("teacher_cache") or {}).get("setup_time_s") or 0)
                     for s in map(read_summary, run_dirs))
-    lines += ["", f"Machine: {env['cpu']}, {env['torch_threads']} threads, torch {env['torch']}. "
+    machine = f"{env['cpu']}, {env['torch_threads']} threads" if processes is None else env["cpu"]
+    how = "" if processes is None else (f", running up to {processes[0]} processes of {processes[1]} thread(s) "
+                                        "side by side")
+    lines += ["", f"Machine: {machine}, torch {env['torch']}. "
               f"The plan's runs took {runs_wall / 60:.1f} min of wall time together (each run's own, as measured "
-              f"when it ran). This invocation took {elapsed / 60:.1f} min (finished stages are skipped, not rerun)."]
+              f"when it ran). This invocation took {elapsed / 60:.1f} min{how} (finished stages are skipped, not "
+              "rerun)."]
     text = "\n".join(lines) + "\n"
     atomic_write_text(root / report_name, text)
     return text

@@ -8,8 +8,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from respkd.config import PathText, Seed, load_config, with_seed
-from respkd.experiment import run_many
-from respkd.plan.stage import Log, StageBase, set_overrides
+from respkd.plan.stage import StageBase, Unit, config_unit, set_overrides
 from respkd.report import read_summary
 
 __all__ = ["RunStage"]
@@ -45,10 +44,11 @@ class RunStage(StageBase):
     def table_runs(self) -> list[str]:
         return self.outputs
 
-    def execute(self, tag: str, root: Path, force: bool, log: Log) -> None:
+    def units(self, tag: str) -> list[Unit]:
+        """One unit per run (per seed)."""
         n = len(self._configs)
         tags = [tag] if n == 1 else [f"{tag}[{k}/{n}]" for k in range(1, n + 1)]
-        run_many(self._configs, root, force=force, replace_changed=True, log=log, tags=tags)
+        return [config_unit(cfg, t) for cfg, t in zip(self._configs, tags)]
 
     def measures(self, root: Path) -> dict[str, float | None]:
         ms = [read_summary(root / c.name)["metrics"] for c in self._configs]

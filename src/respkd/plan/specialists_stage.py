@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, PrivateAttr
 
 from respkd.config import PathText
-from respkd.plan.stage import Log, StageBase, set_overrides
+from respkd.plan.stage import Log, StageBase, Unit, set_overrides
 from respkd.specialists.config import SpecialistsConfig, load_specialists_config
 from respkd.specialists.results import eval_up_to_date, evaluate_specialists, markdown_section, read_eval
 from respkd.specialists.subsets import check_libraries
@@ -44,6 +45,11 @@ class SpecialistsStage(StageBase):
     def needs(self) -> list[str]:
         g = self._specialists.generalist
         return [g.run] if g.run is not None else []
+
+    def units(self, tag: str) -> list[Unit]:
+        """One unit, exclusive: it trains its specialists in ``workers`` processes of its own, and only running it
+        tells which are finished (that needs the generalist and the data)."""
+        return [replace(unit, exclusive=True) for unit in super().units(tag)]
 
     def execute(self, tag: str, root: Path, force: bool, log: Log) -> None:
         cfg = self._specialists

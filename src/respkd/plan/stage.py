@@ -2,24 +2,29 @@
 and its section.
 
 A stage is data (a pydantic model, extra keys refused). :meth:`StageBase.prepare` validates what it will run before
-any stage runs and keeps it (the run configs, a sweep's cells, a specialists config); :meth:`StageBase.execute` runs
-it, skipping what already exists from the same inputs (:mod:`respkd.provenance`); :meth:`StageBase.measures` reads
-back the numbers its ``paper:`` may name, and :meth:`StageBase.section` its detail in the report. The kinds are one
-module each (``*_stage.py``); :mod:`respkd.plan` lists them in ``STAGE_TYPES``, and nothing dispatches on the kind.
+any stage runs and keeps it (the run configs, a sweep's cells, a specialists config); :meth:`StageBase.units` splits
+it into the parts that can run by themselves (:class:`Unit`: one run, one sweep cell, a sweep's table, a whole bias,
+ensemble or specialists stage), each skipping what already exists from the same inputs (:mod:`respkd.provenance`);
+:meth:`StageBase.measures` reads back the numbers its ``paper:`` may name, and :meth:`StageBase.section` its detail
+in the report. The kinds are one module each (``*_stage.py``); :mod:`respkd.plan` lists them in ``STAGE_TYPES``, and
+nothing dispatches on the kind.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 from pydantic import BaseModel, ConfigDict, PrivateAttr
 
 from respkd.config import RunConfig
+from respkd.experiment import run_many
+from respkd.rundir import is_finished
 
-__all__ = ["Job", "Log", "StageBase", "needed_runs", "set_overrides"]
+__all__ = ["Job", "Log", "StageBase", "Unit", "config_unit", "needed_runs", "set_overrides"]
 
 Log = Callable[[str], None]
 
@@ -34,6 +39,38 @@ def needed_runs(cfg: RunConfig) -> list[str]:
     t, init = cfg.teacher, cfg.init
     teachers = [] if t is None else [t.run] if t.run is not None else list(t.runs or [])
     return teachers + ([init.run] if init is not None and init.run is not None else [])
+
+
+@dataclass
+class Unit:
+    """A part of a stage that runs by itself: in order, in this process, or beside others in a process of its own
+    (``respkd reproduce --jobs``, see :mod:`respkd.plan.scheduler`).
+
+    ``execute(root, force, log)`` runs it (skipping it when finished, unless ``force``); ``finished(root)`` tells,
+    without running anything, whether its outputs already exist from the same inputs (the check ``execute`` makes;
+    None where only running it can tell). ``tag`` prefixes its progress lines, as in a plan run in order.
+    ``exclusive``: it starts processes of its own, so nothing runs beside it; ``light``: quick bookkeeping that the
+    scheduling process does itself.
+    """
+
+    label: str
+    tag: str
+    outputs: list[str]
+    needs: list[str]
+    execute: Callable[[Path, bool, Log], None]
+    finished: Callable[[Path], bool | None] = field(default=lambda root: None)
+    exclusive: bool = False
+    light: bool = False
+
+
+def config_unit(cfg: RunConfig, tag: str) -> Unit:
+    """The unit that trains or distils ``cfg``: skipped when finished from this very config, resumed when interrupted,
+    run again when finished from another (see :func:`respkd.experiment.run_many`)."""
+
+    def execute(root: Path, force: bool, log: Log) -> None:
+        run_many([cfg], root, force=force, replace_changed=True, log=log, tags=[tag])
+
+    return Unit(cfg.name, tag, [cfg.name], needed_runs(cfg), execute, lambda root: is_finished(cfg, root))
 
 
 class StageBase(BaseModel):
@@ -85,10 +122,20 @@ class StageBase(BaseModel):
         """The runs the report's results table lists."""
         return []
 
+    def units(self, tag: str) -> list[Unit]:
+        """The parts of the stage that run by themselves, in order (``tag``: the stage's place in the plan); by
+        default one, the whole stage (:meth:`execute`, skipped when :meth:`finished`)."""
+        return [Unit(self.label, tag, self.outputs, self.needs, partial(self.execute, tag), self.finished)]
+
     def execute(self, tag: str, root: Path, force: bool, log: Log) -> None:
-        """Run the stage (``tag``: its place in the plan, prefixing its progress lines), skipping what already
-        exists from the same inputs unless ``force``."""
+        """Run the whole stage (``tag`` prefixes its progress lines), skipping what already exists from the same
+        inputs unless ``force``; a stage of several units has none (see :meth:`units`)."""
         raise NotImplementedError
+
+    def finished(self, root: Path) -> bool | None:
+        """Whether the stage's outputs already exist from its current inputs, read without running anything (None:
+        only running it can tell)."""
+        return None
 
     def measures(self, root: Path) -> dict[str, float | None]:
         """The numbers the finished stage reports, by the names its ``paper:`` may use."""

@@ -11,9 +11,10 @@ from pydantic import Field, PrivateAttr
 from respkd.config import PathText, RunConfig, Temperature, load_config
 from respkd.files import read_json
 from respkd.models import MAX_WIDTH
-from respkd.plan.stage import Log, StageBase, set_overrides
+from respkd.plan.stage import Log, StageBase, Unit, config_unit, set_overrides
 from respkd.report import read_summary
-from respkd.sweep import Cell, check_plotting, run_sweep, sweep_cells, sweep_folder, sweep_table, width_label
+from respkd.sweep import (Cell, check_plotting, sweep_cells, sweep_folder, sweep_table, width_label,
+                          write_sweep_outputs)
 
 __all__ = ["SweepStage"]
 
@@ -56,10 +57,17 @@ class SweepStage(StageBase):
         headline = [m for m in self.measure_names() if m.startswith("best_T")]
         return headline + [m for m in self.paper if m not in headline]
 
-    def execute(self, tag: str, root: Path, force: bool, log: Log) -> None:
-        run_sweep(self._base, self.temperatures, self.hidden, root, force=force, replace_changed=True, log=log,
-                  tag=tag)
-        log(f"{tag} {self.label}: table and plot written")
+    def units(self, tag: str) -> list[Unit]:
+        """One unit per cell, then the table and the plot (light: they read the cells' summaries)."""
+        n = len(self._cells)
+        cells = [config_unit(c.cfg, f"{tag}[{k}/{n}]") for k, c in enumerate(self._cells, 1)]
+
+        def write_table(root: Path, force: bool, log: Log) -> None:
+            write_sweep_outputs(sweep_folder(root, self._base), self._base, self._cells, root)
+            log(f"{tag} {self.label}: table and plot written")
+
+        return [*cells, Unit(self.label, tag, [self.label], [c.cfg.name for c in self._cells], write_table,
+                             light=True)]
 
     def measures(self, root: Path) -> dict[str, float | None]:
         out: dict[str, float | None] = {}

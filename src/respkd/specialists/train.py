@@ -39,7 +39,7 @@ from respkd.config import config_to_dict
 from respkd.data.memory import BatchLoader
 from respkd.distill import Distiller, Supervised
 from respkd.engine import build_optimizer, build_scheduler, evaluate, use_bf16
-from respkd.environment import capture_environment, seed_everything
+from respkd.environment import capture_environment, seed_everything, usable_cores
 from respkd.errors import RespkdError
 from respkd.files import atomic_write_text, read_json
 from respkd.locks import FolderLock
@@ -168,42 +168,42 @@ def _train(ctx: Context, k: int, subset: list[int], spec: dict[str, Any], final:
     partial = ctx.out_dir / f".specialist-{k}.partial-{os.getpid()}"
     partial.mkdir()
     names = [data.info.class_names[c] for c in subset]
-    with RunDir(partial) as out:
-        log = out.open_log(quiet)
-        log(f"[{cfg.name} specialist {k}] {', '.join(names)} + dustbin: "
-            f"{'fine-tuned from the generalist' if sc.model is None else f'fresh {sc.model.name}'}, "
-            f"{'soft targets at T=' + format(sc.soft_targets.temperature, 'g') if sc.soft_targets else 'hard labels'}; "
-            f"{int(inside.sum())} subset / {int((~inside).sum())} other training examples, batches of {batches.n_in} + "
-            f"{batches.n_out}, {len(batches)} batches per epoch, {tc.epochs} epochs "
-            f"({torch.get_num_threads()} threads)")
-        start = time.perf_counter()
-        trained = train_epochs(out, task, student, batches, optimizer, scheduler, ctx.device, bf16, tc.epochs,
-                               progress=False, on_nonfinite=tc.on_nonfinite, max_skipped_steps=tc.max_skipped_steps)
-        shift_dustbin(student, ctx.in_shape, correction)
-        test = evaluate(student, test_loader, len(subset) + 1)
-        val = evaluate(student, val_loader, len(subset) + 1)
-        wall = time.perf_counter() - start
-        steps = tc.epochs * len(batches)
-        summary = {
-            "name": f"{cfg.name}-specialist-{k}", "k": k, "subset": subset, "subset_names": names,
-            "dustbin_correction": correction, "n_subset": int(inside.sum()), "n_other": int((~inside).sum()),
-            "batch_subset": batches.n_in, "batch_other": batches.n_out, "steps": steps,
-            "examples_seen": steps * tc.batch_size,  # forward + backward passes of the specialist
-            "generalist_forward_examples": steps * tc.batch_size if sc.soft_targets else 0,  # its soft targets
-            "params": count_parameters(student), "train_time_s": round(trained.train_time_s, 2),
-            "wall_time_s": round(wall, 2), "threads": torch.get_num_threads(),
-            "test_metrics": test, "val_metrics": val, "spec": spec, "environment": capture_environment(),
-        }
-        meta = checkpoint_meta(
-            model=model_spec, num_classes=len(subset) + 1, in_shape=ctx.in_shape, class_names=[*names, "dustbin"],
-            normalization=ctx.norm, name=summary["name"], dataset=ctx.gen_cfg.data.dataset, data_sha256=data.sha256,
-            metrics=test, config=config_to_dict(ctx.gen_cfg),
-            specialist={key: summary[key] for key in ("k", "subset", "dustbin_correction")}
-            | {"generalist_weights_sha256": ctx.gen_meta["weights_sha256"]},
-        )
-        out.finish(student.state_dict(), meta, summary)
-        log(f"[{cfg.name} specialist {k}] done: dustbin logit {correction:+.3f}, test top-1 over subset + dustbin "
-            f"{test['top1']:.2f}%, {wall:.1f}s -> {final}")
+    out = RunDir(partial)
+    log = out.open_log(quiet)
+    log(f"[{cfg.name} specialist {k}] {', '.join(names)} + dustbin: "
+        f"{'fine-tuned from the generalist' if sc.model is None else f'fresh {sc.model.name}'}, "
+        f"{'soft targets at T=' + format(sc.soft_targets.temperature, 'g') if sc.soft_targets else 'hard labels'}; "
+        f"{int(inside.sum())} subset / {int((~inside).sum())} other training examples, batches of {batches.n_in} + "
+        f"{batches.n_out}, {len(batches)} batches per epoch, {tc.epochs} epochs ({torch.get_num_threads()} threads)")
+    start = time.perf_counter()
+    trained = train_epochs(out, task, student, batches, optimizer, scheduler, ctx.device, bf16, tc.epochs,
+                           progress=False, on_nonfinite=tc.on_nonfinite, max_skipped_steps=tc.max_skipped_steps)
+    shift_dustbin(student, ctx.in_shape, correction)
+    test = evaluate(student, test_loader, len(subset) + 1)
+    val = evaluate(student, val_loader, len(subset) + 1)
+    wall = time.perf_counter() - start
+    steps = tc.epochs * len(batches)
+    summary = {
+        "name": f"{cfg.name}-specialist-{k}", "k": k, "subset": subset, "subset_names": names,
+        "dustbin_correction": correction, "n_subset": int(inside.sum()), "n_other": int((~inside).sum()),
+        "batch_subset": batches.n_in, "batch_other": batches.n_out, "steps": steps,
+        "examples_seen": steps * tc.batch_size,  # forward + backward passes of the specialist
+        "generalist_forward_examples": steps * tc.batch_size if sc.soft_targets else 0,  # its soft targets
+        "params": count_parameters(student), "train_time_s": round(trained.train_time_s, 2),
+        "wall_time_s": round(wall, 2), "threads": torch.get_num_threads(),
+        "test_metrics": test, "val_metrics": val, "spec": spec, "environment": capture_environment(),
+    }
+    meta = checkpoint_meta(
+        model=model_spec, num_classes=len(subset) + 1, in_shape=ctx.in_shape, class_names=[*names, "dustbin"],
+        normalization=ctx.norm, name=summary["name"], dataset=ctx.gen_cfg.data.dataset, data_sha256=data.sha256,
+        metrics=test, config=config_to_dict(ctx.gen_cfg),
+        specialist={key: summary[key] for key in ("k", "subset", "dustbin_correction")}
+        | {"generalist_weights_sha256": ctx.gen_meta["weights_sha256"]},
+    )
+    out.finish(student.state_dict(), meta, summary)
+    log(f"[{cfg.name} specialist {k}] done: dustbin logit {correction:+.3f}, test top-1 over subset + dustbin "
+        f"{test['top1']:.2f}%, {wall:.1f}s -> {final}")
+    out.close()
     if final.exists():
         shutil.rmtree(final)
     os.replace(partial, final)
@@ -225,8 +225,7 @@ def worker_threads(cfg: SpecialistsConfig, workers: int) -> int:
     """torch threads per worker: the config's ``threads``, else the cores this process may use, shared evenly."""
     if cfg.threads:
         return cfg.threads
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // workers)
+    return max(1, usable_cores() // workers)
 
 
 def train_all(
