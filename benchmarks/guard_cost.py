@@ -34,7 +34,7 @@ from respkd.models import build_model
 STUDENTS = {"800-800 batch 128": ([800, 800], 128, 3840), "32 batch 4": ([32], 4, 1200)}
 
 
-def epoch_seconds(variant: str, model, task, loader, optimizer, scheduler, device: torch.device) -> float:
+def epoch_seconds(variant: str, task, loader, optimizer, scheduler, device: torch.device) -> float:
     guard = None
     if variant != "none":
         every = 1 if variant == "vote-every-step" else respkd.guard.check_interval(device, distributed.world_size())
@@ -43,7 +43,7 @@ def epoch_seconds(variant: str, model, task, loader, optimizer, scheduler, devic
         guard.start_epoch(1, EpochProgress())
     loader.set_epoch(1)
     start = time.perf_counter()
-    train_one_epoch(task, model, loader, optimizer, scheduler, device, False, 1, progress=False,
+    train_one_epoch(task, loader, optimizer, scheduler=scheduler, device=device, epoch=1, progress=False,
                     after_step=None if guard is None else lambda done: guard.after_step(done, save_due=False),
                     average=distributed.all_reduce_mean)
     return time.perf_counter() - start
@@ -95,7 +95,7 @@ def main() -> None:
         for r in range(args.rounds + 1):  # the first round warms up, untimed
             order = variants[r % len(variants):] + variants[: r % len(variants)]
             for v in order:
-                seconds = epoch_seconds(v, model, task, loader, optimizer, scheduler, device)
+                seconds = epoch_seconds(v, task, loader, optimizer, scheduler, device)
                 if r:
                     times[v].append(1e6 * seconds / len(loader))
         results[student] = {

@@ -349,8 +349,8 @@ class RespkdTraining(Method):
         self.epoch_number += 1
         self.loader.set_epoch(self.epoch_number)
         seconds = self.timed(lambda: train_one_epoch(
-            self.task, self.student, self.loader, self.optimizer, self.scheduler, self.bench.device, self.bf16,
-            self.epoch_number, progress=False, teacher_logits=self.lookup))
+            self.task, self.loader, self.optimizer, scheduler=self.scheduler, device=self.bench.device,
+            bf16=self.bf16, epoch=self.epoch_number, progress=False, teacher_logits=self.lookup))
         return {"epoch_s": seconds}
 
     def finish(self) -> dict[str, Any]:

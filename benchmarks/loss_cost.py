@@ -91,8 +91,8 @@ def main() -> None:
             optimizer = build_optimizer(model, cfg)
             scheduler = build_scheduler(optimizer, cfg, len(loader))
             loader.set_epoch(1)
-            stats = train_one_epoch(task, model, loader, optimizer, scheduler, device, bf16, 1, progress=False,
-                                    teacher_logits=lookup)
+            stats = train_one_epoch(task, loader, optimizer, scheduler=scheduler, device=device, bf16=bf16, epoch=1,
+                                    progress=False, teacher_logits=lookup)
             return stats["epoch_time_s"]
 
         names = list(VARIANTS)

@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from safetensors.torch import save_file
 
 from respkd.checkpoint import save_checkpoint
 from respkd.cli import main
@@ -186,13 +187,24 @@ def cifar_with(w: World, kind: str, file: str, content: bytes) -> str:
     return str(folder)
 
 
-def image_folders(w: World, drop: str | None = None, rename: tuple[str, str] | None = None) -> str:
-    """Tiny ImageNet-style class folders (test_recipes.write_image_folders), with a split dropped or a class renamed."""
+def image_folders(w: World, drop: str | None = None, rename: tuple[str, str] | None = None,
+                  drop_class: str | None = None, rename_class: tuple[str, str] | None = None,
+                  copy: tuple[str, str] | None = None) -> str:
+    """Tiny ImageNet-style class folders (test_recipes.write_image_folders), with a split dropped or a class renamed
+    in one split (``drop``, ``rename``: paths under the root), or a class dropped, renamed or copied to another name
+    in both (``drop_class``, ``rename_class``, ``copy``)."""
     root = write_image_folders(w.root / "inputs" / "imagenet", n_train=1, n_val=1)
     if drop:
         shutil.rmtree(root / drop)
     if rename:
         (root / rename[0]).rename(root / rename[1])
+    for split in ("train", "val"):
+        if drop_class:
+            shutil.rmtree(root / split / drop_class)
+        if rename_class:
+            (root / split / rename_class[0]).rename(root / split / rename_class[1])
+        if copy:
+            shutil.copytree(root / split / copy[0], root / split / copy[1])
     return str(root)
 
 
@@ -230,6 +242,43 @@ def other_model_checkpoint(w: World, **meta_changes) -> str:
     model = build_model("mlp", 10, (1, 28, 28), hidden=[8])
     meta = {"model": {"name": "mlp", "hidden": [8]}, "num_classes": 10, "in_shape": [1, 28, 28], **meta_changes}
     save_checkpoint(model.state_dict(), path, meta)
+    return str(path)
+
+
+def state_dict_file(w: World, name: str = "weights.pth", num_classes: int = 10, hidden: int = 32) -> str:
+    """A plain state dict of a 784-``hidden``-``num_classes`` MLP: ``.pth`` (torch.save) or ``.safetensors``."""
+    path = w.root / "inputs" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = build_model("mlp", num_classes, (1, 28, 28), hidden=[hidden]).state_dict()
+    if path.suffix == ".pth":
+        torch.save(state, path)
+    else:
+        save_file(state, str(path))
+    return str(path)
+
+
+def timm_weights(w: World) -> str:
+    """The state dict of timm's (tiny) test_resnet with its default 1000-class classifier, as a .pth."""
+    import timm
+
+    path = w.root / "inputs" / "test_resnet.pth"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(timm.create_model("test_resnet").state_dict(), path)
+    return str(path)
+
+
+IMAGENET_CLASSES = ("n01440764", "n01443537", "n01484850")
+
+
+def imagenet_checkpoint(w: World) -> str:
+    """A respkd checkpoint of a (tiny) model trained on image folders of IMAGENET_CLASSES."""
+    path = w.root / "inputs" / "folders.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = build_model("mlp", 3, (3, 224, 224), hidden=[1])
+    config = tiny_config("folders", w.root / "inputs" / "imagenet", w.root / "data", data={"dataset": "imagenet"})
+    save_checkpoint(model.state_dict(), path, {"model": {"name": "mlp", "hidden": [1]}, "num_classes": 3,
+                                               "in_shape": [3, 224, 224], "class_names": list(IMAGENET_CLASSES),
+                                               "config": config})
     return str(path)
 
 
@@ -400,6 +449,37 @@ CASES: dict[str, Case] = {
                                ("'teacher' and 'kd' go together",)),
     "distill-without-teacher": Case(lambda w: ["distill", w.config(), *w.run_args()], ("needs 'teacher' and 'kd'",)),
     "missing-teacher-run": Case(distill(teacher={"run": "no-such-run"}), ("no-such-run",)),
+    "misspelt-teacher-run": Case(distill(teacher={"run": "tiny-teachr"}), (
+        "run 'tiny-teachr' does not exist", "runs there: tiny-teacher, tiny-student-kd")),
+    "misspelt-ensemble-member": Case(distill(teacher={"runs": ["tiny-teacher", "tiny-student"]}), (
+        "run 'tiny-student' does not exist", "runs there: tiny-student-kd, tiny-teacher")),
+    "teacher-pth-of-other-classes": Case(lambda w: ["distill", w.config("tiny-student-kd", distil=True, teacher={
+        "weights": state_dict_file(w, num_classes=4), "model": {"name": "mlp", "hidden": [32]}}), *w.run_args()],
+        ("does not fit the teacher mlp (10 classes)", "[4, 32] vs [10, 32]")),
+    "teacher-model-without-weights": Case(distill(teacher={"model": {"name": "mlp"}}), ("'model' needs its weights",)),
+    "teacher-pretrained-and-weights": Case(distill(teacher={"model": {"name": "timm.test_resnet", "pretrained": True},
+                                                            "weights": "x.pth"}), ("give exactly one of",)),
+    "teacher-torchvision-unknown-weights": Case(distill(teacher={"model": {"name": "torchvision.squeezenet1_1",
+                                                                           "weights": "IMAGENET9K_V1"}}),
+                                                ("no weights 'IMAGENET9K_V1'", "choose IMAGENET1K_V1, DEFAULT")),
+    "teacher-torchvision-weights-of-1000-classes": Case(distill(teacher={
+        "model": {"name": "torchvision.squeezenet1_1", "weights": "IMAGENET1K_V1"},
+        "input": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}}), ("have 1000 classes, the data has 10",)),
+    "teacher-torchvision-pretrained": Case(distill(teacher={"model": {"name": "torchvision.squeezenet1_1",
+                                                                      "pretrained": True}}), ("'pretrained' is timm's",
+                                                                                             "weights: NAME")),
+    "teacher-mlp-pretrained": Case(distill(teacher={"model": {"name": "mlp", "pretrained": True}}),
+                                   ("has no option 'pretrained'",)),
+    "teacher-timm-pretrained-file-missing": Case(distill(teacher={"model": {
+        "name": "timm.test_resnet", "pretrained": True, "pretrained_cfg_overlay": {"file": "/nonexistent/w.pth"}}}),
+        ("pretrained_cfg_overlay file /nonexistent/w.pth does not exist",)),
+    "teacher-timm-pretrained-with-another-classifier": Case(lambda w: ["distill", w.config(
+        "tiny-student-kd", distil=True, teacher={"model": {"name": "timm.test_resnet", "pretrained": True,
+                                                           "pretrained_cfg_overlay": {"file": timm_weights(w)}},
+                                                 "input": {"mean": [0.5] * 3, "std": [0.5] * 3, "size": 32}}),
+        *w.run_args()], ("pretrained weights are for 1000 classes", "needs its own trained classifier")),
+    "finished-run-rerun-with-a-wrong-data-path": Case(lambda w: ["train", w.config(**{"data.path": "/nonexistent/m"}),
+                                                                 "--runs-root", str(w.runs)], ("does not exist",)),
     "teacher-checkpoint-is-a-folder": Case(lambda w: ["distill", w.config(
         "tiny-student-kd", distil=True, teacher={"checkpoint": str(w.runs)}), *w.run_args()], ("not a file",)),
     "cache-topk-without-cache": Case(distill(**{"kd.cache_topk": 3}), ("'cache_topk' needs 'cache: true'",)),
@@ -509,7 +589,49 @@ CASES: dict[str, Case] = {
                                        ("checksum",)),
     "checkpoint-weights-do-not-fit": Case(lambda w: ["eval", other_model_checkpoint(
         w, model={"name": "mlp", "hidden": [16]})], ("do not fit",)),
-    "checkpoint-is-a-folder": Case(lambda w: ["eval", str(w.runs / "tiny-teacher")], ("not a file",)),
+    "checkpoint-is-a-folder-without-a-run": Case(lambda w: ["eval", str(w.root / "inputs")], ("does not exist",)),
+    "checkpoint-is-a-run-folder-without-weights": Case(lambda w: ["eval", str(Path(w.file(
+        "r/summary.json", "{}")).parent)], ("does not exist",)),
+    # ---- eval of runs and plain state dicts
+    "eval-misspelt-run": Case(lambda w: ["eval", "tiny-teachr", "--runs-root", str(w.runs)],
+                              ("tiny-teachr: no such checkpoint, run directory, or run", "runs there: tiny-teacher, tiny-student-kd")),
+    "eval-pth-without-model": Case(lambda w: ["eval", state_dict_file(w)], ("a torch.save file, not a respkd "
+                                                                           "checkpoint", "--model NAME --dataset")),
+    "eval-plain-safetensors-without-model": Case(lambda w: ["eval", state_dict_file(w, "w.safetensors")],
+                                                 ("a plain safetensors file", "--model NAME")),
+    "eval-model-without-dataset": Case(lambda w: ["eval", state_dict_file(w), "--model", "mlp"],
+                                       ("--model needs --dataset",)),
+    "eval-dataset-without-model": Case(lambda w: ["eval", str(w.ckpt), "--dataset", "mnist"],
+                                       ("--dataset needs --model",)),
+    "eval-model-for-a-respkd-checkpoint": Case(lambda w: ["eval", str(w.ckpt), "--model", "mlp", "--dataset",
+                                                          "mnist"], ("is a respkd checkpoint", "without --model")),
+    "eval-weights-missing": Case(lambda w: ["eval", str(w.root / "no.pth"), "--model", "mlp", "--dataset", "mnist"],
+                                 ("no.pth does not exist",)),
+    "eval-weights-do-not-fit-the-model": Case(lambda w: ["eval", state_dict_file(w), "--model", "mlp", "--dataset",
+                                                         "mnist", "--set", "model.hidden=[16]", "--data-path",
+                                                         str(w.idx)], ("does not fit --model mlp", "shape mismatch")),
+    "eval-weights-of-other-classes": Case(lambda w: ["eval", state_dict_file(w, num_classes=4), "--model", "mlp",
+                                                     "--dataset", "mnist", "--set", "model.hidden=[32]",
+                                                     "--data-path", str(w.idx)], ("[4, 32] vs [10, 32]",)),
+    "eval-weights-unknown-model": Case(lambda w: ["eval", state_dict_file(w), "--model", "resnet9000", "--dataset",
+                                                  "mnist", "--data-path", str(w.idx)], ("unknown model 'resnet9000'",)),
+    "eval-weights-unknown-dataset": Case(lambda w: ["eval", state_dict_file(w), "--model", "mlp", "--dataset",
+                                                    "mnist3"], ("'data.dataset'", "'mnist3'")),
+    "eval-weights-set-a-train-key": Case(lambda w: ["eval", state_dict_file(w), "--model", "mlp", "--dataset",
+                                                    "mnist", "--set", "train.lr=1"], ("takes model.* and data.*",)),
+    "eval-weights-set-an-unknown-model-option": Case(lambda w: ["eval", state_dict_file(w), "--model", "mlp",
+                                                                "--dataset", "mnist", "--set", "model.hiden=[32]",
+                                                                "--data-path", str(w.idx)], ("did you mean 'hidden'",)),
+    "eval-checkpoint-set-a-model-key": Case(lambda w: ["eval", str(w.ckpt), "--set", "model.hidden=[8]"],
+                                            ("data.* keys only",)),
+    "eval-checkpoint-set-a-bad-data-key": Case(lambda w: ["eval", str(w.ckpt), "--set", "data.test_limt=5"],
+                                               ("unknown key 'data.test_limt'",)),
+    "eval-data-path-of-more-classes": Case(lambda w: ["eval", imagenet_checkpoint(w), "--data-path", image_folders(
+        w, copy=("n01484850", "n01491361"))], ("the checkpoint has 3 classes but the data has 4", "class 3 is 'n01491361'")),
+    "eval-data-path-of-fewer-classes": Case(lambda w: ["eval", imagenet_checkpoint(w), "--data-path", image_folders(
+        w, drop_class="n01484850")], ("the checkpoint has 3 classes but the data has 2",)),
+    "eval-data-path-of-other-classes": Case(lambda w: ["eval", imagenet_checkpoint(w), "--data-path", image_folders(
+        w, rename_class=("n01484850", "n01491361"))], ("the checkpoint's class 2 is 'n01484850' but the data's class 2 is 'n01491361'",)),
     "teacher-checkpoint-corrupt": Case(lambda w: ["distill", w.config(
         "tiny-student-kd", distil=True, teacher={"checkpoint": w.file("flip.safetensors", flip_weight_byte(w.ckpt))}),
         *w.run_args()], ("checksum",)),
@@ -529,8 +651,16 @@ CASES: dict[str, Case] = {
     "export-metadata-missing-model": Case(lambda w: ["export", w.file("nomodel.safetensors", rewrite_metadata(
         w.ckpt, change_respkd_meta(model=DROP))), str(w.root / "out.safetensors")], ("'model'",)),
     "export-unknown-run": Case(lambda w: ["export", "no-such-run", "out.pth", *w.run_args()], ("no-such-run",)),
-    "export-unknown-format": Case(lambda w: ["export", str(w.ckpt), "out.onnx", "--format", "onnx"],
-                                  ("invalid choice", "onnx"), usage=True),
+    "export-unknown-format": Case(lambda w: ["export", str(w.ckpt), "out.tflite", "--format", "tflite"],
+                                  ("invalid choice", "tflite"), usage=True),
+    "export-onnx-out-exists": Case(lambda w: ["export", str(w.ckpt), w.file("student.onnx", "keep me")],
+                                   ("already exists",)),
+    "export-onnx-out-is-a-folder": Case(lambda w: ["export", "tiny-teacher", str(Path(w.file("d.onnx/x", "")).parent),
+                                                   "--runs-root", str(w.runs)], ("is a directory",)),
+    "export-onnx-misspelt-run": Case(lambda w: ["export", "tiny-teachr", "student.onnx", "--runs-root", str(w.runs)],
+                                     ("runs there: tiny-teacher",)),
+    "export-onnx-of-a-damaged-checkpoint": Case(lambda w: ["export", w.file("flip.safetensors", flip_weight_byte(
+        w.ckpt)), "student.onnx"], ("checksum",)),
     # ---- resume (the runs root's own files: --force would answer differently, so it is left out)
     "resume-with-nothing-to-resume": Case(lambda w: ["train", w.config("fresh-run"), "--runs-root", str(w.runs),
                                                      "--resume"], ("no training state",)),

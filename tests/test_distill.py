@@ -68,8 +68,7 @@ def test_teacher_frozen_and_in_eval_mode_through_training():
     assert not any(id(p) in teacher_ids for g in optimizer.param_groups for p in g["params"])
     for epoch in (1, 2):
         loader.set_epoch(epoch)
-        stats = train_one_epoch(distiller, student, loader, optimizer, scheduler, torch.device("cpu"), False, epoch,
-                                progress=False)
+        stats = train_one_epoch(distiller, loader, optimizer, scheduler=scheduler, epoch=epoch, progress=False)
         assert stats["loss"] > 0 and "soft_loss" in stats and "hard_loss" in stats
         # train_one_epoch calls task.train() itself: the teacher must still be in eval mode
         assert not teacher.training
@@ -266,7 +265,7 @@ def test_engine_tells_the_distiller_its_epoch():
     loader = tiny_loader()
     scheduler = build_scheduler(optimizer, cfg, len(loader))
     loader.set_epoch(3)
-    stats = train_one_epoch(d, student, loader, optimizer, scheduler, torch.device("cpu"), False, 3, progress=False)
+    stats = train_one_epoch(d, loader, optimizer, scheduler=scheduler, epoch=3, progress=False)
     assert d.epoch == 3 and {"tckd_loss", "nckd_loss", "hard_loss"} <= set(stats)
 
 

@@ -251,9 +251,24 @@ def test_own_images_train_distill_and_predict_through_the_cli(tmp_path, capsys):
     assert main(["predict", str(runs / "own-student"), str(new_image), "--top", "1"]) == 0
     assert capsys.readouterr().out == f"{new_image}: dark {probabilities[0]:.3f}\n"
 
-    # ---- EXPORT + ONNXRUNTIME STEP (branch `api`: `respkd export RUN student.onnx`): to be added here once both
-    # branches are merged: export runs/own-student to ONNX, run it with onnxruntime on `new_image` preprocessed as
-    # above, and check its logits against PyTorch's within 1e-4 and its top class against predict's.
+    # Exported to ONNX, the student gives PyTorch's logits (within 1e-4) on the new image, preprocessed as predict
+    # does from the checkpoint's record, and the class predict named.
+    ort = pytest.importorskip("onnxruntime")
+    from respkd.checkpoint import load_model
+    from respkd.data.memory import PixelNormalizer
+    from respkd.predict import input_spec
+
+    assert main(["export", "own-student", str(tmp_path / "student.onnx"), "--runs-root", str(runs)]) == 0
+    model, meta = load_model(runs / "own-student" / "model.safetensors")
+    spec = input_spec(meta, runs / "own-student" / "model.safetensors")
+    pixels = read_image(new_image, spec["size"], spec["channels"], spec["crop_fraction"], spec["exif_transpose"])
+    x = PixelNormalizer(spec["mean"], spec["std"], "cpu")(pixels[None])
+    with torch.no_grad():
+        expected = model.eval()(x).numpy()
+    session = ort.InferenceSession(str(tmp_path / "student.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
+    assert meta["class_names"][int(got.argmax())] == "dark"
 
     # The student's data must have the teacher's classes, by name: a renamed class folder is refused.
     (tree / "stripes").rename(tree / "zebra")

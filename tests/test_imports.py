@@ -4,13 +4,17 @@ it exports.
 Every ``import`` of a respkd module counts, also one inside a function. The orchestrators (a run, many runs, a plan,
 the command line) may import the library; the library never imports an orchestrator. Only the command line imports
 inside functions (each command loads what it needs when it runs, so ``respkd --help`` and a bad argument answer at
-once): anywhere else a local import would only hide a cycle.
+once): anywhere else a local import would only hide a cycle. The package's face (``respkd/__init__.py``) sits above
+everything: it names what it re-exports (orchestrator's ``run`` included) and imports each on first use, and no
+module of the package imports it (every ``import respkd.x`` runs it first).
 """
 
 from __future__ import annotations
 
 import ast
 import importlib
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,8 +22,7 @@ import pytest
 SRC = Path(__file__).resolve().parent.parent / "src"
 ORCHESTRATORS = ("respkd.experiment", "respkd.sweep", "respkd.plan", "respkd.cli", "respkd.specialists.train")
 LOCAL_IMPORTS_ALLOWED = ("respkd.cli",)
-# Modules other branches are changing: their __all__ comes with those changes.
-WITHOUT_ALL = ("respkd", "respkd.config", "respkd.losses")
+FACE = "respkd"
 
 
 def module_files() -> dict[str, Path]:
@@ -68,7 +71,7 @@ GRAPH = {name: sorted({target for target, _ in imports_of(name)}) for name in MO
 
 
 def is_orchestrator(name: str) -> bool:
-    return any(name == o or name.startswith(o + ".") for o in ORCHESTRATORS)
+    return name == FACE or any(name == o or name.startswith(o + ".") for o in ORCHESTRATORS)
 
 
 def find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
@@ -126,9 +129,49 @@ def test_no_local_imports_outside_the_command_line():
     assert local == []
 
 
-@pytest.mark.parametrize("name", [n for n in MODULES if n not in WITHOUT_ALL])
+@pytest.mark.parametrize("name", list(MODULES))
 def test_every_module_says_what_it_exports(name):
     module = importlib.import_module(name)
     assert isinstance(getattr(module, "__all__", None), list), f"{name} has no __all__"
     missing = [n for n in module.__all__ if not hasattr(module, n)]
     assert missing == [], f"{name}.__all__ names what it does not define: {missing}"
+
+
+def test_nothing_in_the_package_imports_its_face():
+    assert [name for name, targets in GRAPH.items() if FACE in targets] == []
+
+
+def test_the_face_names_each_export_once_where_it_lives():
+    """``__all__``, the lazy table and the imports static tools read (under TYPE_CHECKING) name the same things."""
+    face = importlib.import_module(FACE)
+    tree = ast.parse(MODULES[FACE].read_text())
+    typed = {alias.name: node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+             and node.module != "respkd.version" and node.module != "__future__"
+             for alias in node.names if node.module.startswith("respkd")}
+    assert typed == face.EXPORTS
+    assert sorted(face.__all__) == sorted(face.EXPORTS)
+    assert {"Distiller", "Supervised", "distillation_loss", "soft_target_loss", "hard_label_loss", "Ensemble",
+            "build_model", "load_model", "train_one_epoch", "evaluate", "run", "load_config"} <= set(face.__all__)
+    from respkd.distill import Distiller
+    from respkd.experiment import run
+
+    assert face.Distiller is Distiller and face.run is run
+    with pytest.raises(AttributeError, match="no attribute 'Distillr'"):
+        face.Distillr
+
+
+def loaded_after(statement: str) -> set[str]:
+    """The top-level modules a fresh interpreter has loaded after ``statement``."""
+    code = f"import sys; {statement}; print(' '.join(sorted({{m.split('.')[0] for m in sys.modules}})))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True,
+                          env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"})
+    return set(done.stdout.split())
+
+
+def test_importing_the_package_is_cheap():
+    """``import respkd`` (and so every ``respkd`` command before it loads what it needs) imports no torch; the
+    training loop's names bring torch, not torchvision, pydantic or the orchestration (``respkd.run`` is the face's
+    own test above)."""
+    assert "torch" not in loaded_after("import respkd")
+    light = loaded_after("from respkd import Distiller, train_one_epoch, evaluate, soft_target_loss")
+    assert "torch" in light and not {"torchvision", "pydantic", "yaml"} & light, light

@@ -167,8 +167,7 @@ def test_engine_with_cache_trains_like_the_online_teacher(tmp_path):
         losses = []
         for epoch in (1, 2):
             loader.set_epoch(epoch)
-            stats = train_one_epoch(distiller, student, loader, optimizer, scheduler, torch.device("cpu"), False,
-                                    epoch, progress=False,
+            stats = train_one_epoch(distiller, loader, optimizer, scheduler=scheduler, epoch=epoch, progress=False,
                                     teacher_logits=cache.for_loader(loader) if use_cache else None)
             losses.append(stats["soft_loss"])
         results.append(losses)

@@ -243,7 +243,7 @@ def test_plans_order_a_stage_after_the_run_it_starts_from(tmp_path, session_runs
     ({"init": {"run": "a", "checkpoint": "b"}}, "'init': give exactly one of 'run' or 'checkpoint'"),
     ({"init": {"run": "a", "stric": False}}, "unknown key 'init.stric' (did you mean 'strict'?)"),
     ({"teacher": {"weights": "t.pth"}}, "'weights' and 'model' go together"),
-    ({"teacher": {"run": "t", "model": {"name": "mlp"}}}, "'weights' and 'model' go together"),
+    ({"teacher": {"run": "t", "model": {"name": "mlp"}}}, "'model' needs its weights"),
     ({"teacher": {"run": "t", "weights": "t.pth", "model": {"name": "mlp"}}}, "give exactly one of"),
     ({"teacher": {"run": "t", "input": {"mean": [0.5]}}}, "give 'mean' and 'std' together"),
     ({"teacher": {"run": "t", "input": {"mean": [0.5], "std": [1, 1]}}}, "'mean' has 1 values but 'std' has 2"),

@@ -17,6 +17,7 @@ Weights from elsewhere (a plain safetensors file, a torchvision/timm ``.pth`` st
 from __future__ import annotations
 
 import argparse
+import difflib
 import hashlib
 import json
 import pickle
@@ -31,14 +32,15 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from respkd.errors import RespkdError, first_line
+from respkd.errors import RespkdError, first_line, shorten
 from respkd.files import atomic_write
 from respkd.models import build_model
 
 __all__ = [
     "CHECKPOINT_FORMAT", "CHECKPOINT_NAME", "SUMMARY_NAME", "TORCH_SUFFIXES", "WRAPPER_KEYS", "WRAPPER_PREFIXES",
-    "Weights", "atomic_save_safetensors", "check_model_meta", "checkpoint_meta", "checkpoint_of", "load_checkpoint",
-    "load_model", "load_weights", "read_checkpoint_meta", "save_checkpoint", "tensors_digest",
+    "Weights", "atomic_save_safetensors", "check_model_meta", "checkpoint_meta", "checkpoint_of", "is_respkd_checkpoint",
+    "load_checkpoint", "load_model", "load_weights", "nearest_runs", "read_checkpoint_meta", "run_checkpoint",
+    "save_checkpoint", "tensors_digest",
 ]
 
 CHECKPOINT_FORMAT = "respkd-checkpoint-v1"
@@ -151,8 +153,43 @@ def checkpoint_of(source: str | Path, runs_root: str | Path = "runs") -> Path:
     elif not path.exists() and (Path(runs_root) / str(source)).is_dir():
         path = Path(runs_root) / str(source) / CHECKPOINT_NAME
     if not path.is_file():
-        raise RespkdError(f"{source}: no such checkpoint, run directory, or run under {runs_root}/")
+        near = nearest_runs(str(source), runs_root)
+        # a path names a file that is missing; a bare name was most likely meant as a run's
+        detail = (f"{path} does not exist" if "/" in str(source) or Path(source).suffix
+                  else f"runs there: {', '.join(near)}" if near else "")
+        raise RespkdError(f"{source}: no such checkpoint, run directory, or run under {runs_root}/"
+                          + (f" ({detail})" if detail else ""))
     return path
+
+
+def run_checkpoint(name: str, runs_root: str | Path) -> Path:
+    """The final checkpoint of the run ``name`` under ``runs_root``; a name that is no run there is refused in one
+    line listing the runs that are, closest first."""
+    folder = Path(runs_root) / name
+    if (folder / CHECKPOINT_NAME).is_file():
+        return folder / CHECKPOINT_NAME
+    if folder.is_dir():
+        raise RespkdError(f"run '{name}' in {runs_root}/ has no {CHECKPOINT_NAME} (not finished, or its weights were "
+                          "not kept)")
+    near = nearest_runs(name, runs_root)
+    raise RespkdError(f"run '{shorten(name)}' does not exist under {runs_root}/"
+                      + (f"; runs there: {', '.join(near)}" if near else " (it holds no finished run)"))
+
+
+def nearest_runs(name: str, runs_root: str | Path, n: int = 5) -> list[str]:
+    """The names of up to ``n`` runs under ``runs_root`` that hold a checkpoint, the most like ``name`` first."""
+    try:
+        runs = [p.name for p in Path(runs_root).iterdir() if (p / CHECKPOINT_NAME).is_file()]
+    except OSError:
+        return []
+    likeness = {run: difflib.SequenceMatcher(None, name[:200], run).ratio() for run in runs}
+    return sorted(runs, key=lambda run: (-likeness[run], run))[:n]
+
+
+def is_respkd_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is a safetensors file whose header holds respkd's metadata (a readable one: a damaged file is
+    refused with one line)."""
+    return Path(path).suffix.lower() == ".safetensors" and "respkd" in _header_metadata(Path(path), "file")
 
 
 def _header_metadata(path: Path, what: str) -> dict[str, str]:
@@ -216,7 +253,7 @@ def load_weights(path: str | Path) -> Weights:
         raise RespkdError(f"weights file {path} does not exist")
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
-        if "respkd" in _header_metadata(path, "file"):
+        if is_respkd_checkpoint(path):
             state, meta = load_checkpoint(path)
             return Weights(path, "respkd", state, meta["weights_sha256"], [], meta)
         raw, kind = _read_tensors(path, "safetensors file"), "safetensors"

@@ -121,13 +121,22 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from respkd.checkpoint_eval import evaluate_checkpoint
+    from respkd.checkpoint_eval import evaluate_checkpoint, evaluate_weights
 
-    result = evaluate_checkpoint(args.checkpoint, data_path=args.data_path, data_root=args.data_root)
+    if (args.model is None) != (args.dataset is None):
+        given, missing = ("--model", "--dataset") if args.model else ("--dataset", "--model")
+        raise RespkdError(f"{given} needs {missing}: a plain state dict is evaluated as --model NAME on the test set "
+                          "of --dataset NAME (a respkd checkpoint or run records both: give neither)")
+    if args.model is not None:
+        result = evaluate_weights(args.source, args.model, args.dataset, args.overrides, data_path=args.data_path,
+                                  data_root=args.data_root)
+    else:
+        result = evaluate_checkpoint(args.source, data_path=args.data_path, data_root=args.data_root,
+                                     runs_root=args.runs_root, overrides=args.overrides)
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{args.checkpoint}: test errors {result['errors']}/{result['n']}, top-1 {result['top1']:.2f}%, "
+        print(f"{result['checkpoint']}: test errors {result['errors']}/{result['n']}, top-1 {result['top1']:.2f}%, "
               f"top-5 {result['top5']:.2f}%")
     return 0
 
@@ -136,10 +145,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     from respkd.weights import export_student
 
     r = export_student(args.source, args.out, args.format, force=args.force, runs_root=args.runs_root)
-    print(f"wrote {r['out']} ({r['format']}, {r['tensors']} tensors: the student's state dict alone)")
-    print(f"  loads with: {r['constructor']}.load_state_dict(...)")
-    if r["note"]:
-        print(f"  note: {r['note']}")
+    if r["format"] == "onnx":
+        shape = ", ".join(map(str, r["in_shape"]))
+        print(f"wrote {r['out']} (ONNX, opset {r['opset']}: 'input' [batch, {shape}] -> 'logits' "
+              f"[batch, {r['num_classes']}])")
+        print(f"  runs with: onnxruntime.InferenceSession({r['out']!r}).run(None, {{'input': x}})[0]")
+    else:
+        print(f"wrote {r['out']} ({r['format']}, {r['tensors']} tensors: the student's state dict alone)")
+        print(f"  loads with: {r['constructor']}.load_state_dict(...)")
+        if r["note"]:
+            print(f"  note: {r['note']}")
     norm = r["normalization"] or {}
     print(f"  inputs: {'x'.join(map(str, r['in_shape']))}, (pixels / 255 - {norm.get('mean')}) / {norm.get('std')}")
     return 0
@@ -298,17 +313,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", metavar="K,K,...", help=seeds_help)
     p.add_argument("--resume", action="store_true", help=resume_help)
     p.set_defaults(func=lambda a: cmd_train(a, distil=True))
-    p = sub.add_parser("eval", help="evaluate a checkpoint on its dataset's test set")
-    p.add_argument("checkpoint")
+    p = sub.add_parser("eval", help="evaluate a run, a checkpoint or a plain state dict on a test set")
+    p.add_argument("source", help="a checkpoint, a run directory or a run's name under --runs-root; or, with --model, "
+                                  "a plain state dict (.pth, .pt, .bin, .safetensors)")
+    p.add_argument("--model", metavar="NAME", help="the architecture of a plain state dict, as a config's model.name "
+                                                   "(mlp, torchvision.resnet18, timm.resnet18, ...); needs --dataset")
+    p.add_argument("--dataset", metavar="NAME", help="the test set of a plain state dict (as data.dataset)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="a data.* key (e.g. data.test_limit=1000), or with --model a model.* option "
+                        "(e.g. model.hidden=[800,800]) (repeatable)")
     p.add_argument("--json", action="store_true", help="print one JSON object (top1, top5, errors, n, ...)")
     p.add_argument("--data-path", help="read the test set from this folder instead of the checkpoint's source")
     p.add_argument("--data-root", help="cache folder (default: the checkpoint config's data.root)")
+    p.add_argument("--runs-root", default="runs", help="where run names are looked up (default: runs)")
     p.set_defaults(func=cmd_eval)
-    p = sub.add_parser("export", help="write a run's student as a plain state dict for its torchvision/timm constructor")
+    p = sub.add_parser("export", help="write a run's student as a plain state dict for its torchvision/timm "
+                                      "constructor, or as ONNX")
     p.add_argument("source", help="a checkpoint, a run directory, or a run's name under --runs-root")
     p.add_argument("out", help="the file to write (never the input; an existing file only with --force)")
-    p.add_argument("--format", choices=["safetensors", "pth"],
-                   help="safetensors, or pth (torch.save of the state dict); default: from OUT's suffix")
+    p.add_argument("--format", choices=["safetensors", "pth", "onnx"],
+                   help="safetensors, pth (torch.save of the state dict) or onnx (the graph, batch size free; needs "
+                        "the onnx extra); default: from OUT's suffix")
     p.add_argument("--runs-root", default="runs", help="where run names are looked up (default: runs)")
     p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     p.set_defaults(func=cmd_export)

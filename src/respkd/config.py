@@ -26,6 +26,20 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationEr
 
 from respkd.errors import RespkdError, closest_name, quote, shorten
 
+__all__ = [
+    # the sections of a run config, and the types their keys share
+    "ClassIndex", "DataConfig", "DISTConfig", "DKDConfig", "InitConfig", "KDConfig", "LossWeight", "ModelConfig",
+    "PathText", "RunConfig", "RunName", "Section", "Seed", "TeacherConfig", "TeacherInputConfig", "Temperature",
+    "TrainConfig", "TransferConfig",
+    # what each dataset accepts, and the bounds on every number
+    "COMBINE_RULES", "DATA_SOURCES", "MAX_CLASSES", "MAX_COUNT", "MAX_EPOCHS", "STREAMED_DATASETS",
+    # reading, overriding and validating (also reused by plans and specialists configs)
+    "MAX_INT_LENGTH", "MAX_KEY_LENGTH", "MAX_PROBLEMS", "MAX_YAML_BYTES", "MAX_YAML_DEPTH", "MAX_YAML_KEYS",
+    "MAX_YAML_VALUES", "BoundedComposer", "ConfigLoader", "PythonYAMLEvents", "YAMLLimitError", "apply_override",
+    "config_to_dict", "dotted", "format_validation_error", "join_problems", "key_suggestion", "load_config",
+    "load_yaml", "parse_list", "read_yaml_mapping", "validate_config", "with_seed",
+]
+
 
 class Section(BaseModel):
     # allow_inf_nan=False: an `lr: .inf` or `temperature: .nan` passes every range check but ruins the run
@@ -254,6 +268,12 @@ class ModelConfig(BaseModel):
     def options(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
 
+    @property
+    def pretrained(self) -> bool:
+        """Whether its library loads pretrained weights: timm's ``pretrained: true``, torchvision's ``weights: NAME``."""
+        options = self.options()
+        return options.get("pretrained") is True or options.get("weights") is not None
+
 
 COMBINE_RULES = ("mean_probs", "mean_logits")
 
@@ -289,7 +309,9 @@ class TeacherInputConfig(Section):
 class TeacherConfig(Section):
     """The teacher: a checkpoint file or an earlier run's name, or an ensemble of several (``checkpoints`` / ``runs``),
     or weights from elsewhere: ``model`` (an architecture, as the student's ``model``) plus ``weights`` (a state dict
-    file: safetensors, or a torchvision/timm ``.pth``; see :func:`respkd.checkpoint.load_weights`).
+    file: safetensors, or a torchvision/timm ``.pth``; see :func:`respkd.checkpoint.load_weights`), or ``model``
+    alone with its library's pretrained weights (``pretrained: true`` for ``timm.*``, ``weights: IMAGENET1K_V1`` for
+    ``torchvision.*``).
 
     An ensemble's members are combined by ``combine`` (see :mod:`respkd.ensemble`): ``mean_probs`` (default, the
     paper's rule) averages the members' probabilities at the distillation temperature, ``mean_logits`` takes their
@@ -309,12 +331,17 @@ class TeacherConfig(Section):
     @model_validator(mode="after")
     def _one_source(self) -> "TeacherConfig":
         given = [k for k in ("checkpoint", "run", "checkpoints", "runs", "weights") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError("give exactly one of 'checkpoint' or 'run' (one teacher), 'checkpoints' or 'runs' (an "
-                             "ensemble), or 'weights' with 'model' (a state dict for an architecture)")
-        if (self.weights is None) != (self.model is None):
+        pretrained = self.model is not None and self.model.pretrained
+        if self.model is not None and not pretrained and self.weights is None:
+            raise ValueError("'model' needs its weights: a 'weights' file, or the library's own (timm: "
+                             "'pretrained: true', torchvision: 'weights: IMAGENET1K_V1')")
+        if self.weights is not None and self.model is None:
             raise ValueError("'weights' and 'model' go together: 'model' names the architecture of the 'weights' file "
                              "(a respkd checkpoint or run already records its own)")
+        if len(given) + pretrained != 1:
+            raise ValueError("give exactly one of 'checkpoint' or 'run' (one teacher), 'checkpoints' or 'runs' (an "
+                             "ensemble), 'weights' with 'model' (a state dict for an architecture), or a 'model' "
+                             "with its library's pretrained weights")
         members = self.checkpoints or self.runs
         if members is None and self.combine is not None:
             raise ValueError("'combine' is for an ensemble ('runs' or 'checkpoints'), not one teacher")

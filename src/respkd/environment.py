@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from respkd import __version__, distributed
+from respkd import distributed
+from respkd.version import __version__
 from respkd.errors import RespkdError
 
 __all__ = ["capture_environment", "resolve_device", "seed_everything", "usable_cores"]

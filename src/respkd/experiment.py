@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from respkd import distributed
-from respkd.checkpoint import CHECKPOINT_NAME, SUMMARY_NAME, checkpoint_meta
+from respkd.checkpoint import SUMMARY_NAME, checkpoint_meta, run_checkpoint
 from respkd.compilation import compile_modules
-from respkd.config import RunConfig, config_to_dict
+from respkd.config import RunConfig, config_to_dict, load_config, validate_config
 from respkd.data import load_data, make_loader, preprocessing, select
 from respkd.data.datasets import Splits, input_normalization
 from respkd.data.memory import BatchLoader
@@ -36,7 +36,7 @@ from respkd.locks import LOCK_NAME, FolderLock
 from respkd.models import build_model, count_macs, count_parameters
 from respkd.resume import STATE_NAME, TrainingState, check_start, has_state, state_problem
 from respkd.rundir import RunDir, check_folder_can_hold, is_finished, summary_matches, train_epochs
-from respkd.teacher import describe_teacher, load_teacher, teacher_path, teacher_paths
+from respkd.teacher import describe_teacher, load_teacher, teacher_paths
 from respkd.tensorboard import require_tensorboard
 from respkd.teacher_cache import TeacherCache, build_cache, cache_spec, find_cache, selection_digest
 from respkd.weights import describe_fit, init_student
@@ -61,12 +61,11 @@ class Prepared:
 
 def prepare(cfg: RunConfig, runs_root: Path, force: bool = False) -> Prepared:
     """Build and check everything a run needs (data, student, init weights, teacher, task) before anything is
-    written; a finished run is refused unless ``force``."""
+    written; a finished run is refused unless ``force``, once its inputs have passed (a wrong path in a rerun's
+    config is what the user needs to hear, not that the run already exists)."""
     out_dir = runs_root / cfg.name
     check_folder_can_hold(runs_root, "runs root")
     check_folder_can_hold(out_dir, "run directory")
-    if (out_dir / SUMMARY_NAME).exists() and not force:
-        raise RespkdError(f"run '{cfg.name}' already finished in {out_dir}; pass --force to overwrite it")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
@@ -78,7 +77,7 @@ def prepare(cfg: RunConfig, runs_root: Path, force: bool = False) -> Prepared:
     student = build_model(cfg.model.name, data.num_classes, data.info.image_shape, **cfg.model.options()).to(device)
     init = None
     if cfg.init is not None:
-        source = runs_root / cfg.init.run / CHECKPOINT_NAME if cfg.init.run is not None else Path(cfg.init.checkpoint)
+        source = run_checkpoint(cfg.init.run, runs_root) if cfg.init.run is not None else Path(cfg.init.checkpoint)
         init = init_student(student, source, cfg.init.strict, data.info.class_names)
     if cfg.train.channels_last:
         student = student.to(memory_format=torch.channels_last)
@@ -93,6 +92,8 @@ def prepare(cfg: RunConfig, runs_root: Path, force: bool = False) -> Prepared:
         task.check_response_shapes(data.info.image_shape, device)
     else:
         task = Supervised(student)
+    if (out_dir / SUMMARY_NAME).exists() and not force:
+        raise RespkdError(f"run '{cfg.name}' already finished in {out_dir}; pass --force to overwrite it")
     return Prepared(cfg, out_dir, device, data, student, task, teacher_meta, init, teacher_input)
 
 
@@ -111,20 +112,38 @@ def teacher_cache_spec(p: Prepared, loader: BatchLoader, bf16: bool) -> dict[str
         topk=kd.cache_topk, temperature=kd.temperature,
         train_selection_sha256=None if p.data.train_index is None else selection_digest(p.data.train_index),
         teacher_input=p.teacher_input,
-        teacher_model=p.teacher_meta["model"] if p.cfg.teacher.weights is not None else None,
+        teacher_model=p.teacher_meta["model"] if p.cfg.teacher.model is not None else None,
         raw_logits=kd.reads_raw_logits,
     )
 
 
-def run(cfg: RunConfig, runs_root: str | Path = "runs", force: bool = False, quiet: bool = False,
-        resume: bool = False) -> dict[str, Any]:
-    """Train (or distil) as ``cfg`` says; returns the summary also written to ``summary.json``.
+def run(config: RunConfig | dict[str, Any] | str | Path, runs_root: str | Path = "runs", force: bool = False,
+        quiet: bool = False, resume: bool = False) -> dict[str, Any]:
+    """Train (or distil) as a config says, into ``<runs_root>/<name>/``: what ``respkd train`` and ``respkd distill``
+    do; returns the summary also written to ``summary.json``.
 
-    ``resume`` continues an interrupted run from its training state (see :mod:`respkd.resume`) instead of starting
-    over; the result is bitwise the same as an uninterrupted run's. The run folder is locked while the run works in
-    it (:mod:`respkd.locks`; under torchrun by process 0): a second process on the same run is refused. A stop by a
-    signal (:class:`~respkd.errors.Stopped`) says where the run's training state is, when it has one.
+    Args:
+        config: a YAML config file, a mapping of the same keys, or a :class:`~respkd.config.RunConfig`.
+        runs_root: the parent folder of run folders.
+        force: overwrite a finished run of the same name.
+        quiet: write the log without printing it.
+        resume: continue an interrupted run from its training state (see :mod:`respkd.resume`) instead of starting
+            over; the result is bitwise the same as an uninterrupted run's.
+
+    The run folder is locked while the run works in it (:mod:`respkd.locks`; under torchrun by process 0): a second
+    process on the same run is refused. A stop by a signal (:class:`~respkd.errors.Stopped`) says where the run's
+    training state is, when it has one.
+
+    Example:
+        >>> summary = respkd.run("configs/mnist/teacher_1200.yaml", runs_root="runs")
+        >>> summary["metrics"]["errors"]
     """
+    if isinstance(config, RunConfig):
+        cfg = config
+    elif isinstance(config, dict):
+        cfg = validate_config(config)
+    else:
+        cfg = load_config(config)
     runs_root = Path(runs_root)
     out_dir = runs_root / cfg.name
     lock = FolderLock(out_dir / LOCK_NAME, f"run '{cfg.name}'")
@@ -199,6 +218,10 @@ def _run_locked(cfg: RunConfig, runs_root: Path, force: bool, quiet: bool, resum
         log(describe_residency(resident, p.device))
     online_teacher = [p.task.teacher] if cfg.distills and not cfg.kd.cache else []
     compiled = tc.compile and compile_modules([p.student, *online_teacher], p.device, log)
+    teacher_metrics = None
+    if cfg.distills:  # once, before training: what the student is measured against (an ensemble: the combination)
+        teacher_metrics = evaluate(p.task.teacher, test_loader, data.num_classes, distributed.all_reduce_sum)
+        log(f"teacher: {_errors(teacher_metrics)}")
     cache_info, cached_teacher = _open_teacher_cache(p, runs_root, spec, cache, train_loader, bf16, log)
 
     state.begin(log)
@@ -226,7 +249,7 @@ def _run_locked(cfg: RunConfig, runs_root: Path, force: bool, quiet: bool, resum
         "n_train_per_class": torch.bincount(data.train_labels.cpu(), minlength=data.num_classes).tolist(),
         "n_val": len(data.val_labels), "val_metrics": val_metrics,
         "teacher": describe_teacher(cfg, runs_root) if cfg.distills else None,
-        "teacher_combine": cfg.teacher.rule if cfg.distills else None,
+        "teacher_combine": cfg.teacher.rule if cfg.distills else None, "teacher_metrics": teacher_metrics,
         "teacher_cache": cache_info, "resumes": state.position.resumes, "processes": distributed.world_size(),
         "device_resident": resident, "compiled": compiled,
         "skipped_steps": state.position.skipped_steps,
@@ -245,8 +268,15 @@ def _run_locked(cfg: RunConfig, runs_root: Path, force: bool, quiet: bool, resum
     state.finish()
     log(f"[{cfg.name}] done: test errors {ev['errors']}/{ev['n']}, top-1 {ev['top1']:.2f}%, top-5 {ev['top5']:.2f}%, "
         f"wall {wall / 60:.1f} min -> {p.out_dir}")
+    if teacher_metrics is not None:
+        log(f"[{cfg.name}] teacher {_errors(teacher_metrics)}, student {_errors(ev)}")
     out.close()
     return summary
+
+
+def _errors(metrics: dict[str, Any]) -> str:
+    """``63 test errors (99.37% top-1)``: how the log states a model's test result."""
+    return f"{metrics['errors']}/{metrics['n']} test errors ({metrics['top1']:.2f}% top-1)"
 
 
 def _first_log_line(p: Prepared, runs_root: Path, params: int, macs: int, bf16: bool) -> str:
@@ -257,7 +287,7 @@ def _first_log_line(p: Prepared, runs_root: Path, params: int, macs: int, bf16: 
                 f"at T={cfg.kd.temperature}")
     elif cfg.distills:
         what = (f"distil from {cfg.teacher.model.name + ' weights ' if cfg.teacher.weights else ''}"
-                f"{teacher_path(cfg, runs_root)} at T={cfg.kd.temperature}")
+                f"{describe_teacher(cfg, runs_root)} at T={cfg.kd.temperature}")
     else:
         what = "train with hard labels"
     return (f"[{cfg.name}] {what}: {cfg.model.name} ({params / 1e6:.2f}M params, {macs / 1e6:.2f}M MACs), "

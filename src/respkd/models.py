@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -20,7 +22,7 @@ from respkd.errors import RespkdError, closest_name, first_line, quote, shorten
 __all__ = [
     "MAX_LAYERS", "MAX_WIDTH", "MLP", "BasicBlock", "CifarResNet", "MaxNormMixin", "ModelFactory", "SmallCNN",
     "accepts_option", "build_model", "check_number", "check_widths", "cnn", "count_macs", "count_parameters",
-    "list_models", "mlp", "register_model", "resnet32x4", "resnet8x4",
+    "list_models", "mlp", "register_model", "resnet32x4", "resnet8x4", "torchvision_weights",
 ]
 
 ModelFactory = Callable[..., nn.Module]
@@ -243,27 +245,92 @@ def resnet32x4(num_classes: int, in_shape: tuple[int, ...]) -> nn.Module:
     return CifarResNet(32, (32, 64, 128, 256), num_classes, in_shape[0])
 
 
-def _build_torchvision(arch: str, num_classes: int, in_shape: tuple[int, ...], **kwargs) -> nn.Module:
+def _build_torchvision(arch: str, num_classes: int, in_shape: tuple[int, ...], weights: str | None = None,
+                       **kwargs) -> nn.Module:
     import torchvision.models as tvm
 
     try:
         factory = tvm.get_model_builder(arch)
     except ValueError:
         raise RespkdError(f"unknown torchvision model '{shorten(arch)}'") from None
+    if "pretrained" in kwargs:
+        raise RespkdError(f"model 'torchvision.{arch}': 'pretrained' is timm's option; torchvision models take "
+                          "'weights: NAME' (e.g. IMAGENET1K_V1, or DEFAULT)")
+    if weights is None:
+        model = factory(weights=None, num_classes=num_classes, **kwargs)
+        if in_shape[0] != 3:
+            _adapt_first_conv(model, in_shape[0])
+        return model
+    state = _torchvision_state_dict(arch, weights, num_classes, in_shape)
     model = factory(weights=None, num_classes=num_classes, **kwargs)
-    if in_shape[0] != 3:
-        _adapt_first_conv(model, in_shape[0])
+    model.load_state_dict(state)
     return model
 
 
-def _build_timm(arch: str, num_classes: int, in_shape: tuple[int, ...], **kwargs) -> nn.Module:
+def torchvision_weights(arch: str, name: Any) -> Any:
+    """The member ``name`` of torchvision's weights enum for ``arch`` (e.g. ``IMAGENET1K_V1``, ``DEFAULT``)."""
+    import torchvision.models as tvm
+
+    try:
+        enum = tvm.get_model_weights(arch)
+    except ValueError:
+        raise RespkdError(f"torchvision.{arch} has no pretrained weights") from None
+    if not isinstance(name, str) or name not in enum.__members__:
+        raise RespkdError(f"torchvision.{arch} has no weights {quote(name)}: choose {', '.join(enum.__members__)}")
+    return enum[name]
+
+
+def _torchvision_state_dict(arch: str, name: str, num_classes: int, in_shape: tuple[int, ...]
+                            ) -> dict[str, torch.Tensor]:
+    """The state dict of torchvision's ``name`` weights for ``arch``, checked against the classes and channels asked
+    for, from torch hub's cache (``$TORCH_HOME/hub/checkpoints``, downloaded there with its hash checked on first
+    use), read with ``weights_only=True``: torchvision's own loader would unpickle the cached file unrestricted."""
+    weights = torchvision_weights(arch, name)
+    classes = len(weights.meta.get("categories") or [])
+    if classes and classes != num_classes:
+        raise RespkdError(f"torchvision.{arch}'s {name} weights have {classes} classes, the data has {num_classes}")
+    if in_shape[0] != 3:
+        raise RespkdError(f"torchvision.{arch}'s {name} weights take RGB inputs, the data has {in_shape[0]} "
+                          "channel(s); for a teacher, set teacher.input to give it RGB")
+    try:
+        with warnings.catch_warnings():  # a cache file that is no torch.save file is refused below, in one line
+            warnings.filterwarnings("ignore", message=".*pickle protocol.*")
+            return torch.hub.load_state_dict_from_url(weights.url, map_location="cpu", check_hash=True,
+                                                      weights_only=True)
+    except Exception as err:  # noqa: BLE001 - offline (URLError), a damaged cache file, a refused pickle
+        raise RespkdError(f"torchvision.{arch}'s {name} weights could not be read from {weights.url} or torch hub's "
+                          f"cache ({_described(err)})") from None
+
+
+def _build_timm(arch: str, num_classes: int, in_shape: tuple[int, ...], pretrained: bool = False,
+                **kwargs) -> nn.Module:
     try:
         import timm
     except ImportError:
         raise RespkdError("timm models need the 'timm' package: pip install timm") from None
     if not timm.is_model(arch):
         raise RespkdError(f"unknown timm model '{shorten(arch)}'")
-    return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_shape[0], **kwargs)
+    if not isinstance(pretrained, bool):
+        raise RespkdError(f"model 'timm.{arch}': 'pretrained' must be true or false, got {quote(pretrained)}")
+    if not pretrained:
+        return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_shape[0], **kwargs)
+    # timm's machinery: the hub (or a local file: pretrained_cfg_overlay={"file": ...}), the first conv adapted to
+    # in_chans, and a new classifier when num_classes differs from the weights' (model.pretrained_cfg["num_classes"]).
+    overlay = kwargs.get("pretrained_cfg_overlay")
+    file = overlay.get("file") if isinstance(overlay, dict) else None
+    if file is not None and not Path(str(file)).is_file():  # timm would log an error line, then raise a bare one
+        raise RespkdError(f"timm.{arch}: pretrained_cfg_overlay file {shorten(str(file))} does not exist")
+    try:
+        return timm.create_model(arch, pretrained=True, num_classes=num_classes, in_chans=in_shape[0], **kwargs)
+    except (TypeError, ValueError):
+        raise  # an option timm refuses: build_model's one line
+    except Exception as err:  # noqa: BLE001 - offline, a missing local file, a damaged download
+        raise RespkdError(f"timm.{arch}: its pretrained weights could not be loaded ({_described(err)})") from None
+
+
+def _described(err: BaseException) -> str:
+    """``Type: first line`` of an exception, or its type alone when it has no message."""
+    return f"{type(err).__name__}: {first_line(err)}" if str(err).strip() else type(err).__name__
 
 
 def _adapt_first_conv(model: nn.Module, in_channels: int) -> None:

@@ -251,8 +251,8 @@ def train_epochs(
                 done = state.position.epoch if state is not None else EpochProgress()  # trained before a resume
                 loader.set_epoch(epoch, skip=done.batches)
                 guard.start_epoch(epoch, done)
-                stats = train_one_epoch(task, student, loader, optimizer, scheduler, device, bf16, epoch,
-                                        progress=progress, teacher_logits=teacher_logits, done=done,
+                stats = train_one_epoch(task, loader, optimizer, scheduler=scheduler, device=device, bf16=bf16,
+                                        epoch=epoch, progress=progress, teacher_logits=teacher_logits, done=done,
                                         after_step=after_step, average=distributed.all_reduce_mean,
                                         skip_step=guard.skip if guard.skip_mode else None)
                 record, shown = {"epoch": epoch, **stats}, ""

@@ -3,8 +3,9 @@ put behind the input adapter that ``teacher.input`` asks for.
 
 A teacher is one respkd checkpoint (``teacher.run`` or ``teacher.checkpoint``), an ensemble of them
 (``teacher.runs`` / ``teacher.checkpoints``, :mod:`respkd.ensemble`), or an architecture with a state dict file
-(``teacher.model`` + ``teacher.weights``, :func:`respkd.weights.load_external_teacher`). Whatever it is, its
-metadata looks like one checkpoint's, and it must agree with the student's data on the classes (by name,
+(``teacher.model`` + ``teacher.weights``) or with its library's pretrained weights (``teacher.model`` with timm's
+``pretrained: true`` or torchvision's ``weights: NAME``; both :func:`respkd.weights.load_external_model`). Whatever
+it is, its metadata looks like one checkpoint's, and it must agree with the student's data on the classes (by name,
 :mod:`respkd.classes`), the input shape and the input normalisation (each refused in one line otherwise, with the
 fix).
 """
@@ -19,40 +20,45 @@ import torch
 from torch import nn
 
 from respkd.adapter import AdaptedTeacher, build_adapter
-from respkd.checkpoint import CHECKPOINT_NAME, load_model
+from respkd.checkpoint import load_model, run_checkpoint
 from respkd.classes import check_classes
 from respkd.config import RunConfig
 from respkd.data import describe_data
 from respkd.data.datasets import DatasetInfo, input_normalization
 from respkd.ensemble import load_ensemble
 from respkd.errors import RespkdError
-from respkd.weights import load_external_teacher
+from respkd.weights import load_external_model
 
-__all__ = ["Teacher", "describe_teacher", "load_teacher", "teacher_path", "teacher_paths"]
+__all__ = ["Teacher", "describe_teacher", "load_teacher", "teacher_paths"]
 
 
 def teacher_paths(cfg: RunConfig, runs_root: Path) -> list[Path]:
-    """The teacher's checkpoint, or an ensemble's member checkpoints, in the config's order."""
+    """The teacher's checkpoint (or weights file), or an ensemble's member checkpoints, in the config's order; none
+    for a model with its library's pretrained weights. A run name that is no run under ``runs_root`` is refused in
+    one line naming the runs there."""
     t = cfg.teacher
     assert t is not None
     if t.run is not None:
-        return [runs_root / t.run / CHECKPOINT_NAME]
+        return [run_checkpoint(t.run, runs_root)]
     if t.runs is not None:
-        return [runs_root / r / CHECKPOINT_NAME for r in t.runs]
+        return [run_checkpoint(r, runs_root) for r in t.runs]
     if t.weights is not None:
         return [Path(t.weights)]
+    if t.model is not None:
+        return []
     return [Path(c) for c in (t.checkpoints or [t.checkpoint])]
 
 
-def teacher_path(cfg: RunConfig, runs_root: Path) -> Path:
-    """The single teacher's checkpoint (see :func:`teacher_paths` for ensembles)."""
-    return teacher_paths(cfg, runs_root)[0]
-
-
 def describe_teacher(cfg: RunConfig, runs_root: Path) -> str | list[str]:
-    """What summary.json records as the teacher: a path, or the members' paths for an ensemble."""
+    """What summary.json records as the teacher: a path, the members' paths for an ensemble, or a pretrained
+    model's name and weights (``torchvision.resnet18 (IMAGENET1K_V1)``, ``timm.resnet18 (pretrained)``)."""
     paths = [str(p) for p in teacher_paths(cfg, runs_root)]
-    return paths if cfg.teacher.is_ensemble else paths[0]
+    if cfg.teacher.is_ensemble:
+        return paths
+    if paths:
+        return paths[0]
+    model = cfg.teacher.model
+    return f"{model.name} ({model.options().get('weights') or 'pretrained'})"
 
 
 @dataclass
@@ -81,11 +87,11 @@ def load_teacher(cfg: RunConfig, runs_root: Path, info: DatasetInfo, device: tor
     num_classes = len(info.class_names)
     if cfg.teacher.is_ensemble:
         module, meta = load_ensemble(teacher_paths(cfg, runs_root), cfg.teacher.rule, cfg.kd.temperature, device)
-    elif cfg.teacher.weights is not None:
-        module, meta = load_external_teacher(cfg.teacher.model, Path(cfg.teacher.weights), num_classes, in_shape, norm,
-                                             device)
+    elif cfg.teacher.model is not None:  # a state dict file, or the library's pretrained weights
+        weights = None if cfg.teacher.weights is None else Path(cfg.teacher.weights)
+        module, meta = load_external_model(cfg.teacher.model, weights, num_classes, in_shape, norm, device)
     else:
-        module, meta = load_model(teacher_path(cfg, runs_root), device)
+        module, meta = load_model(teacher_paths(cfg, runs_root)[0], device)
     check_classes(meta, info.class_names, "teacher", "data", f"data: {describe_data(cfg.data)}")
     given = "the student's are" if adapter is None else "teacher.input gives"
     fix = "" if adapter is not None else "; set teacher.input to convert the student's batches for the teacher"

@@ -36,7 +36,7 @@ from respkd.errors import RespkdError
 
 __all__ = [
     "EVAL_BATCH", "BatchLoader", "FolderLoader", "FolderSplits", "Splits", "describe_data", "load_data",
-    "load_in_memory", "make_loader", "preprocessing", "select",
+    "load_dataset", "load_in_memory", "make_loader", "preprocessing", "select",
 ]
 
 EVAL_BATCH = 1000  # in-memory evaluation batches: large, since no gradients are kept
