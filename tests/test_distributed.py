@@ -13,6 +13,7 @@ is checked for completing, not compared number for number.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -50,8 +51,17 @@ def torchrun_env() -> dict[str, str]:
 
 
 def torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    """``torchrun --nproc_per_node 2 ARGS``."""
-    return subprocess.run(TORCHRUN + args, cwd=cwd, env=torchrun_env(), capture_output=True, text=True, timeout=240)
+    """``torchrun --nproc_per_node 2 ARGS``; past its time limit torchrun and its workers are killed together (a
+    SIGKILLed torchrun would leave its workers running)."""
+    launcher = subprocess.Popen(TORCHRUN + args, cwd=cwd, env=torchrun_env(), text=True, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        out, err = launcher.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(launcher.pid, signal.SIGKILL)
+        launcher.communicate()
+        raise
+    return subprocess.CompletedProcess(launcher.args, launcher.returncode, out, err)
 
 
 def long_config(base: Path, idx: Path) -> Path:
@@ -199,7 +209,7 @@ def stop_while_training(args: list[str], cwd: Path, metrics_file: Path, lines: i
     """Launch ``torchrun ... ARGS``; once ``metrics_file`` has ``lines`` lines call ``stop(launcher)``; return
     torchrun's stderr and the lines the run's metrics had when it stopped."""
     launcher = subprocess.Popen(TORCHRUN + args, cwd=cwd, env=torchrun_env(), text=True,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
         end = time.monotonic() + 240
         while not (metrics_file.is_file() and len(metrics_file.read_text().splitlines()) >= lines):
@@ -209,7 +219,8 @@ def stop_while_training(args: list[str], cwd: Path, metrics_file: Path, lines: i
         stop(launcher)
         err = launcher.communicate(timeout=120)[1]
     finally:
-        launcher.kill()
+        with contextlib.suppress(ProcessLookupError):  # torchrun and whatever it started, if still there
+            os.killpg(launcher.pid, signal.SIGKILL)
     return err, len(metrics_file.read_text().splitlines())
 
 
