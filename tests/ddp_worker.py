@@ -6,9 +6,10 @@ Each launch costs seconds of imports on a small machine, so one launch does thre
    process (not stdout: the two processes share it, and their lines can run into each other there);
 2. runs the configs given on the command line with :func:`respkd.experiment.run_many` (what ``--seeds`` and
    sweeps use), into RUNS_ROOT, for the test to compare with one-process runs;
-3. calls the CLI with a batch size that does not split over two processes and exits with its status.
+3. calls the CLI on a config whose loss becomes NaN, and writes its exit status to ``FOLDER/diverged<rank>.json``;
+4. calls the CLI with a batch size that does not split over two processes and exits with its status.
 
-usage: ddp_worker.py FOLDER RUNS_ROOT BAD_CONFIG CONFIG [CONFIG ...]
+usage: ddp_worker.py FOLDER RUNS_ROOT BAD_CONFIG DIVERGING_CONFIG CONFIG [CONFIG ...]
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -75,8 +77,13 @@ def helpers(folder: Path) -> dict:
 
 
 if __name__ == "__main__":
-    folder, runs_root, bad_config, *configs = sys.argv[1:]
+    folder, runs_root, bad_config, diverging_config, *configs = sys.argv[1:]
     result = helpers(Path(folder))
     (Path(folder) / f"result{result['rank']}.json").write_text(json.dumps(result))
     run_many([load_config(c) for c in configs], runs_root)
+    # main() leaves the process group on its way out, and joining it again in the same processes is not reliable
+    # (torchrun's store keeps the first group's keys): keep it for the last call
+    with mock.patch.object(distributed, "cleanup", lambda: None):
+        status = main(["train", diverging_config, "--runs-root", runs_root])
+    (Path(folder) / f"diverged{result['rank']}.json").write_text(json.dumps(status))
     sys.exit(main(["train", bad_config, "--runs-root", runs_root, "--set", "train.batch_size=127"]))

@@ -19,9 +19,9 @@ import struct
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -32,6 +32,7 @@ from safetensors.torch import save_file
 from respkd.checkpoint import save_checkpoint
 from respkd.cli import main
 from respkd.config import DataConfig
+from respkd.locks import LOCK_NAME, FolderLock
 from respkd.models import build_model
 
 from conftest import corrupt_mnist_cache, synthetic_digits, tiny_config, write_idx
@@ -51,6 +52,14 @@ class World:
     root: Path
     idx: Path  # a good synthetic IDX folder (600 train / 200 test)
     runs: Path  # a runs root holding the finished runs 'tiny-teacher' and 'tiny-student-kd'
+    locks: list = field(default_factory=list)  # run folders this test's process holds, as another run would
+
+    def hold(self, run: str) -> list[str]:
+        """Hold run ``run``'s lock (as a process working in it does) until the case ends; adds no arguments."""
+        lock = FolderLock(self.runs / run / LOCK_NAME, f"run '{run}'")
+        lock.acquire()
+        self.locks.append(lock)
+        return []
 
     @property
     def ckpt(self) -> Path:
@@ -1026,6 +1035,22 @@ HOSTILE: dict[str, Case] = {
                                         ("'train.checkpoint_every_steps'",)),
     "checkpoint-every-steps-negative": Case(train(**{"train.checkpoint_every_steps": -1}),
                                             ("'train.checkpoint_every_steps'",)),
+    "on-nonfinite-unknown": Case(train(**{"train.on_nonfinite": "ignore"}), ("'train.on_nonfinite'", "skip_step")),
+    "on-nonfinite-bool": Case(train(**{"train.on_nonfinite": False}), ("'train.on_nonfinite'",)),
+    "max-skipped-steps-zero": Case(train(**{"train.max_skipped_steps": 0}), ("'train.max_skipped_steps'",)),
+    "max-skipped-steps-2-70": Case(train(**{"train.max_skipped_steps": HUGE}), ("'train.max_skipped_steps'",)),
+    "max-skipped-steps-float": Case(train(**{"train.max_skipped_steps": 2.5}), ("'train.max_skipped_steps'",)),
+    # ---- a run that another process is working in (it holds the run folder's lock)
+    "run-in-use": Case(lambda w: ["train", w.config(), *w.run_args(), *w.hold("tiny-teacher")],
+                       ("run 'tiny-teacher' is in use by process", ".lock); wait for it or stop it")),
+    "run-in-use-resume": Case(lambda w: ["train", w.config(), "--runs-root", str(w.runs), "--resume",
+                                         *w.hold("tiny-teacher")], ("run 'tiny-teacher' is in use by process",)),
+    "run-in-use-distill": Case(lambda w: ["distill", w.config("tiny-student-kd", distil=True), *w.run_args(),
+                                          *w.hold("tiny-student-kd")], ("run 'tiny-student-kd' is in use",)),
+    "run-in-use-seeds": Case(lambda w: ["train", w.config("member"), "--runs-root", str(w.runs), "--seeds", "3",
+                                        *w.hold("member-seed3")], ("run 'member-seed3' is in use",)),
+    "run-in-use-subprocess": Case(lambda w: ["train", w.config(), *w.run_args(), *w.hold("tiny-teacher")],
+                                  ("run 'tiny-teacher' is in use by process", "on host"), subprocess=True),
     "seed-float": Case(train(seed=1.0), ("'seed'", "valid integer")),
     "seed-bool": Case(train(seed=True), ("'seed'",)),
     "threads-zero": Case(train(threads=0), ("'threads'",)),
@@ -1219,7 +1244,7 @@ CASES |= OWN_IMAGES
 
 
 @pytest.fixture
-def world(tmp_path, session_runs, idx_dir, monkeypatch) -> World:
+def world(tmp_path, session_runs, idx_dir, monkeypatch) -> Iterator[World]:
     root = tmp_path / "world"
     runs = root / "runs"
     for name in ("tiny-teacher", "tiny-student-kd"):
@@ -1227,7 +1252,10 @@ def world(tmp_path, session_runs, idx_dir, monkeypatch) -> World:
     idx = root / "idx"
     shutil.copytree(idx_dir, idx, copy_function=shutil.copy2)
     monkeypatch.chdir(root)  # anything written to a relative default path (runs/, data/) lands in the snapshot
-    return World(root, idx, runs)
+    world = World(root, idx, runs)
+    yield world
+    for lock in world.locks:
+        lock.release()
 
 
 def run_cli(argv: list[str], in_subprocess: bool, capsys) -> tuple[int, str, str, bool | None]:

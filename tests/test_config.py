@@ -244,7 +244,8 @@ def test_shipped_configs_validate(path):
 # ---------------------------------------------------------------- every number in a config has a range
 
 FULL_TRAIN = {"epochs": 2, "batch_size": 8, "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4, "warmup_fraction": 0.3,
-              "milestones": [1], "gamma": 0.1, "checkpoint_every_steps": 5}
+              "milestones": [1], "gamma": 0.1, "checkpoint_every_steps": 5,
+              "max_skipped_steps": 3}
 # Every numeric field of its kind given a valid value (test_every_numeric_field_is_in_its_base checks that).
 RUN_FULL = {
     "name": "t", "seed": 1, "threads": 2, "model": {"name": "mlp"}, "init": {"run": "a"}, "train": FULL_TRAIN,

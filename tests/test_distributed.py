@@ -4,18 +4,24 @@ The claim checked: with the same global batch, a 2-process run is the 1-process 
 loss curve, weights and test errors), evaluation counts every test example exactly once (199 test examples, an odd
 number, so a padding sampler would show), and only process 0 writes files or prints. Two torchrun launches (each
 costs seconds of imports): tests/ddp_worker.py (the helpers, hard labels, online distillation with KD, DKD and DIST,
-logit matching from a cache, a refused batch size) and the CLI distilling from a cached teacher with jitter views.
+logit matching from a cache, a refused batch size, and the uninterrupted run that a run stopped by signals is
+compared with) and the CLI distilling from a cached teacher with jitter views. Three more launch that run, stopped
+by SIGTERM to torchrun, then by SIGINT to process 1 alone, then resumed to its end.
 DIST's intra-class term correlates each process's share of the batch (as its authors' multi-GPU code), so that run
 is checked for completing, not compared number for number.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -35,13 +41,34 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 KD = {"temperature": 4.0, "soft_weight": 1.0, "hard_weight": 0.5}
 
 
-def torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    """``torchrun --nproc_per_node 2 ARGS`` importing this checkout's respkd, one thread per process."""
+def torchrun_env() -> dict[str, str]:
+    """This checkout's respkd, one thread per process."""
     src = str(Path(respkd.__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
-    return subprocess.run(TORCHRUN + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=240)
+    return env
+
+
+def torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node 2 ARGS``; past its time limit torchrun and its workers are killed together (a
+    SIGKILLed torchrun would leave its workers running)."""
+    launcher = subprocess.Popen(TORCHRUN + args, cwd=cwd, env=torchrun_env(), text=True, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        out, err = launcher.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(launcher.pid, signal.SIGKILL)
+        launcher.communicate()
+        raise
+    return subprocess.CompletedProcess(launcher.args, launcher.returncode, out, err)
+
+
+def long_config(base: Path, idx: Path) -> Path:
+    """A run long enough to be stopped while it trains: 150 steps per epoch, 5 epochs, dropout."""
+    return write_yaml(base / "long.yaml", tiny_config(
+        "long", idx, base / "data", model={"name": "mlp", "hidden": [32], "dropout_input": 0.2},
+        train={"epochs": 5, "batch_size": 4}))
 
 
 def configs(base: Path, idx: Path, teacher: Path, root: str) -> dict[str, Path]:
@@ -80,11 +107,15 @@ def compared(tmp_path_factory) -> dict:
 
     bad = write_yaml(base / "two" / "bad.yaml", tiny_config("bad", idx, base / "two" / "data"))
     (base / "worker").mkdir()
+    diverging = write_yaml(base / "two" / "diverging.yaml", tiny_config(
+        "diverging", idx, base / "two" / "data",
+        train={"epochs": 3, "batch_size": 100, "lr": 100, "schedule": "constant", "checkpoint_every_steps": 2}))
     worker = torchrun([str(Path(__file__).with_name("ddp_worker.py")), str(base / "worker"), str(base / "runs2"),
-                       str(bad), *(str(two[k]) for k in ("hard", "kd", "dkd", "mse-cached", "dist"))], base)
+                       str(bad), str(diverging), *(str(two[k]) for k in ("hard", "kd", "dkd", "mse-cached", "dist")),
+                       str(long_config(base, idx))], base)
     cli = torchrun(["-m", "respkd.cli", "distill", str(two["kd-cached"]), "--runs-root", str(base / "runs2")], base)
     assert cli.returncode == 0, cli.stderr[-3000:]
-    return {"base": base, "worker": worker, "cli": cli}
+    return {"base": base, "worker": worker, "cli": cli, "long": base / "long.yaml"}
 
 
 def metrics(run_dir: Path) -> list[dict]:
@@ -124,8 +155,10 @@ def test_two_processes_match_one(compared, name):
 def test_only_process_zero_writes(compared):
     base = compared["base"]
     written = {str(p.relative_to(base / "runs2")) for p in (base / "runs2").rglob("*") if p.is_file()}
-    runs = ("hard", "kd", "kd-cached", "dkd", "mse-cached", "dist")
-    assert written == {f"{run}/{f}" for run in runs for f in RUN_FILES}  # nothing of "bad"
+    runs = ("hard", "kd", "kd-cached", "dkd", "mse-cached", "dist", "long")
+    diverged = {"diverging/" + f for f in ("config.yaml", "environment.json", "metrics.jsonl", "log.txt",
+                                           "resume.safetensors")}  # no model, no summary
+    assert written == {f"{run}/{f}" for run in runs for f in RUN_FILES} | diverged  # nothing of "bad", no lock
     # One teacher cache, built by process 0, identical to the one a single process builds.
     caches = [p for p in (base / "two" / "cache").iterdir()]
     assert len(caches) == 1 and not caches[0].name.endswith(".tmp")
@@ -136,8 +169,8 @@ def test_only_process_zero_writes(compared):
 
 def test_only_process_zero_prints(compared):
     worker, cli = compared["worker"], compared["cli"]
-    # hard, kd, dkd, mse-cached, dist
-    assert worker.stdout.count("epoch   1/2") == 5 and worker.stdout.count("] done: test errors") == 5
+    # hard, kd, dkd, mse-cached, dist (2 epochs) and long (5)
+    assert worker.stdout.count("epoch   1/2") == 5 and worker.stdout.count("] done: test errors") == 6
     assert cli.stdout.count("epoch   1/2") == 1 and cli.stdout.count("building teacher cache") == 1
     assert "x 2 processes" in cli.stdout
 
@@ -161,6 +194,71 @@ def test_agreement_and_reductions(compared):
     assert r0["value"] == r1["value"] == "built by process 0"
 
 
+def rank_pids(launcher: subprocess.Popen) -> dict[int, int]:
+    """The processes torchrun started, by their RANK."""
+    pids = {}
+    for task in Path(f"/proc/{launcher.pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            env = dict(e.split("=", 1) for e in Path(f"/proc/{child}/environ").read_text().split("\0") if "=" in e)
+            if "RANK" in env:
+                pids[int(env["RANK"])] = int(child)
+    return pids
+
+
+def stop_while_training(args: list[str], cwd: Path, metrics_file: Path, lines: int, stop) -> tuple[str, int]:
+    """Launch ``torchrun ... ARGS``; once ``metrics_file`` has ``lines`` lines call ``stop(launcher)``; return
+    torchrun's stderr and the lines the run's metrics had when it stopped."""
+    launcher = subprocess.Popen(TORCHRUN + args, cwd=cwd, env=torchrun_env(), text=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        end = time.monotonic() + 240
+        while not (metrics_file.is_file() and len(metrics_file.read_text().splitlines()) >= lines):
+            assert launcher.poll() is None, launcher.communicate()[1][-3000:]
+            assert time.monotonic() < end
+            time.sleep(0.05)
+        stop(launcher)
+        err = launcher.communicate(timeout=120)[1]
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # torchrun and whatever it started, if still there
+            os.killpg(launcher.pid, signal.SIGKILL)
+    return err, len(metrics_file.read_text().splitlines())
+
+
+STOP_LINE = re.compile(r"^respkd: stopped by (SIG\w+) at epoch (\d+), batch (\d+) \(step (\d+)\); the training state "
+                       r"is in (\S+); resume with: respkd train (\S+) --runs-root (\S+) --resume \(under torchrun "
+                       r"with 2 processes, as before\)$", re.M)
+
+
+def test_a_signal_stops_every_process_at_the_same_step(compared, tmp_path):
+    """SIGTERM to torchrun (which forwards it to every process), then, resumed, SIGINT to process 1 alone: both
+    times every process stops after the same step (the processes vote), process 0 writes the training state and
+    prints one line, and the run resumed to its end is bitwise the uninterrupted 2-process run."""
+    runs = tmp_path / "runs"
+    args = ["-m", "respkd.cli", "train", str(compared["long"]), "--runs-root", str(runs)]
+    metrics_file = runs / "long" / "metrics.jsonl"
+    stops = []
+    err, kept = stop_while_training(args, tmp_path, metrics_file, 1, lambda p: p.send_signal(signal.SIGTERM))
+    stops.append(err)
+    err, _ = stop_while_training(args + ["--resume"], tmp_path, metrics_file, kept + 1,
+                                 lambda p: os.kill(rank_pids(p)[1], signal.SIGINT))
+    stops.append(err)
+    for sig, err in zip(("SIGTERM", "SIGINT"), stops):
+        found = STOP_LINE.findall(err)
+        assert len(found) == 1 and found[0][0] == sig, err[-3000:]
+        assert found[0][4] == str(runs / "long" / "resume.safetensors")
+        assert "respkd: error" not in err
+    final = torchrun(args + ["--resume"], tmp_path)
+    assert final.returncode == 0, final.stderr[-3000:]
+    summary = json.loads((runs / "long" / "summary.json").read_text())
+    assert [(r["epoch"], r["batch"], r["step"]) for r in summary["resumes"]] == [
+        tuple(int(x) for x in STOP_LINE.findall(err)[0][1:4]) for err in stops]
+    a = load_file(str(compared["base"] / "runs2" / "long" / "model.safetensors"))
+    b = load_file(str(runs / "long" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [{k: v for k, v in m.items() if k != "epoch_time_s"} for m in metrics(runs / "long")] == [
+        {k: v for k, v in m.items() if k != "epoch_time_s"} for m in metrics(compared["base"] / "runs2" / "long")]
+
+
 def test_dist_runs_on_each_process_share(compared):
     """DIST under torchrun: one run folder, every test example counted once, finite terms; its intra-class term is
     over each process's half of the global batch, so its losses are not the one-process run's."""
@@ -171,10 +269,26 @@ def test_dist_runs_on_each_process_share(compared):
         assert all(math.isfinite(line[k]) for k in ("loss", "inter_loss", "intra_loss", "hard_loss"))
 
 
+def test_a_non_finite_loss_stops_every_process(compared):
+    """The processes check every 8 steps (and at saves and epoch ends), agree on the first bad step, and stop
+    there together: exit status 3 in both, one line from process 0, the last good state kept."""
+    base = compared["base"]
+    assert [json.loads((base / "worker" / f"diverged{r}.json").read_text()) for r in (0, 1)] == [3, 3]
+    errors = [line for line in compared["worker"].stderr.splitlines() if "loss became nan" in line]
+    assert len(errors) == 1, compared["worker"].stderr[-3000:]
+    found = re.fullmatch(r"respkd: error: loss became nan at epoch (\d), batch (\d) \(step (\d+)\): loss=nan "
+                         r"hard_loss=nan; the last good training state, at epoch \d, batch \d \(step (\d+)\), is in "
+                         r"(\S+)", errors[0])
+    assert found, errors[0]
+    epoch, batch, step, good = (int(x) for x in found.groups()[:4])
+    assert step == (epoch - 1) * 6 + batch and step - 2 <= good < step
+    assert found.group(5) == str(base / "runs2" / "diverging" / "resume.safetensors")
+
+
 def test_refused_batch_size_is_one_line(compared):
     worker = compared["worker"]
     assert worker.returncode != 0
-    errors = [line for line in worker.stderr.splitlines() if line.startswith("respkd: error:")]
+    errors = [line for line in worker.stderr.splitlines() if line.startswith("respkd: error:") and "nan" not in line]
     assert errors == ["respkd: error: train.batch_size 127 does not split evenly over 2 processes: it is the global "
                       "batch, so make it a multiple of 2"]
     assert not (compared["base"] / "runs2" / "bad").exists()

@@ -17,6 +17,7 @@ from conftest import N_TEST, snapshot, tiny_config, write_yaml
 from respkd.cli import main
 from respkd.data.memory import BatchLoader
 from respkd.errors import RespkdError
+from respkd.locks import FolderLock
 from respkd.models import build_model
 from respkd.specialists.combine import active_specialists, combine, membership
 from respkd.specialists.config import SubsetsConfig, load_specialists_config
@@ -279,6 +280,13 @@ def test_fresh_wider_specialist_with_hard_labels_alone(tmp_path, generalist_run,
     config = write_yaml(tmp_path / "spec.yaml", raw)
     assert main(["specialists", "subsets", str(config), "--runs-root", str(runs)]) == 0
     assert "specialist 0:" in capsys.readouterr().out
+    held = FolderLock(runs / "tiny-specialists" / ".specialist-0.lock", "specialist 0")  # as its trainer holds it
+    held.acquire()
+    try:
+        assert main(["specialists", "train", str(config), "--runs-root", str(runs), "--only", "0"]) == 2
+        assert f"specialist 0 of 'tiny-specialists' is in use by process {os.getpid()}" in capsys.readouterr().err
+    finally:
+        held.release()
     assert main(["specialists", "train", str(config), "--runs-root", str(runs), "--only", "0"]) == 0
     summary = json.loads((runs / "tiny-specialists" / "specialist-0" / "summary.json").read_text())
     assert summary["params"] == 784 * 48 + 48 + 48 * (len(summary["subset"]) + 1) + len(summary["subset"]) + 1

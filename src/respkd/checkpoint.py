@@ -48,9 +48,11 @@ CHECKPOINT_NAME = "model.safetensors"  # a run folder's final weights, with thei
 SUMMARY_NAME = "summary.json"  # a run folder's final metrics: a run is finished once it exists
 
 
-def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str],
+                            what: str = "file") -> None:
+    """``tensors`` and ``metadata`` written to ``path`` atomically (``what``: the file's noun if the write fails)."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata), what)
 
 
 def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
@@ -68,7 +70,7 @@ def save_checkpoint(state_dict: dict[str, torch.Tensor], path: Path, meta: dict[
     # Tied weights would share storage, which safetensors refuses: clone so every entry owns its memory.
     tensors = {k: v.detach().cpu().clone() for k, v in state_dict.items()}
     meta = {**meta, "format": CHECKPOINT_FORMAT, "weights_sha256": tensors_digest(tensors)}
-    atomic_save_safetensors(tensors, path, {"respkd": json.dumps(meta)})
+    atomic_save_safetensors(tensors, path, {"respkd": json.dumps(meta)}, "checkpoint")
 
 
 def checkpoint_meta(

@@ -1,7 +1,9 @@
 """The ``respkd`` command: train, distil, evaluate, export, adjust biases, sweep, tabulate, plot, reproduce, specialists
 
 Every user error (config, data, checkpoint, command line) ends as one line on stderr and exit status 2;
-nothing is written before the input has been checked.
+nothing is written before the input has been checked. The other ways a command ends early are one line too: a loss
+that became non-finite (exit status 3), a file that could not be written (74), a stop by SIGTERM or SIGINT (128 + n:
+143, 130), whose line says how to continue (:mod:`respkd.preemption`).
 """
 
 from __future__ import annotations
@@ -9,13 +11,15 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import NoReturn
 
-from respkd.errors import ReportedElsewhere, RespkdError, shorten
+from respkd import preemption
+from respkd.errors import ReportedElsewhere, RespkdError, Stopped, shorten
 
-__all__ = ["ArgumentParser", "build_parser", "main"]
+__all__ = ["ArgumentParser", "build_parser", "continue_command", "main", "stop_line"]
 
 # What runs under torchrun with several processes (see respkd.distributed); the rest run in one process.
 DISTRIBUTED_COMMANDS = ("train", "distill", "distil", "sweep")
@@ -415,28 +419,70 @@ def check_launch(command: str) -> None:
                           f"{', '.join(c for c in DISTRIBUTED_COMMANDS if c != 'distil')} run in several")
 
 
+def continue_command(args: argparse.Namespace, stop: Stopped) -> list[str] | None:
+    """The command that continues what ``stop`` interrupted: the same one, resuming (``--resume`` for a single run
+    with a training state; plans, ``--seeds``, sweeps and specialists resume by themselves), without ``--force``;
+    None for a command with nothing to continue."""
+    common = [*(["--runs-root", args.runs_root] if getattr(args, "runs_root", None) not in (None, "runs") else []),
+              *[a for o in getattr(args, "overrides", []) for a in ("--set", o)]]
+    if args.command in ("train", "distill", "distil"):
+        again = ["respkd", args.command, args.config, *common]
+        if args.seeds is not None:
+            return again + ["--seeds", args.seeds]
+        return again + (["--resume"] if stop.state is not None else [])
+    if args.command == "reproduce":
+        return ["respkd", "reproduce", args.plan, *common]
+    if args.command == "sweep":
+        return ["respkd", "sweep", args.config, "--temperatures", args.temperatures,
+                *[a for h in args.hidden for a in ("--hidden", h)], *common]
+    if args.command == "specialists" and args.action == "train":
+        return ["respkd", "specialists", "train", args.config, *common,
+                *(["--workers", str(args.workers)] if args.workers != 1 else []),
+                *(["--only", str(args.only)] if args.only is not None else [])]
+    return None
+
+
+def stop_line(args: argparse.Namespace, stop: Stopped, processes: int = 1) -> str:
+    """The one line a stopped command prints: where it stopped, what it kept, and how to continue."""
+    parts = [f"respkd: stopped by {stop.signal_name}" + (f" at {stop.where}" if stop.where else "")]
+    parts.append(f"the training state is in {stop.state}" if stop.state is not None
+                 else "nothing was left half-written")
+    again = continue_command(args, stop)
+    if again is not None:
+        verb = "resume with" if "--resume" in again else "continue with"
+        parts.append(f"{verb}: {shlex.join(again)}" + (f" (under torchrun with {processes} processes, as before)"
+                                                      if processes > 1 else ""))
+    return "; ".join(parts)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from respkd import distributed
+
     try:
-        check_launch(args.command)
-        return args.func(args)
-    except ReportedElsewhere:  # under torchrun: process 0 printed the error
-        return 2
+        # under torchrun a signal is only noted, and the processes stop together (respkd.preemption)
+        with preemption.handle_signals(at_once=distributed.world_size() == 1):
+            check_launch(args.command)
+            return args.func(args)
+    except ReportedElsewhere as err:  # under torchrun: process 0 printed the error
+        return err.exit_status
     except RespkdError as err:
         print(f"respkd: error: {' '.join(str(err).split())}", file=sys.stderr)  # one line, whatever the message held
-        return 2
+        return err.exit_status
+    except Stopped as stop:
+        if distributed.is_main_process():
+            print(stop_line(args, stop, distributed.world_size()), file=sys.stderr, flush=True)
+        return stop.exit_status
     except OSError as err:  # a path given on the command line that no file system can name (configs check theirs)
         if err.errno != errno.ENAMETOOLONG:
             raise
         print(f"respkd: error: {err.strerror}: '{shorten(str(err.filename))}'", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # a SIGINT outside the handlers' reach (another thread)
         print("respkd: interrupted", file=sys.stderr)
         return 130
     finally:
         if "torch.distributed" in sys.modules:  # leave a torchrun process group, also after an error
-            from respkd import distributed
-
             distributed.cleanup()
 
 

@@ -486,6 +486,10 @@ class TrainConfig(Section):
     # Also write the training state (<run>/resume.safetensors, see respkd.resume) every this many optimizer steps,
     # besides every epoch end; 0: at epoch ends only. Changing it does not change the run, so a resume ignores it.
     checkpoint_every_steps: int = Field(0, ge=0, le=MAX_COUNT)
+    # A step whose loss is NaN or infinite: stop the run there (keeping the last good training state), or skip the
+    # step and go on, stopping after more than max_skipped_steps skips in the whole run (see respkd.guard).
+    on_nonfinite: Literal["stop", "skip_step"] = "stop"
+    max_skipped_steps: int = Field(10, ge=1, le=MAX_COUNT)
     # Also write each epoch's metrics as TensorBoard scalars into <run>/tensorboard/ (respkd.tensorboard; needs the
     # tensorboard extra). Changing it does not change the run, so a resume ignores it.
     tensorboard: bool = False

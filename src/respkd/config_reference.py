@@ -159,6 +159,11 @@ RUN_MEANINGS: dict[str, str] = {
                      "line says why and the run trains eagerly",
     "train.checkpoint_every_steps": "also save the training state every N optimizer steps, besides epoch ends; 0: "
                                     "epoch ends only ([resume.md](resume.md)); a resume may change it",
+    "train.on_nonfinite": "a step whose loss is NaN or infinite: `stop` the run there (keeping the last good "
+                          "training state), or `skip_step` and go on ([robustness.md](robustness.md)); a resume may "
+                          "change it",
+    "train.max_skipped_steps": "`skip_step`: stop after more skipped steps than this in the whole run; a resume may "
+                               "change it",
     "train.tensorboard": "also write each epoch's metrics as TensorBoard scalars into `<run>/tensorboard/` (the "
                          "`tensorboard` extra); a resume may change it",
     "train.sync_batchnorm": "under torchrun on GPUs: batch-norm statistics over the global batch "

@@ -17,7 +17,9 @@ The division of work (see :func:`respkd.experiment.run`):
   (:func:`all_reduce_sum`), so every test example is counted exactly once (no sampler padding).
 * Process 0 alone prints, writes the run folder and builds caches (:func:`build_once`).
 * Checks that can fail run inside :func:`together`: every process passes them, or every process stops and
-  process 0 reports the first failure in one line; none is left waiting for the others.
+  process 0 reports the first failure in one line; none is left waiting for the others. A signal (SIGTERM, which
+  torchrun forwards to every process, or one sent to a single process) stops every process at the same point too
+  (see :mod:`respkd.preemption`).
 
 Backends: gloo on CPU, NCCL on CUDA, where process ``r`` uses ``cuda:LOCAL_RANK``.
 """
@@ -35,16 +37,21 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from respkd.errors import ReportedElsewhere, RespkdError, first_line
+from respkd import preemption
+from respkd.errors import ReportedElsewhere, RespkdError, Stopped, first_line
 
 __all__ = [
-    "TIMEOUT", "Launch", "all_reduce_mean", "all_reduce_sum", "barrier", "build_once", "check_batch_size",
+    "TIMEOUT", "Launch", "agree_max", "all_reduce_mean", "all_reduce_sum", "barrier", "build_once", "check_batch_size",
     "check_supported", "cleanup", "gather_per_process", "group_device", "is_initialized", "is_main_process", "launch",
     "own_part", "print_main", "process_device", "rank", "reseed_per_process", "setup", "shard", "together",
     "world_size", "wrap_student",
 ]
 
 T = TypeVar("T")
+
+# The CPU (gloo) group that small votes go through (agree_max): under NCCL the default group's collectives would
+# make the host wait for the GPU stream. None: the default group is gloo already, or there is none.
+_cpu_group: "dist.ProcessGroup | None" = None
 
 # How long a process waits for the others at a collective: building a large teacher cache (process 0 alone, the
 # others waiting) must fit in it. torch's default for gloo; NCCL's own default is 10 minutes.
@@ -128,15 +135,19 @@ def setup(device: torch.device) -> None:
         dist.init_process_group(backend, timeout=TIMEOUT, **({"device_id": device} if backend == "nccl" else {}))
     except (ValueError, RuntimeError) as err:
         raise RespkdError(f"process {here.rank} could not join the process group: {first_line(err)}") from None
+    global _cpu_group
+    _cpu_group = dist.new_group(backend="gloo", timeout=TIMEOUT) if backend == "nccl" else None
 
 
 def cleanup() -> None:
     """Leave the process group (the CLI calls this on the way out, also after an error)."""
+    global _cpu_group
     if is_initialized():
         # A DistributedDataParallel left in a reference cycle and freed only after the group is gone aborts the
         # process at exit ("terminate called without an active exception"): free it first.
         gc.collect()
         dist.destroy_process_group()
+        _cpu_group = None
 
 
 def group_device() -> torch.device:
@@ -156,6 +167,16 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     total = tensor.to(group_device(), copy=True)
     dist.all_reduce(total)
     return total.to(tensor.device)
+
+
+def agree_max(values: list[int]) -> list[int]:
+    """The element-wise maximum of a few integers over all processes (``values`` itself in a one-process run), on
+    the CPU: no GPU stream is waited for. Under torch.distributed every process must call it."""
+    if not is_initialized():
+        return list(values)
+    votes = torch.tensor(values, dtype=torch.int64)
+    dist.all_reduce(votes, op=dist.ReduceOp.MAX, group=_cpu_group)
+    return votes.tolist()
 
 
 def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
@@ -246,34 +267,44 @@ def check_supported(sync_batchnorm: bool, student_response: str | None, device: 
 
 
 @contextlib.contextmanager
-def together() -> Iterator[None]:
+def together(signals: bool = True) -> Iterator[None]:
     """Run a block that may fail (checks, loading, building) so that all processes stop together if one does.
 
     On leaving the block the processes compare notes. If any failed, process 0 raises the first failure (a
     :class:`RespkdError` naming the failing process, or its own error), the failing process re-raises an
     unexpected exception so its traceback shows, and the others raise :class:`ReportedElsewhere`, which the CLI
-    turns into exit status 2 without printing: one message, and nobody waits for a process that has gone.
+    turns into exit status 2 without printing: one message, and nobody waits for a process that has gone. Else, if
+    any process was stopped by a signal or (with ``signals``) has received one (:mod:`respkd.preemption`), every
+    process raises :class:`~respkd.errors.Stopped`.
     """
     if not is_initialized():
         yield
         return
     error: Exception | None = None
+    stopped: Stopped | None = None
     try:
         yield
-    except Exception as err:  # not KeyboardInterrupt: torchrun interrupts every process
+    except Exception as err:
         error = err
+    except Stopped as stop:
+        stopped = stop
     me, size = rank(), world_size()
-    first = torch.tensor([me if error is not None else size], dtype=torch.int64, device=group_device())
-    dist.all_reduce(first, op=dist.ReduceOp.MIN)
-    failed = int(first)
+    signum = stopped.signum if stopped is not None else (preemption.requested() or 0) if signals else 0
+    status = error.exit_status if isinstance(error, RespkdError) else 0
+    failed, top_signal, status = agree_max([-(me if error is not None else size), signum, status])
+    failed = -failed
     if failed == size:
+        if top_signal:
+            raise stopped if stopped is not None else Stopped(top_signal)
         return
     message = _broadcast_text(_describe(error) if me == failed else "", src=failed)
     if me == failed and (me == 0 or not isinstance(error, RespkdError)):
         raise error
     if me == 0:
-        raise RespkdError(f"process {failed} of {size}: {message}")
-    raise ReportedElsewhere(f"process {failed} of {size}: {message}")
+        reported = RespkdError(f"process {failed} of {size}: {message}")
+        reported.exit_status = status or 2
+        raise reported
+    raise ReportedElsewhere(f"process {failed} of {size}: {message}", status or 2)
 
 
 def _describe(error: Exception | None) -> str:

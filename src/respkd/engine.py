@@ -83,12 +83,14 @@ class EpochProgress:
     """How far an epoch has got: batches trained, the running sums of its loss terms, and seconds spent on it.
 
     The training state of :mod:`respkd.resume` saves it, so an epoch interrupted part-way continues from its next
-    batch with the same sums, and so reports exactly the statistics of an uninterrupted epoch.
+    batch with the same sums, and so reports exactly the statistics of an uninterrupted epoch. ``skipped``: batches
+    whose update was not applied (``train.on_nonfinite: skip_step``), left out of the sums.
     """
 
     batches: int = 0
     sums: dict[str, torch.Tensor] = field(default_factory=dict)
     seconds: float = 0.0
+    skipped: int = 0
 
 
 def device_of(module: nn.Module) -> torch.device:
@@ -130,8 +132,10 @@ def train_one_epoch(
     done: EpochProgress | None = None,
     after_step: Callable[[EpochProgress], None] | None = None,
     average: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    skip_step: Callable[[dict[str, torch.Tensor], EpochProgress], bool] | None = None,
 ) -> dict[str, float]:
-    """One pass over ``loader``; returns the mean of every loss term, the epoch's wall time and the learning rate.
+    """One pass over ``loader``; returns the mean of every loss term over the steps applied, the epoch's wall time,
+    the learning rate and the number of steps skipped.
 
     Args:
         task: a :class:`~respkd.distill.Supervised` or :class:`~respkd.distill.Distiller` (any module whose
@@ -153,9 +157,12 @@ def train_one_epoch(
         after_step: runs after every optimizer step with the epoch's progress (e.g. to save the training state).
         average: under torchrun, averages the summed loss terms over the processes
             (:func:`respkd.distributed.all_reduce_mean`): one collective per epoch, not per step.
+        skip_step: ``skip_step(out, progress)`` runs between backward and the optimizer step; True drops the step
+            (its gradients, update and loss terms; the schedule still advances) and counts it in ``skipped_steps``
+            (:class:`respkd.guard.StepGuard`, ``train.on_nonfinite: skip_step``).
 
     Returns:
-        ``{"loss": ..., <each loss term>: ..., "epoch_time_s": ..., "lr": ...}``.
+        ``{"loss": ..., <each loss term>: ..., "skipped_steps": ..., "epoch_time_s": ..., "lr": ...}``.
 
     Example:
         >>> task = Distiller(student, teacher, temperature=20.0, hard_weight=1.0)
@@ -189,29 +196,34 @@ def train_one_epoch(
             out = task(inputs, labels, **cached)
         optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()
-        optimizer.step()
+        if skip_step is not None and skip_step(out, state):
+            optimizer.zero_grad(set_to_none=True)
+            state.skipped += 1
+        else:
+            optimizer.step()
+            if constrain is not None:
+                constrain()
+            for key, value in out.items():
+                if key.endswith("loss"):
+                    sums[key] = sums.get(key, 0.0) + value.detach().float()  # summed on device: no sync per step
         if scheduler is not None:
             scheduler.step()
-        if constrain is not None:
-            constrain()
-        for key, value in out.items():
-            if key.endswith("loss"):
-                sums[key] = sums.get(key, 0.0) + value.detach().float()  # summed on device: no sync per step
         state.batches += 1
         state.seconds = time.perf_counter() - start
         if after_step is not None:
             after_step(state)
         bar.update()
         # The running mean loss reads the device sum: a sync at most every POSTFIX_SECONDS, never one per step.
-        if show and time.perf_counter() - shown_at >= POSTFIX_SECONDS:
-            bar.set_postfix(loss=f"{float(sums['loss']) / state.batches:.4g}", refresh=False)
+        if show and "loss" in sums and time.perf_counter() - shown_at >= POSTFIX_SECONDS:
+            bar.set_postfix(loss=f"{float(sums['loss']) / (state.batches - state.skipped):.4g}", refresh=False)
             shown_at = time.perf_counter()
     if show and "loss" in sums:  # the epoch's mean on the line that stays (this process's share under torchrun)
-        bar.set_postfix(loss=f"{float(sums['loss']) / state.batches:.4g}", refresh=False)
+        bar.set_postfix(loss=f"{float(sums['loss']) / (state.batches - state.skipped):.4g}", refresh=False)
     bar.close()
     if average is not None and sums:  # every process ran the same number of equal shares: the mean is exact
         sums = dict(zip(sums, average(torch.stack(list(sums.values())))))
-    stats = {key: float(total) / max(state.batches, 1) for key, total in sums.items()}
+    stats = {key: float(total) / max(state.batches - state.skipped, 1) for key, total in sums.items()}
+    stats["skipped_steps"] = state.skipped
     stats["epoch_time_s"] = time.perf_counter() - start
     stats["lr"] = optimizer.param_groups[0]["lr"]
     return stats

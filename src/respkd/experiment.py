@@ -8,6 +8,7 @@ resuming interrupted ones. Library modules never import this one; plans, sweeps 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +30,11 @@ from respkd.data.transfer import describe_transfer
 from respkd.distill import Distiller, Supervised
 from respkd.engine import build_optimizer, build_scheduler, evaluate, use_bf16
 from respkd.environment import capture_environment, resolve_device, seed_everything
-from respkd.errors import RespkdError
+from respkd.errors import RespkdError, Stopped
 from respkd.files import read_json
+from respkd.locks import LOCK_NAME, FolderLock
 from respkd.models import build_model, count_macs, count_parameters
-from respkd.resume import TrainingState, check_start, has_state, state_problem
+from respkd.resume import STATE_NAME, TrainingState, check_start, has_state, state_problem
 from respkd.rundir import RunDir, check_folder_can_hold, is_finished, summary_matches, train_epochs
 from respkd.teacher import describe_teacher, load_teacher, teacher_paths
 from respkd.tensorboard import require_tensorboard
@@ -128,6 +130,10 @@ def run(config: RunConfig | dict[str, Any] | str | Path, runs_root: str | Path =
         resume: continue an interrupted run from its training state (see :mod:`respkd.resume`) instead of starting
             over; the result is bitwise the same as an uninterrupted run's.
 
+    The run folder is locked while the run works in it (:mod:`respkd.locks`; under torchrun by process 0): a second
+    process on the same run is refused. A stop by a signal (:class:`~respkd.errors.Stopped`) says where the run's
+    training state is, when it has one.
+
     Example:
         >>> summary = respkd.run("configs/mnist/teacher_1200.yaml", runs_root="runs")
         >>> summary["metrics"]["errors"]
@@ -140,10 +146,28 @@ def run(config: RunConfig | dict[str, Any] | str | Path, runs_root: str | Path =
         cfg = load_config(config)
     runs_root = Path(runs_root)
     out_dir = runs_root / cfg.name
+    lock = FolderLock(out_dir / LOCK_NAME, f"run '{cfg.name}'")
+    with contextlib.ExitStack() as on_exit:
+        on_exit.callback(lock.release)
+        try:
+            return _run_locked(cfg, runs_root, force, quiet, resume, lock, on_exit)
+        except Stopped as stop:
+            if stop.state is None and has_state(out_dir):  # stopped before training began, or after it ended
+                stop.state = out_dir / STATE_NAME
+            raise
+
+
+def _run_locked(cfg: RunConfig, runs_root: Path, force: bool, quiet: bool, resume: bool, lock: FolderLock,
+                on_exit: contextlib.ExitStack) -> dict[str, Any]:
+    """:func:`run`'s work, taking ``lock`` once every check has passed; what it opens is closed by ``on_exit``."""
+    out_dir = runs_root / cfg.name
     # torchrun (see respkd.distributed): join the process group; every process then passes every check below, or
     # all stop. In one process both are no-ops.
     distributed.setup(resolve_device(cfg.device))
+    main_process = distributed.is_main_process()
     with distributed.together():
+        if main_process:
+            lock.check_free()  # before judging the folder: another process may be writing it
         check_start(out_dir, cfg, resume=resume, force=force, finished=(out_dir / SUMMARY_NAME).exists())
         if cfg.train.tensorboard:
             require_tensorboard()
@@ -165,15 +189,20 @@ def run(config: RunConfig | dict[str, Any] | str | Path, runs_root: str | Path =
         state = TrainingState(p.out_dir, cfg, identity, p.student, optimizer, scheduler, len(train_loader), p.device)
         if resume:
             state.load()  # checked and read before anything is written
+        if main_process:
+            lock.acquire()  # the last check: from here on this process writes the folder
     distributed.wrap_student(p.task, p.student, p.device, tc.sync_batchnorm)  # only the student, never the teacher
     distributed.reseed_per_process(cfg.seed)  # (a resumed run's generators are restored later, by state.begin)
 
-    out = RunDir(p.out_dir, writes=distributed.is_main_process())  # under torchrun only process 0 writes and prints
+    # under torchrun only process 0 writes and prints; the log is closed on the way out, also after an error
+    out = on_exit.enter_context(RunDir(p.out_dir, writes=distributed.is_main_process()))
     env = capture_environment()
     if not resume:
         state.discard()  # --force: an interrupted run's state is not this run's
         out.start(config_to_dict(cfg), env)
     log = out.open_log(quiet, append=resume)
+    if lock.taken_over is not None:
+        log(f"[{cfg.name}] took over {lock.path} from {lock.taken_over.describe()}, which ended without releasing it")
     params, macs = count_parameters(p.student), count_macs(p.student, data.info.image_shape)
     log(_first_log_line(p, runs_root, params, macs, bf16))
     if cfg.distills and (cfg.kd.loss != "kd" or cfg.kd.standardize):
@@ -199,7 +228,8 @@ def run(config: RunConfig | dict[str, Any] | str | Path, runs_root: str | Path =
     ev = train_epochs(out, p.task, p.student, train_loader, optimizer, scheduler, p.device, bf16, tc.epochs,
                       test_loader=test_loader, num_classes=data.num_classes, state=state,
                       teacher_logits=cached_teacher, progress=None if out.writes else False,
-                      tensorboard=tc.tensorboard).test
+                      tensorboard=tc.tensorboard, on_nonfinite=tc.on_nonfinite,
+                      max_skipped_steps=tc.max_skipped_steps).test
     if ev is None:  # resumed after the last epoch's state was saved: only the final steps below were left
         ev = evaluate(p.student, test_loader, data.num_classes, distributed.all_reduce_sum)
     wall, train_time = state.wall_time(), state.position.train_time_s
@@ -222,6 +252,7 @@ def run(config: RunConfig | dict[str, Any] | str | Path, runs_root: str | Path =
         "teacher_combine": cfg.teacher.rule if cfg.distills else None, "teacher_metrics": teacher_metrics,
         "teacher_cache": cache_info, "resumes": state.position.resumes, "processes": distributed.world_size(),
         "device_resident": resident, "compiled": compiled,
+        "skipped_steps": state.position.skipped_steps,
         "teacher_input": p.teacher_input, "init": p.init,
         "config": config_to_dict(cfg), "environment": env,
     }
@@ -282,6 +313,7 @@ def _open_teacher_cache(
         lambda: found if found is not None else find_cache(cfg.kd.cache_dir, spec),
         lambda: build_cache(cfg.kd.cache_dir, spec, p.task.teacher_logits, loader, bf16, log=log,
                             extra_meta={"teacher": describe_teacher(cfg, runs_root)}))
+    built = built and cache.built_here  # not when another process built it while this one waited
     if not built:
         log(f"reusing teacher cache {cache.folder} (built in {cache.build_time_s:.2f}s)")
     info = {"used": True, "built_now": built, "build_time_s": cache.build_time_s,

@@ -3,18 +3,21 @@
 A run folder ``<runs_root>/<name>/`` holds:
   config.yaml        the validated config, overrides applied
   environment.json   library versions, machine, threads, git commit
-  metrics.jsonl      one JSON line per epoch, appended as training goes (nothing is lost on a crash)
+  metrics.jsonl      one JSON line per epoch, added as training goes (the file is rewritten whole each epoch, so it
+                     only ever holds whole lines, also after a failed write)
   tensorboard/       with train.tensorboard: true, the same per-epoch metrics as TensorBoard scalars
   log.txt            the human-readable log
   model.safetensors  the trained student with its metadata (see respkd.checkpoint)
   summary.json       final metrics, parameter count, multiply-adds, wall time: what the results table reads; a run
                      is finished once it exists
   resume.safetensors while training: the state a killed run resumes from (see respkd.resume); gone once finished
+  .lock              while a process works in the folder: who it is (see respkd.locks); gone once it ends
 A specialist's folder holds metrics.jsonl, log.txt, model.safetensors and summary.json (its config and environment
 are in its summary).
 
 :class:`RunDir` writes these files (under torchrun only process 0 does); :func:`train_epochs` is the loop over the
-epochs, which writes a metrics line and a log line per epoch and keeps the training state it is given.
+epochs, which writes a metrics line and a log line per epoch and keeps the training state it is given; it stops
+cleanly on a signal (:mod:`respkd.preemption`) and on a non-finite loss (:mod:`respkd.guard`).
 """
 
 from __future__ import annotations
@@ -23,24 +26,25 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 import yaml
 from torch import nn
 
-from respkd import distributed
+from respkd import distributed, preemption
 from respkd.checkpoint import CHECKPOINT_NAME, SUMMARY_NAME, save_checkpoint
 from respkd.config import RunConfig, config_to_dict, validate_config
 from respkd.engine import EpochProgress, evaluate, train_one_epoch
-from respkd.errors import RespkdError
-from respkd.files import atomic_write_text
+from respkd.errors import RespkdError, Stopped, WriteFailed
+from respkd.files import atomic_write_text, write_failure, writing
+from respkd.guard import StepGuard
 from respkd.provenance import made_from
 from respkd.resume import TrainingState
 from respkd.tensorboard import EpochScalars
 
 __all__ = [
-    "CONFIG_NAME", "ENVIRONMENT_NAME", "LOG_NAME", "METRICS_NAME", "Epochs", "RunDir", "RunLog",
+    "CONFIG_NAME", "ENVIRONMENT_NAME", "LOG_NAME", "METRICS_NAME", "Epochs", "Metrics", "RunDir", "RunLog",
     "check_folder_can_hold", "is_finished", "summary_matches", "train_epochs",
 ]
 
@@ -78,26 +82,80 @@ def check_folder_can_hold(path: Path, what: str) -> None:
 
 class RunLog:
     """Prints a line and appends it to ``log.txt``: a new one, or with ``append`` the one a resumed run began (with
-    ``path=None``, as in processes other than torchrun's 0, neither)."""
+    ``path=None``, as in processes other than torchrun's 0, neither). A failed write ends the run with one line
+    (:class:`~respkd.errors.WriteFailed`); the log keeps what was written before it."""
 
     def __init__(self, path: Path | None, quiet: bool = False, append: bool = False) -> None:
-        self.file = open(path, "a" if append else "w", buffering=1) if path is not None else None
+        self.path = path
+        self.file = None
+        if path is not None:
+            with writing(path, _LOG_KEPT):
+                self.file = open(path, "a" if append else "w", buffering=1)
+                if append and self.file.tell() and not _ends_a_line(path):
+                    self.file.write("\n")  # a line cut short by a full disk: begin on a line of its own
         self.quiet = quiet or path is None
 
     def __call__(self, line: str) -> None:
         if not self.quiet:
             print(line, flush=True)
-        if self.file is not None:
-            self.file.write(line + "\n")
+        self.write(line)
 
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
+    def write(self, line: str) -> None:
+        """Append ``line`` to the file only (what the CLI prints itself, as an error line)."""
+        if self.file is None:
+            return
+        try:
+            self.file.write(line + "\n")
+        except OSError as err:
+            self.close(quietly=True)
+            raise write_failure(self.path, err, _LOG_KEPT) or err from None
+
+    def close(self, quietly: bool = False) -> None:
+        """Close the file; ``quietly`` after a failed write, dropping what its buffer could not write."""
+        file, self.file = self.file, None
+        if file is None:
+            return
+        try:
+            file.close()  # closes the descriptor even when the last flush fails
+        except OSError as err:
+            if not quietly:
+                raise write_failure(self.path, err, _LOG_KEPT) or err from None
+
+
+_LOG_KEPT = "the log so far is intact"
+
+
+def _ends_a_line(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
+class Metrics:
+    """``metrics.jsonl``: :meth:`append` adds a line and rewrites the file whole (atomically), so a failed write
+    (a full disk) leaves the lines before it and never half a line. The file is small (a line per epoch)."""
+
+    def __init__(self, path: Path | None, lines: list[str]) -> None:
+        self.path, self.lines = path, lines
+        self._write()
+
+    def append(self, record: dict[str, Any]) -> None:
+        self.lines.append(json.dumps(record) + "\n")
+        try:
+            self._write()
+        except WriteFailed:
+            self.lines.pop()
+            raise
+
+    def _write(self) -> None:
+        if self.path is not None:
+            atomic_write_text(self.path, "".join(self.lines), "metrics file")
 
 
 class RunDir:
     """The files of one run folder (module doc). ``writes`` is False in torchrun's processes other than 0: there
-    every method writes nothing and the log prints nothing, so callers need not ask which process they are."""
+    every method writes nothing and the log prints nothing, so callers need not ask which process they are. Used as
+    a context manager, it closes its log on the way out, also after an error."""
 
     def __init__(self, path: Path, writes: bool = True) -> None:
         self.path, self.writes = Path(path), writes
@@ -118,15 +176,14 @@ class RunDir:
         self.log = RunLog(self.path / LOG_NAME if self.writes else None, quiet, append)
         return self.log
 
-    def open_metrics(self, epochs_done: int = 0) -> IO[str]:
-        """``metrics.jsonl`` opened for appending, holding only the lines of the first ``epochs_done`` epochs: an epoch
-        cut short by a kill (its line written, its state not yet) is trained again on resume and listed once."""
+    def open_metrics(self, epochs_done: int = 0) -> Metrics:
+        """``metrics.jsonl``, holding only the lines of the first ``epochs_done`` epochs: an epoch cut short by a kill
+        (its line written, its state not yet) is trained again on resume and listed once."""
         if not self.writes:
-            return open(os.devnull, "w")
+            return Metrics(None, [])
         path = self.path / METRICS_NAME
         kept = path.read_text().splitlines(keepends=True)[:epochs_done] if epochs_done and path.is_file() else []
-        atomic_write_text(path, "".join(kept))
-        return open(path, "a", buffering=1)
+        return Metrics(path, kept)
 
     def finish(self, weights: dict[str, torch.Tensor], meta: dict[str, Any], summary: dict[str, Any]) -> None:
         """The final checkpoint, then the summary that marks the run finished."""
@@ -137,6 +194,12 @@ class RunDir:
 
     def close(self) -> None:
         self.log.close()
+
+    def __enter__(self) -> "RunDir":
+        return self
+
+    def __exit__(self, kind: type | None, *rest: object) -> None:
+        self.log.close(quietly=kind is not None)  # after an error, a log that cannot be flushed must not mask it
 
 
 @dataclass
@@ -153,7 +216,7 @@ def train_epochs(
     scheduler: Any, device: torch.device, bf16: bool, epochs: int, *, test_loader: Iterable | None = None,
     num_classes: int = 0, state: TrainingState | None = None,
     teacher_logits: Callable[[torch.Tensor, int], torch.Tensor] | None = None, progress: bool | None = None,
-    tensorboard: bool = False,
+    tensorboard: bool = False, on_nonfinite: str = "stop", max_skipped_steps: int = 10,
 ) -> Epochs:
     """Train epochs 1..``epochs`` (those after ``state``'s position when resuming), one metrics line and one log line
     per epoch into ``out``; ``state`` (:class:`~respkd.resume.TrainingState`) is saved as it goes.
@@ -164,29 +227,54 @@ def train_epochs(
     ``progress`` are :func:`~respkd.engine.train_one_epoch`'s. Under torchrun every process trains and evaluates its
     share: the loss terms are averaged and the test counts summed over the processes. ``tensorboard``: each metrics
     line also as TensorBoard scalars in ``out``'s ``tensorboard/`` (:mod:`respkd.tensorboard`).
+
+    A signal (:mod:`respkd.preemption`) stops the loop after the optimizer step in flight, or after the epoch's
+    evaluation: the state is saved there and :class:`~respkd.errors.Stopped` says where. A non-finite loss is
+    handled as ``on_nonfinite`` says (``train.on_nonfinite``, ``train.max_skipped_steps``; :mod:`respkd.guard`).
     """
     first = state.position.epochs_done + 1 if state is not None else 1
     last_test, trained = None, 0.0
+    guard = StepGuard(on_nonfinite, max_skipped_steps, len(loader), device, out.log, out.log.write,
+                      lambda: (state.path, state.saved) if state is not None and state.saved else None,
+                      state.position.skipped_steps if state is not None else 0)
+
+    def after_step(done: EpochProgress) -> None:
+        guard.after_step(done, save_due=state is not None and state.save_due(done))
+        if state is not None:
+            state.after_step(done)
+
+    metrics = out.open_metrics(first - 1)
     scalars = EpochScalars(out.path, enabled=tensorboard and out.writes, epochs_done=first - 1)
-    with out.open_metrics(first - 1) as metrics, scalars:
-        for epoch in range(first, epochs + 1):
-            done = state.position.epoch if state is not None else EpochProgress()  # trained before a resume
-            loader.set_epoch(epoch, skip=done.batches)
-            stats = train_one_epoch(task, loader, optimizer, scheduler=scheduler, device=device, bf16=bf16, epoch=epoch,
-                                    progress=progress, teacher_logits=teacher_logits, done=done,
-                                    after_step=state.after_step if state is not None else None,
-                                    average=distributed.all_reduce_mean)
-            record, shown = {"epoch": epoch, **stats}, ""
-            if test_loader is not None:
-                last_test = ev = evaluate(student, test_loader, num_classes, distributed.all_reduce_sum)
-                record.update(test_top1=ev["top1"], test_top5=ev["top5"], test_errors=ev["errors"],
-                              test_loss=ev["loss"])
-                shown = f" lr={stats['lr']:.4g} test_errors={ev['errors']} top1={ev['top1']:.2f}"
-            metrics.write(json.dumps(record) + "\n")
-            scalars.write(record)
-            losses = " ".join(f"{k}={v:.4f}" for k, v in stats.items() if k.endswith("loss"))
-            out.log(f"epoch {epoch:>3}/{epochs} {losses}{shown} ({stats['epoch_time_s']:.1f}s)")
-            trained += stats["epoch_time_s"]
-            if state is not None:
-                state.end_epoch(stats["epoch_time_s"])
+    try:
+        with scalars, preemption.deferred():
+            for epoch in range(first, epochs + 1):
+                done = state.position.epoch if state is not None else EpochProgress()  # trained before a resume
+                loader.set_epoch(epoch, skip=done.batches)
+                guard.start_epoch(epoch, done)
+                stats = train_one_epoch(task, loader, optimizer, scheduler=scheduler, device=device, bf16=bf16,
+                                        epoch=epoch, progress=progress, teacher_logits=teacher_logits, done=done,
+                                        after_step=after_step, average=distributed.all_reduce_mean,
+                                        skip_step=guard.skip if guard.skip_mode else None)
+                record, shown = {"epoch": epoch, **stats}, ""
+                if test_loader is not None:
+                    last_test = ev = evaluate(student, test_loader, num_classes, distributed.all_reduce_sum)
+                    record.update(test_top1=ev["top1"], test_top5=ev["top5"], test_errors=ev["errors"],
+                                  test_loss=ev["loss"])
+                    shown = f" lr={stats['lr']:.4g} test_errors={ev['errors']} top1={ev['top1']:.2f}"
+                with distributed.together(signals=False):  # a failed write in process 0 stops every process
+                    metrics.append(record)
+                    scalars.write(record)
+                    losses = " ".join(f"{k}={v:.4f}" for k, v in stats.items() if k.endswith("loss"))
+                    out.log(f"epoch {epoch:>3}/{epochs} {losses}{shown} ({stats['epoch_time_s']:.1f}s)")
+                trained += stats["epoch_time_s"]
+                if state is not None:
+                    state.end_epoch(stats["epoch_time_s"])
+                guard.after_epoch()
+    except Stopped as stop:
+        if state is not None:
+            state.save_unsaved()  # every process: under torchrun they all stopped at this step
+            stop.where, stop.state = state.where(), state.path
+            out.log.write(f"stopped by {stop.signal_name} at {stop.where}; the training state is saved in "
+                          f"{state.path}")
+        raise
     return Epochs(last_test, trained)

@@ -30,7 +30,11 @@ filter picked them), the normalisation, the jitter (pixels, seed, number of view
 offsets themselves, so a change in how the loader draws them is noticed), the teacher's precision, top-k and (with
 top-k) T. ``meta.json`` records all of them plus the files' sizes and SHA-256; a cache whose meta does not match what
 the run needs, or whose files are truncated or altered, is refused with a one-line :class:`RespkdError`, never reused.
-A cache is written in a temporary folder and renamed into place, so a crash never leaves half of one.
+A cache is written in a temporary folder and renamed into place, so a crash, a signal (:mod:`respkd.preemption`) or
+a full disk never leaves half of one: its files' space is reserved before they are filled (a write into a memory
+map on a full disk would kill the process), and a failed write is one line
+(:class:`~respkd.errors.WriteFailed`). One process builds a given cache at a time (a lock beside it,
+:mod:`respkd.locks`); another that needs the same cache waits for it and then uses it.
 
 What a cache cannot serve, by construction:
 
@@ -57,10 +61,12 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from respkd import preemption
 from respkd.data.memory import BatchLoader
 from respkd.engine import autocast
 from respkd.errors import RespkdError, first_line
-from respkd.files import read_json
+from respkd.files import read_json, writing
+from respkd.locks import FolderLock
 from respkd.provenance import differences
 
 __all__ = [
@@ -213,6 +219,7 @@ class TeacherCache:
     meta: dict[str, Any]
     arrays: dict[str, np.ndarray]  # memory-mapped, read-only
     tensors: dict[str, torch.Tensor] | None = None  # the same arrays on one device, after on_device
+    built_here: bool = False  # built by this process (not found, nor built meanwhile by another)
 
     @property
     def views(self) -> int:
@@ -356,17 +363,37 @@ def build_cache(
     if spec["jitter"] != loader.jitter or spec["views"] != (loader.jitter_views if loader.jitter else 1):
         raise ValueError("spec and loader disagree about the jitter")
     cache_dir = Path(cache_dir)
-    key = cache_key(spec)
     final = cache_folder(cache_dir, spec)
-    n, views, topk = len(loader.images), spec["views"], spec["topk"]
-    if n == 0:
+    if len(loader.images) == 0:
         raise RespkdError("cannot build a teacher cache for an empty training set")
+    log = log or (lambda line: None)
+    lock = FolderLock(cache_dir / f".{final.name}.lock", f"teacher cache {final}")
+    lock.wait(log)
+    try:
+        if lock.taken_over is not None:
+            log(f"took over {lock.path} from {lock.taken_over.describe()}, which ended without releasing it")
+        if (final / META_NAME).exists():  # built by the process this one waited for
+            log(f"using teacher cache {final}, built by another process meanwhile")
+            return open_cache(final, spec)
+        with writing(final, "no partial teacher cache was left"):
+            cache = _build(cache_dir, final, spec, teacher_fn, loader, bf16, batch_size, log, extra_meta)
+    finally:
+        lock.release()
+    return cache
+
+
+def _build(
+    cache_dir: Path, final: Path, spec: dict[str, Any], teacher_fn: Callable[[torch.Tensor], torch.Tensor],
+    loader: BatchLoader, bf16: bool, batch_size: int | None, log: Callable[[str], None],
+    extra_meta: dict[str, Any] | None,
+) -> TeacherCache:
+    """:func:`build_cache`'s work, under its lock: a temporary folder filled, then renamed to ``final``."""
+    key = cache_key(spec)
+    n, views, topk = len(loader.images), spec["views"], spec["topk"]
     start = time.perf_counter()
-    if log:
-        what = (f"top-{topk} probabilities at T={spec['temperature']:g}" if topk else
-                "float16 logits" + (" and their row maxima" if spec.get("row_max") else ""))
-        log(f"building teacher cache: {views} view(s) x {n} examples, {what} -> {final}")
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    what = (f"top-{topk} probabilities at T={spec['temperature']:g}" if topk else
+            "float16 logits" + (" and their row maxima" if spec.get("row_max") else ""))
+    log(f"building teacher cache: {views} view(s) x {n} examples, {what} -> {final}")
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=cache_dir))
     os.chmod(tmp, 0o755)  # mkdtemp's 0700 would survive the rename
     try:
@@ -377,6 +404,7 @@ def build_cache(
             # (a 1024-image batch through a CNN teacher raised peak memory 25% above student-only training).
             step = batch_size or loader.batch_size
             for lo in range(0, n, step):
+                preemption.check()  # under torchrun a signal is only noted: stop here, between batches
                 idx = torch.arange(lo, min(lo + step, n))
                 inputs, _, _ = loader.make_batch(idx, None if offsets is None else offsets[idx])
                 with torch.inference_mode(), autocast(inputs.device, bf16):
@@ -411,18 +439,20 @@ def build_cache(
         (tmp / META_NAME).write_text(json.dumps(meta, indent=2))
         try:
             os.replace(tmp, final)
-        except OSError:  # another run finished the same cache first: use theirs (it is verified on open)
+        except OSError:  # a process this lock does not reach (another host) finished it first: use theirs
             if not (final / META_NAME).exists():
                 raise
             shutil.rmtree(tmp, ignore_errors=True)
+            return open_cache(final, spec)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if log:
-        size = sum(f["bytes"] for f in files.values())
-        log(f"teacher cache built in {build_time:.2f}s ({views * n / max(build_time, 1e-9):,.0f} teacher "
-            f"forwards/s, {size / 2**20:.1f} MiB)")
-    return open_cache(final, spec)
+    size = sum(f["bytes"] for f in files.values())
+    log(f"teacher cache built in {build_time:.2f}s ({views * n / max(build_time, 1e-9):,.0f} teacher "
+        f"forwards/s, {size / 2**20:.1f} MiB)")
+    cache = open_cache(final, spec)
+    cache.built_here = True
+    return cache
 
 
 def _index_dtype(num_classes: int) -> type:
@@ -432,15 +462,24 @@ def _index_dtype(num_classes: int) -> type:
 def _create_arrays(
     folder: Path, views: int, n: int, num_classes: int, topk: int | None, row_max: bool = False
 ) -> dict[str, np.ndarray]:
-    open_memmap = np.lib.format.open_memmap
     if topk is None:
-        arrays = {"logits": open_memmap(folder / "logits.npy", "w+", np.float16, (views, n, num_classes))}
+        arrays = {"logits": _open_memmap(folder / "logits.npy", np.float16, (views, n, num_classes))}
         if row_max:
-            arrays["row_max"] = open_memmap(folder / "row_max.npy", "w+", np.float32, (views, n))
+            arrays["row_max"] = _open_memmap(folder / "row_max.npy", np.float32, (views, n))
         return arrays
     if topk > num_classes:
         raise RespkdError(f"kd.cache_topk is {topk} but the teacher has only {num_classes} outputs")
     return {
-        "topk_probs": open_memmap(folder / "topk_probs.npy", "w+", np.float16, (views, n, topk)),
-        "topk_indices": open_memmap(folder / "topk_indices.npy", "w+", _index_dtype(num_classes), (views, n, topk)),
+        "topk_probs": _open_memmap(folder / "topk_probs.npy", np.float16, (views, n, topk)),
+        "topk_indices": _open_memmap(folder / "topk_indices.npy", _index_dtype(num_classes), (views, n, topk)),
     }
+
+
+def _open_memmap(path: Path, dtype: type, shape: tuple[int, ...]) -> np.ndarray:
+    """A new ``.npy`` file mapped for writing, its space reserved first: filling a sparse file's pages on a full
+    disk raises SIGBUS, which kills the process; reserving it raises ENOSPC, which is one line."""
+    array = np.lib.format.open_memmap(path, "w+", dtype, shape)
+    if hasattr(os, "posix_fallocate"):
+        with open(path, "r+b") as f:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+    return array

@@ -164,7 +164,7 @@ def export_student(
                 "in_shape": json.dumps(list(in_shape)), "normalization": json.dumps(meta.get("normalization"))}
         atomic_save_safetensors(state, out, info)
     else:
-        atomic_write(out, lambda tmp: torch.save(state, tmp))
+        atomic_write(out, lambda tmp: _torch_save(state, tmp))
     return {"checkpoint": str(path), "out": str(out), "format": fmt, "tensors": len(state),
             "constructor": constructor_call(name, num_classes, in_shape, options),
             "note": first_conv_note(name, num_classes, in_shape, options, state),
@@ -231,3 +231,10 @@ def first_conv_note(
         return None
     return (f"{', '.join(differ)} takes {in_shape[0]} input channel(s) (respkd adapted the first conv): replace that "
             f"conv with nn.Conv2d({in_shape[0]}, ...) of the same other settings before load_state_dict")
+
+
+def _torch_save(state: dict[str, torch.Tensor], path: Path) -> None:
+    """``torch.save`` through a Python file, whose failed writes are OSErrors (with errno) rather than torch's own
+    RuntimeError without one."""
+    with open(path, "wb") as f:
+        torch.save(state, f)

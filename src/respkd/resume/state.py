@@ -30,8 +30,10 @@ __all__ = [
 STATE_NAME = "resume.safetensors"
 STATE_FORMAT = "respkd-train-state-v1"
 _WHAT = "training state"  # the noun for the file in messages
-# Config keys that do not change what is computed: a run may resume with other values.
-IGNORED_KEYS = ("train.checkpoint_every_steps", "train.tensorboard")
+# Config keys that a run may resume with other values of: how often the state is saved and TensorBoard change nothing
+# computed; what happens at a non-finite loss acts only from the state's position on (a saved state never holds a
+# non-finite step applied), so a run stopped by one may continue with train.on_nonfinite: skip_step.
+IGNORED_KEYS = ("train.checkpoint_every_steps", "train.tensorboard", "train.on_nonfinite", "train.max_skipped_steps")
 
 
 def _copy(tensor: torch.Tensor) -> torch.Tensor:
@@ -99,6 +101,7 @@ class Position:
     train_time_s: float = 0.0  # seconds spent in finished epochs
     wall_time_s: float = 0.0  # seconds since the run started, at the last save
     resumes: list[dict[str, int]] = field(default_factory=list)  # where each resume started
+    skipped_steps: int = 0  # steps skipped in finished epochs (train.on_nonfinite: skip_step)
 
 
 class TrainingState:
@@ -114,6 +117,7 @@ class TrainingState:
         self.steps_per_epoch, self.device = steps_per_epoch, device
         self.every = cfg.train.checkpoint_every_steps
         self.position = Position()
+        self.saved: str | None = None  # where the state on disk stands (None: not saved by this run yet)
         self.started = time.perf_counter()
         self._rng: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None
 
@@ -133,18 +137,30 @@ class TrainingState:
 
     # ------------------------------------------------ writing
 
+    def save_due(self, progress: EpochProgress) -> bool:
+        """Whether :meth:`after_step` saves after the step that brought the epoch to ``progress``: every
+        ``checkpoint_every_steps`` steps (the last batch of an epoch is left to :meth:`end_epoch`, which saves after
+        the epoch's evaluation)."""
+        step = self.position.epochs_done * self.steps_per_epoch + progress.batches
+        return bool(self.every) and step % self.every == 0 and progress.batches < self.steps_per_epoch
+
     def after_step(self, progress: EpochProgress) -> None:
-        """Called after every optimizer step; saves every ``checkpoint_every_steps`` steps (the last batch of an
-        epoch is left to :meth:`end_epoch`, which saves after the epoch's evaluation)."""
+        """Called after every optimizer step; saves when :meth:`save_due`."""
         self.position.epoch = progress
-        if self.every and self.step % self.every == 0 and progress.batches < self.steps_per_epoch:
+        if self.save_due(progress):
+            self.save()
+
+    def save_unsaved(self) -> None:
+        """Save, unless the state on disk is already this very position (a stop right after a save)."""
+        if self.saved != self.where():
             self.save()
 
     def end_epoch(self, epoch_seconds: float) -> None:
         """Called once an epoch's metrics are written: the next save starts the next epoch."""
         self.position.epochs_done += 1
-        self.position.epoch = EpochProgress()
         self.position.train_time_s += epoch_seconds
+        self.position.skipped_steps += self.position.epoch.skipped
+        self.position.epoch = EpochProgress()
         self.save()
 
     def save(self) -> None:
@@ -153,8 +169,15 @@ class TrainingState:
         # What differs between processes: their generators and the running sums of their shares of the batches.
         per_process = distributed.gather_per_process({**torch_rng_state(self.device), **{
             f"epoch_sums.{k}": v.detach().float().reshape(()) for k, v in p.epoch.sums.items()}})
-        if not distributed.is_main_process():
-            return
+        # a failed write (a full disk) stops every process, not process 0 alone; a signal is the training loop's to
+        # act on (this may be the save it makes on one)
+        with distributed.together(signals=False):
+            if distributed.is_main_process():
+                self._write(per_process)
+            self.saved = self.where()
+
+    def _write(self, per_process: dict[str, torch.Tensor]) -> None:
+        p = self.position
         p.wall_time_s = self.wall_time()
         # clone: tied weights share storage, which safetensors refuses, and the copy is what was true at this step;
         # contiguous: safetensors stores row-major data only (channels-last weights are not)
@@ -168,12 +191,13 @@ class TrainingState:
             "format": STATE_FORMAT, "config": config_to_dict(self.cfg), "identity": self.identity,
             "position": {"epochs_done": p.epochs_done, "batches_done": p.epoch.batches, "step": self.step,
                          "epoch_seconds": p.epoch.seconds, "epoch_sums": list(p.epoch.sums),  # in their order
+                         "epoch_skipped": p.epoch.skipped, "skipped_steps": p.skipped_steps,
                          "train_time_s": p.train_time_s, "wall_time_s": p.wall_time_s},
             "resumes": p.resumes, "optimizer": opt_meta, "scheduler": to_json(self.scheduler.state_dict()),
             "rng": rng_meta, "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "weights_sha256": tensors_digest(tensors),
         }
         header = {"respkd": json.dumps(meta)}
-        atomic_write(self.path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
+        atomic_write(self.path, lambda tmp: save_file(tensors, str(tmp), metadata=header), _WHAT)
 
     def discard(self) -> None:
         """Remove a stored state (process 0): the run starts over, or has finished."""
@@ -210,8 +234,9 @@ class TrainingState:
             pos = meta["position"]
             own = distributed.own_part(tensors)
             sums = {k: own[f"epoch_sums.{k}"].to(self.device) for k in pos["epoch_sums"]}
-            self.position = Position(pos["epochs_done"], EpochProgress(pos["batches_done"], sums, pos["epoch_seconds"]),
-                                     pos["train_time_s"], pos["wall_time_s"], list(meta["resumes"]))
+            progress = EpochProgress(pos["batches_done"], sums, pos["epoch_seconds"], pos.get("epoch_skipped", 0))
+            self.position = Position(pos["epochs_done"], progress, pos["train_time_s"], pos["wall_time_s"],
+                                     list(meta["resumes"]), pos.get("skipped_steps", 0))
             self._rng = ({**{k: v for k, v in tensors.items() if k.startswith("rng.")},
                           **{k: v for k, v in own.items() if k.startswith("rng.")}}, meta["rng"])
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
@@ -220,6 +245,7 @@ class TrainingState:
         if self.step != pos["step"] or not 0 <= pos["batches_done"] <= self.steps_per_epoch:
             raise RespkdError(f"cannot resume: {self.path}: its position (step {pos['step']}) does not fit "
                               f"{self.steps_per_epoch} steps per epoch; pass --force to start over")
+        self.saved = self.where()
 
     def begin(self, log: Callable[[str], None]) -> None:
         """Right before the first step: restore the generators of a loaded state, or save the state of step 0 (so a

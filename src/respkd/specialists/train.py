@@ -42,6 +42,7 @@ from respkd.engine import build_optimizer, build_scheduler, evaluate, use_bf16
 from respkd.environment import capture_environment, seed_everything, usable_cores
 from respkd.errors import RespkdError
 from respkd.files import atomic_write_text, read_json
+from respkd.locks import FolderLock
 from respkd.models import build_model, count_parameters
 from respkd.provenance import read_record, same_inputs
 from respkd.rundir import RunDir, train_epochs
@@ -120,7 +121,7 @@ def train_specialist(ctx: Context, subsets: list[list[int]], k: int, force: bool
     """Train specialist ``k`` into its own directory (module doc); skipped when finished from the same spec."""
     if not 0 <= k < len(subsets):
         raise RespkdError(f"--only {k}: there are {len(subsets)} specialists (0..{len(subsets) - 1})")
-    cfg, sc, data = ctx.cfg, ctx.cfg.specialist, ctx.data
+    cfg = ctx.cfg
     subset = list(subsets[k])
     spec = specialist_spec(ctx, subset, k)
     final = specialist_dir(ctx.out_dir, k)
@@ -131,7 +132,18 @@ def train_specialist(ctx: Context, subsets: list[list[int]], k: int, force: bool
             print(f"specialist {k}: already finished in {final}, skipped", flush=True)
             return read_json(final / SUMMARY_NAME, "summary")
         raise RespkdError(f"{final} was finished from another config, generalist or subset; pass --force to retrain it")
+    ctx.out_dir.mkdir(parents=True, exist_ok=True)
+    lock = FolderLock(ctx.out_dir / f".specialist-{k}.lock", f"specialist {k} of '{cfg.name}'")
+    lock.acquire()  # before its stale folders are removed: a second process training it is refused instead
+    try:
+        return _train(ctx, k, subset, spec, final, quiet)
+    finally:
+        lock.release()
 
+
+def _train(ctx: Context, k: int, subset: list[int], spec: dict[str, Any], final: Path, quiet: bool) -> dict[str, Any]:
+    """:func:`train_specialist`'s work, under the specialist's lock."""
+    cfg, sc, data = ctx.cfg, ctx.cfg.specialist, ctx.data
     seed_everything(cfg.seed * 1009 + k)
     mapping = label_map(subset, ctx.num_classes)
     inside = torch.isin(data.train_labels, torch.tensor(subset))
@@ -151,7 +163,6 @@ def train_specialist(ctx: Context, subsets: list[list[int]], k: int, force: bool
     val_loader = BatchLoader(data.val_images, mapping[data.val_labels], 1000, *ctx.norm, device=ctx.device,
                              channels_last=tc.channels_last)
 
-    ctx.out_dir.mkdir(parents=True, exist_ok=True)
     for stale in ctx.out_dir.glob(f".specialist-{k}.partial-*"):  # left by a crashed attempt at this specialist
         shutil.rmtree(stale, ignore_errors=True)
     partial = ctx.out_dir / f".specialist-{k}.partial-{os.getpid()}"
@@ -166,7 +177,7 @@ def train_specialist(ctx: Context, subsets: list[list[int]], k: int, force: bool
         f"{batches.n_out}, {len(batches)} batches per epoch, {tc.epochs} epochs ({torch.get_num_threads()} threads)")
     start = time.perf_counter()
     trained = train_epochs(out, task, student, batches, optimizer, scheduler, ctx.device, bf16, tc.epochs,
-                           progress=False)
+                           progress=False, on_nonfinite=tc.on_nonfinite, max_skipped_steps=tc.max_skipped_steps)
     shift_dustbin(student, ctx.in_shape, correction)
     test = evaluate(student, test_loader, len(subset) + 1)
     val = evaluate(student, val_loader, len(subset) + 1)
