@@ -1,6 +1,6 @@
-"""README.md cannot drift from the code: its own-loop Python block runs as written, every `respkd ...` command line
-it shows parses with the real command line (each subcommand's --help answers), and those that read only committed
-files (results/) run.
+"""README.md's own-loop Python block runs as written, within the CPU time the README promises. The helpers that read
+a README command line as the shell hands it over are shared with tests/test_docs.py, which checks every command,
+link, path and generated table of README.md and docs/*.md.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from respkd.cli import build_parser, main
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
@@ -33,19 +32,6 @@ def python_block(title: str) -> str:
     blocks = re.findall(r"^```python\n(.*?)^```", section(title), re.S | re.M)
     assert len(blocks) == 1, f"'{title}' should hold one python block, it holds {len(blocks)}"
     return blocks[0]
-
-
-def fenced_commands() -> list[str]:
-    """Every line of a fenced block that starts with `respkd ` (continued lines joined), comments dropped."""
-    lines = []
-    for block in re.findall(r"^```[a-z]*\n(.*?)^```", README, re.S | re.M):
-        text = block.replace("\\\n", " ")
-        lines += [line.strip() for line in text.splitlines() if line.strip().startswith("respkd ")]
-    return lines
-
-
-def inline_commands() -> list[str]:
-    return re.findall(r"`(respkd [a-z][^`]*)`", README)
 
 
 def braces(word: str) -> list[str]:
@@ -91,41 +77,3 @@ def test_the_own_loop_block_runs_as_written(tmp_path, real_mnist_root):
     assert errors < 1500, last  # chance is 9000 of 10,000
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     assert cpu < 40, f"{cpu:.0f} s of CPU"
-
-
-def test_readme_shows_commands():
-    assert len(fenced_commands()) >= 20 and len(inline_commands()) >= 10
-
-
-@pytest.mark.parametrize("line", fenced_commands())
-def test_every_command_line_in_the_readme_parses(line):
-    """The flags and arguments of each command line shown in a code block are what the parser takes (parsing runs
-    nothing)."""
-    try:
-        build_parser().parse_args(argv_of(line))
-    except SystemExit as exit_:
-        pytest.fail(f"README: {line!r} does not parse (exit {exit_.code})")
-
-
-@pytest.mark.parametrize("command", sorted({" ".join(subcommand(argv_of(c))) for c in fenced_commands()
-                                            + inline_commands()}))
-def test_every_subcommand_in_the_readme_has_help(command, capsys):
-    with pytest.raises(SystemExit) as exit_:
-        main([*command.split(), "--help"])
-    assert exit_.value.code == 0
-    assert capsys.readouterr().out.startswith(f"usage: respkd {command}")
-
-
-def test_the_readme_commands_on_committed_results_run(tmp_path, real_mnist_root, monkeypatch, capsys):
-    """The lines that read only the repository's committed runs (results/) run, and print what the README says."""
-    runnable = [c for c in fenced_commands() if any(a.startswith("results/") for a in argv_of(c))]
-    assert runnable, "the README shows no command on the committed results"
-    (tmp_path / "results").symlink_to(REPO / "results")
-    (tmp_path / "data").symlink_to(real_mnist_root)
-    monkeypatch.chdir(tmp_path)
-    for line in runnable:
-        assert main(argv_of(line)) == 0, line
-        out = capsys.readouterr().out
-        assert out.strip(), line
-        if claimed := re.search(r"#.*?(\d+) test errors", line):  # the comment states the result: it must be it
-            assert f"test errors {claimed.group(1)}/" in out, (line, out)
