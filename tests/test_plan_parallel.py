@@ -133,9 +133,9 @@ def test_shipped_plan_units():
     stage; each unit makes what its stage makes and reads what its config reads."""
     units = plan_units(resolve(load_plan("hinton2015"), [], Path("/nonexistent-runs")))
     labels = [u.label for u in units]
-    assert len(labels) == len(set(labels)) == 49
+    assert len(labels) == len(set(labels)) == 55
     member = units[labels.index("mnist-member-800-seed2")]
-    assert member.outputs == ["mnist-member-800-seed2"] and member.needs == [] and member.tag == "[16/27][3/5]"
+    assert member.outputs == ["mnist-member-800-seed2"] and member.needs == [] and member.tag == "[22/33][3/5]"
     table = units[labels.index("mnist-kd-sweep")]
     assert table.light and len(table.needs) == 14 and table.needs[0] == "mnist-kd-h300-T1"
     bias = units[labels.index("mnist-student-800-kd-T20-no3-bias")]
