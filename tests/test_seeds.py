@@ -49,6 +49,8 @@ def test_base_name():
 
 
 def test_table_groups_seeds(three_seeds_and_another, capsys):
+    for run in three_seeds_and_another[0], three_seeds_and_another[3]:  # weights kept for seeds 0 and 2 only
+        (run / "model.safetensors").write_bytes(b"")
     assert main(["table", *map(str, three_seeds_and_another)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 + 2  # header, rule, one row per experiment
@@ -56,8 +58,9 @@ def test_table_groups_seeds(three_seeds_and_another, capsys):
     # top-1: 95.0, 94.0, 91.5 -> mean 93.5, sample std sqrt((1.5^2 + 0.5^2 + 2^2) / 2) = sqrt(3.25) = 1.80
     # top-5: 99.5, 100, 99 -> 99.5 +- 0.5; errors 13.0 +- sqrt(13) = 3.6
     assert cells[:6] == ["x (n=3)", "0.03", "0.0000", "93.50 ± 1.80", "99.50 ± 0.50", "13.0 ± 3.6 / 200"]
-    assert "seed 0" in cells[7] and "seed 2" in cells[7]
+    assert "seed 0" in cells[7] and "seed 2" in cells[7] and "seed 1" not in cells[7]  # only weights that exist
     assert lines[3].startswith("| other | 0.03 |") and "| 85.00 |" in lines[3]  # alone: a plain row
+    assert lines[3].endswith("| - |")  # its weights are not there: no link
 
 
 def test_table_per_run(three_seeds_and_another, capsys):

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from respkd.checkpoint import SUMMARY_NAME, read_checkpoint_meta
+from respkd.checkpoint import CHECKPOINT_NAME, SUMMARY_NAME, read_checkpoint_meta
 from respkd.config import read_yaml_mapping
 from respkd.errors import RespkdError
 from respkd.files import read_json
@@ -58,13 +58,20 @@ def _link(run_dir: Path, target: str, text: str, link_root: Path | None) -> str:
     return f"[{text}]({rel})"
 
 
+def _model_links(run_dirs: list[Path], texts: list[str], link_root: Path | None) -> str:
+    """Links to the runs' weights that exist ("-" when none does): a results table links no file it cannot serve (the
+    repository keeps only its results table's weights)."""
+    links = [_link(d, CHECKPOINT_NAME, t, link_root) for d, t in zip(run_dirs, texts) if (d / CHECKPOINT_NAME).is_file()]
+    return " ".join(links) or "-"
+
+
 def table_row(run_dir: Path, link_root: Path | None = None, summary: dict[str, Any] | None = None) -> list[str]:
     s = summary or read_table_summary(run_dir)
     m = s["metrics"]
     return [
         s["name"], f"{s['params'] / 1e6:.2f}", f"{s['macs'] / 1e9:.4f}", f"{m['top1']:.2f}", f"{m['top5']:.2f}",
         f"{m['errors']} / {m['n']}", _link(run_dir, "config.yaml", "config", link_root),
-        _link(run_dir, "model.safetensors", "model", link_root),
+        _model_links([run_dir], ["model"], link_root),
     ]
 
 
@@ -73,7 +80,7 @@ def group_row(run_dirs: list[Path], summaries: list[dict[str, Any]], link_root: 
     if len(run_dirs) == 1:
         return table_row(run_dirs[0], link_root, summaries[0])
     r, s = seed_report(run_dirs, summaries), summaries[0]
-    models = " ".join(_link(d, "model.safetensors", f"seed {seed}", link_root) for d, seed in zip(run_dirs, r["seeds"]))
+    models = _model_links(run_dirs, [f"seed {seed}" for seed in r["seeds"]], link_root)
     return [
         f"{r['name']} (n={r['n']})", f"{s['params'] / 1e6:.2f}", f"{s['macs'] / 1e9:.4f}",
         fmt_mean_std(r["top1"], 2), fmt_mean_std(r["top5"], 2), f"{fmt_mean_std(r['errors'], 1)} / {r['test_n']}",
