@@ -77,7 +77,8 @@ def paper_table(plan_name: str, page_dir: Path) -> str:
         stage = job.stage
         if not isinstance(stage, RunStage):
             continue
-        errors = [read_summary(root / name)["metrics"]["errors"] for name in stage.outputs]
+        summaries = [read_summary(root / name) for name in stage.outputs]
+        errors = [summary["metrics"]["errors"] for summary in summaries]
         ours = statistics.mean(errors)
         runs = ", ".join(f"[{name}]({os.path.relpath(ROOT / root / name, page_dir)})" for name in stage.outputs)
         if len(errors) == 1:
@@ -90,10 +91,9 @@ def paper_table(plan_name: str, page_dir: Path) -> str:
             paper_text, verdict = "-", "not in the paper"
         else:
             paper_text = f"{paper:g}"
-            verdict = "met" if ours <= paper else f"**missed**: {ours:.1f} vs {paper:g}".replace(".0 vs", " vs")
-        summary = read_summary(root / stage.outputs[0])
-        lines.append(f"| {label} | {objective(summary['config'])} | {paper_text} | **{shown}** / "
-                     f"{summary['metrics']['n']} | {verdict} |")
+            verdict = "met" if ours <= paper else f"**missed**: {f'{ours:.1f}'.removesuffix('.0')} vs {paper:g}"
+        lines.append(f"| {label} | {objective(summaries[0]['config'])} | {paper_text} | **{shown}** / "
+                     f"{summaries[0]['metrics']['n']} | {verdict} |")
     return "\n".join(lines)
 
 
