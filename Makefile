@@ -33,7 +33,7 @@ reproduce-mnist: setup
 	$(BIN)/respkd reproduce mnist_table
 
 reproduce-hinton2015: setup
-	$(BIN)/respkd reproduce hinton2015
+	$(BIN)/respkd reproduce hinton2015 --jobs 2
 
 # The speed benchmark's peer (torchdistill) is installed only for it, pinned so pip cannot touch torch.
 benchmark-setup: setup

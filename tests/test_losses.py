@@ -350,3 +350,54 @@ def test_response_loss_names_its_terms_and_checks_its_parameters():
     assert set(out) == {"loss", "inter_loss", "intra_loss", "hard_loss"}
     expected = 0.5 * (out["inter_loss"] + out["intra_loss"]) + 2.0 * out["hard_loss"]
     assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+# ---------------------------------------------------------------- DKD and DIST in one pass vs autograd of the formula
+
+
+@pytest.mark.parametrize("scale", [3.0, 100.0])
+@pytest.mark.parametrize("t", [1.0, 4.0, 20.0])
+@pytest.mark.parametrize("loss", ["dkd", "dist"])
+def test_one_pass_terms_equal_the_formula_and_its_autograd_gradient(loss, t, scale):
+    """dkd_terms / dist_terms compute their gradient in the forward pass (fewer kernels); values and gradients are
+    autograd's through the authors' formula (the private reference), up to float32 rounding."""
+    from respkd.losses import _dist_terms_autograd, _dkd_terms_autograd
+
+    g = torch.Generator().manual_seed(int(t * 10 + scale))
+    student = (torch.randn(64, 10, generator=g) * scale).requires_grad_(True)
+    teacher, labels = torch.randn(64, 10, generator=g) * scale, torch.randint(0, 10, (64,), generator=g)
+    weights = (1.0, 8.0) if loss == "dkd" else (1.0, 2.0)
+    fast = dkd_terms(student, teacher, labels, t) if loss == "dkd" else dist_terms(student, teacher, t)
+    (weights[0] * fast[0] + weights[1] * fast[1]).backward()
+    fast_grad, student.grad = student.grad.clone(), None
+    ref = (_dkd_terms_autograd(student, teacher, labels, t) if loss == "dkd"
+           else _dist_terms_autograd(student, teacher, t))
+    (weights[0] * ref[0] + weights[1] * ref[1]).backward()
+    for a, b in zip(fast, ref):
+        assert a.dtype == torch.float32 and a.shape == ()
+        assert a.item() == pytest.approx(b.item(), rel=2e-5, abs=1e-5 * t * t)
+    assert fast_grad.abs().sum() > 0
+    torch.testing.assert_close(fast_grad, student.grad, rtol=1e-4, atol=1e-6 * max(student.grad.abs().max().item(), 1))
+
+
+@pytest.mark.parametrize("loss", ["dkd", "dist"])
+def test_one_pass_terms_under_autocast_and_with_a_learning_teacher(loss):
+    terms = (lambda s, te: dkd_terms(s, te, torch.tensor([0, 3, 9, 5]), 4.0)) if loss == "dkd" else (
+        lambda s, te: dist_terms(s, te, 4.0))
+    # a bf16 student's gradient comes back in bf16 (what autograd hands the layer below)
+    student = torch.randn(4, 10).bfloat16().requires_grad_(True)
+    sum(terms(student, torch.randn(4, 10).bfloat16())).backward()
+    assert student.grad.dtype == torch.bfloat16 and torch.isfinite(student.grad.float()).all()
+    # a teacher whose logits need a gradient gets one (autograd through the formula), equal for the student's
+    student = torch.randn(4, 10, requires_grad=True)
+    teacher = torch.randn(4, 10, requires_grad=True)
+    sum(terms(student, teacher)).backward()
+    assert teacher.grad is not None and teacher.grad.abs().sum() > 0
+    learned, student.grad = student.grad.clone(), None
+    sum(terms(student, teacher.detach())).backward()
+    torch.testing.assert_close(student.grad, learned, rtol=1e-4, atol=1e-7)
+    # the one-pass backward is not differentiable again: an error, not a silently wrong second derivative
+    student.grad = None
+    (grad,) = torch.autograd.grad(sum(terms(student, teacher.detach())), student, create_graph=True)
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        grad.sum().backward()

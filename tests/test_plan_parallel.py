@@ -133,9 +133,10 @@ def test_shipped_plan_units():
     stage; each unit makes what its stage makes and reads what its config reads."""
     units = plan_units(resolve(load_plan("hinton2015"), [], Path("/nonexistent-runs")))
     labels = [u.label for u in units]
-    assert len(labels) == len(set(labels)) == 55
+    assert labels[0] == "mnist-teacher-1200"  # first: everything distilled waits for it
+    assert len(labels) == len(set(labels)) == 47
     member = units[labels.index("mnist-member-800-seed2")]
-    assert member.outputs == ["mnist-member-800-seed2"] and member.needs == [] and member.tag == "[22/33][3/5]"
+    assert member.outputs == ["mnist-member-800-seed2"] and member.needs == [] and member.tag == "[3/25][3/5]"
     table = units[labels.index("mnist-kd-sweep")]
     assert table.light and len(table.needs) == 14 and table.needs[0] == "mnist-kd-h300-T1"
     bias = units[labels.index("mnist-student-800-kd-T20-no3-bias")]
@@ -221,6 +222,25 @@ def test_a_failing_unit_stops_the_plan_after_the_running_unit_finishes(tmp_path,
     runs = tmp_path / "runs"
     assert (runs / "par-slow" / "summary.json").is_file() and not (runs / "par-later").exists()
     assert not (runs / "REPORT.md").exists()
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_dataset_that_cannot_be_had_stops_the_plan_before_any_unit_runs(tmp_path, idx_dir, capsys, monkeypatch,
+                                                                          jobs):
+    """The plan makes every dataset its runs read from the cache ready first: one without an offline copy (here
+    Fashion-MNIST, its apt folder made absent; source idx, so nothing is downloaded) stops it at once with the line
+    that run would print, before the first stage trains."""
+    monkeypatch.setattr("respkd.data.datasets.FASHION_MNIST_APT_DIR", tmp_path / "no-apt-copy")
+    data = tmp_path / "data"
+    plan = plan_of(tmp_path, idx_dir, [
+        tiny_config("ready-first", idx_dir, data),
+        tiny_config("later-fashion", idx_dir, data, data={"dataset": "fashion_mnist", "path": None, "source": "idx"}),
+    ])
+    assert main(["reproduce", str(plan), "--jobs", str(jobs), "--threads", "1"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "respkd: error: plan stage 2 (later-fashion) reads fashion_mnist: no offline copy of fashion_mnist "
+        "found; install the offline copy with `apt-get install dataset-fashion-mnist`, or set data.path"]
+    assert not (tmp_path / "runs").exists()  # nothing trained
 
 
 def test_sigterm_to_the_parent_reaches_the_run_in_its_child(tmp_path, idx_dir):

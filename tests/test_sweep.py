@@ -201,7 +201,7 @@ def test_shipped_plans_validate(tmp_path):
         assert load_plan(str(path)).stages, path
     for name in ("mnist_table",):  # self-contained: it trains its own teacher
         assert resolve(load_plan(name), [], tmp_path / "runs")
-    jobs = resolve(load_plan("hinton2015"), [], tmp_path / "runs")
+    jobs = resolve(load_plan("hinton2015"), [], tmp_path / "runs")  # self-contained too, teacher included
     kinds = {type(j.stage).__name__ for j in jobs}
     assert kinds == {"RunStage", "BiasStage", "EnsembleEvalStage", "SweepStage"}
     assert not (tmp_path / "runs").exists()

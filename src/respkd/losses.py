@@ -36,6 +36,7 @@ import contextlib
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 __all__ = [
     "LOSS_PARAMS", "RESPONSE_LOSSES", "soft_targets", "soft_target_loss", "hard_label_loss", "logit_mse_loss", "dkd_terms",
@@ -130,14 +131,13 @@ def dkd_terms(
     * NCKD: ``KL(p^_teacher || p^_student)`` with ``p^`` the softmax over the non-target classes only;
     * ``KL(p_teacher || p_student) = TCKD + (1 - p_teacher,t) * NCKD`` per example (the paper's identity).
 
-    As the authors' code (mdistiller, ``mdistiller/distillers/DKD.py``): the teacher's binary distribution is its
-    probabilities summed over (target) and (others); NCKD is the KL between ``softmax(z / T - 1000 * onehot(t))`` of
-    both models (the 1000 makes the target class's probability 0 in float32 without an ``-inf`` that would turn the
-    KL into NaN); both KLs are ``sum`` reductions divided by the batch size, times T^2. One departure: the student's
-    binary log-probabilities are ``log_softmax(z / T)`` at the target and a ``logsumexp`` of it over the other
-    classes, instead of the authors' ``torch.log`` of summed probabilities. Those are the same numbers wherever the
-    authors' are finite; theirs become ``-inf`` (and the gradient NaN) once a probability rounds to 0, e.g. at
-    ``|z| = 100`` and T = 1.
+    As the authors' code (mdistiller, ``mdistiller/distillers/DKD.py``): NCKD is the KL between
+    ``softmax(z / T - 1000 * onehot(t))`` of both models (the 1000 makes the target class's probability 0 in float32
+    without an ``-inf`` that would turn the KL into NaN); both KLs are ``sum`` reductions divided by the batch size,
+    times T^2. One departure: the binary distributions are computed in log space, ``log_softmax(z / T)`` at the
+    target and a ``logsumexp`` of it over the other classes, instead of the authors' sums of probabilities and their
+    ``torch.log``. Those are the same numbers wherever the authors' are finite; theirs become ``-inf`` (and the
+    gradient NaN) once a probability rounds to 0, e.g. at ``|z| = 100`` and T = 1.
 
     Raises:
         ValueError: fewer than 3 classes (with 2, the non-target distribution is a single class: NCKD carries no
@@ -151,27 +151,80 @@ def dkd_terms(
     if num_classes < 3:
         raise ValueError(f"DKD needs at least 3 classes, got {num_classes}: with 2 the non-target classes are one "
                          "class, so NCKD (the KL between distributions over them) is undefined")
+    if teacher_logits.requires_grad:  # a teacher that learns too: autograd through the formula, to both models
+        return _dkd_terms_autograd(student_logits, teacher_logits, labels, temperature)
+    return _DKDTerms.apply(student_logits, teacher_logits, labels, temperature)
+
+
+def _dkd_terms_autograd(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`dkd_terms` written as the authors write it, differentiated by autograd (about 50 small kernels
+    forward and back; :class:`_DKDTerms` is the same numbers in fewer)."""
     with _float32(student_logits):
         s = student_logits.float() / temperature
         t = teacher_logits.float() / temperature
         index = labels[:, None]
         target = torch.zeros_like(s, dtype=torch.bool).scatter_(1, index, True)
-        # The teacher's probability of the target and the sum of the others': the authors' sums of the probabilities
-        # times a 0/1 mask, as a gather and a masked sum (the same numbers, fewer operations).
-        p_teacher = torch.softmax(t, dim=1)
-        teacher_binary = torch.cat([p_teacher.gather(1, index), p_teacher.masked_fill(target, 0.0).sum(1, True)], 1)
-        log_p_student = torch.log_softmax(s, dim=1)
-        student_log_binary = torch.cat([
-            log_p_student.gather(1, index),
-            torch.logsumexp(log_p_student.masked_fill(target, float("-inf")), dim=1, keepdim=True),
-        ], dim=1)
+
+        def log_binary(log_p: torch.Tensor) -> torch.Tensor:  # log (p_target, sum of the others)
+            others = torch.logsumexp(log_p.masked_fill(target, float("-inf")), dim=1, keepdim=True)
+            return torch.cat([log_p.gather(1, index), others], dim=1)
+
         scale = temperature**2 / student_logits.shape[0]
-        tckd = F.kl_div(student_log_binary, teacher_binary, reduction="sum") * scale
+        tckd = F.kl_div(log_binary(torch.log_softmax(s, dim=1)), log_binary(torch.log_softmax(t, dim=1)),
+                        reduction="sum", log_target=True) * scale
         mask = target * DKD_MASK
-        teacher_others = torch.softmax(t - mask, dim=1)
-        student_log_others = torch.log_softmax(s - mask, dim=1)
-        nckd = F.kl_div(student_log_others, teacher_others, reduction="sum") * scale
+        nckd = F.kl_div(torch.log_softmax(s - mask, dim=1), torch.log_softmax(t - mask, dim=1), reduction="sum",
+                        log_target=True) * scale
     return tckd, nckd
+
+
+class _DKDTerms(torch.autograd.Function):
+    """TCKD and NCKD and their gradients w.r.t. the student's logits in one pass over both models' logits.
+
+    The response losses run on tiny ``(N, C)`` tensors, where each kernel's launch costs more than its arithmetic;
+    autograd through :func:`_dkd_terms_autograd` launches about 50 of them per step, this about 25 and a multiply
+    back. With ``s = z / T``, ``p = softmax(s)``, ``q = softmax(s - 1000 * onehot(y))`` (the non-target classes),
+    ``b = (p_y, sum of the others)`` and ``g = T / N``:
+
+    * d TCKD / d z = g * ((b_t,1 + b_t,2) * p_s - b_t,1 * onehot(y) - b_t,2 * q_s)
+    * d NCKD / d z = g * (q_s - q_t)
+
+    The values are the formula's (log-space binary probabilities, the authors' 1000 mask), up to float32 rounding.
+    No gradient reaches the teacher
+    (:func:`dkd_terms` takes the autograd path when its logits require one), and the backward is not differentiable
+    again.
+    """
+
+    @staticmethod
+    def forward(ctx, student_logits, teacher_logits, labels, temperature):  # noqa: D102 (the class says it)
+        n = student_logits.shape[0]
+        with _float32(student_logits):
+            # both models at once, row i of the student above row i of the teacher: half the kernel launches
+            z = torch.cat([student_logits.detach(), teacher_logits.detach()]).float() / temperature
+            index = torch.cat([labels, labels])[:, None]
+            lse = torch.logsumexp(z, 1, keepdim=True)
+            masked = z.scatter_add(1, index, z.new_full(index.shape, -DKD_MASK))
+            lse_others = torch.logsumexp(masked, 1, keepdim=True)
+            log_q = masked - lse_others  # over the non-target classes (about -1000 at the target)
+            log_b = torch.cat([z.gather(1, index) - lse, lse_others - lse], 1)  # log (p_target, p_others)
+            b_t, q = log_b[n:].exp(), log_q.exp()
+            scale = temperature**2 / n
+            tckd = (torch.xlogy(b_t, b_t) - b_t * log_b[:n]).sum() * scale  # KL(b_t || b_s), a 0 in b_t adds 0
+            nckd = (q[n:] * (log_q[n:] - log_q[:n])).sum() * scale
+            g = temperature / n
+            p_s = (z[:n] - lse[:n]).exp()
+            grad_tckd = (p_s * b_t.sum(1, keepdim=True) - b_t[:, 1:] * q[:n]).scatter_add_(1, index[:n], -b_t[:, :1])
+            ctx.save_for_backward(grad_tckd.mul_(g), (q[:n] - q[n:]).mul_(g))
+        ctx.dtype = student_logits.dtype
+        return tckd, nckd
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_tckd, grad_nckd):  # noqa: D102
+        d_tckd, d_nckd = ctx.saved_tensors
+        return (grad_tckd * d_tckd + grad_nckd * d_nckd).to(ctx.dtype), None, None, None
 
 
 def dkd_loss(
@@ -223,12 +276,67 @@ def dist_terms(
     """
     _check_temperature(temperature)
     _check_pair(student_logits, teacher_logits)
+    if teacher_logits.requires_grad:  # a teacher that learns too: autograd through the formula, to both models
+        return _dist_terms_autograd(student_logits, teacher_logits, temperature)
+    return _DISTTerms.apply(student_logits, teacher_logits, temperature)
+
+
+def _dist_terms_autograd(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`dist_terms` written as the authors write it, differentiated by autograd (:class:`_DISTTerms` is the
+    same numbers in fewer kernels)."""
     with _float32(student_logits):
         y_s = torch.softmax(student_logits.float() / temperature, dim=1)
         y_t = torch.softmax(teacher_logits.float() / temperature, dim=1)
         inter = temperature**2 * (1 - _pearson(y_s, y_t, dim=1).mean())
         intra = temperature**2 * (1 - _pearson(y_s, y_t, dim=0).mean())
     return inter, intra
+
+
+def _pearson_and_gradient(a: torch.Tensor, b: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_pearson` along ``dim`` (kept) and its gradient w.r.t. ``a``: with ``u``, ``v`` the centred vectors and
+    ``n = |u| |v| + eps``, ``d r / d a = v / n - (u . v) |v| u / (|u| n^2)`` (already centred, so the centring's own
+    derivative changes nothing); 0 for the second part where ``u`` is 0, as autograd's norm gives."""
+    u = a - a.mean(dim=dim, keepdim=True)
+    v = b - b.mean(dim=dim, keepdim=True)
+    norm_u, norm_v = u.norm(dim=dim, keepdim=True), v.norm(dim=dim, keepdim=True)
+    n = norm_u * norm_v + PEARSON_EPS
+    dot = (u * v).sum(dim=dim, keepdim=True)
+    return dot / n, v / n - u * (dot * norm_v / (norm_u.clamp_min(torch.finfo(u.dtype).tiny) * n * n))
+
+
+class _DISTTerms(torch.autograd.Function):
+    """DIST's two terms and their gradients w.r.t. the student's logits in one pass (see :class:`_DKDTerms` for why).
+
+    With ``y = softmax(z / T)`` and ``r`` the Pearson correlations of the rows (N of them) and of the columns (C):
+    ``d inter / d y_s = -T^2 / N * d r_rows / d y_s``, ``d intra / d y_s = -T^2 / C * d r_columns / d y_s`` (see
+    :func:`_pearson_and_gradient`), then through the softmax: ``d / d z = y_s * (g - sum(y_s * g)) / T`` per row.
+    The values are :func:`_dist_terms_autograd`'s; no gradient reaches the teacher, and the backward is not
+    differentiable again.
+    """
+
+    @staticmethod
+    def forward(ctx, student_logits, teacher_logits, temperature):  # noqa: D102 (the class says it)
+        n, c = student_logits.shape
+        with _float32(student_logits):
+            y = torch.softmax(torch.stack([student_logits.detach(), teacher_logits.detach()]).float() / temperature, 2)
+            y_s, y_t = y[0], y[1]
+            r_rows, d_rows = _pearson_and_gradient(y_s, y_t, dim=1)
+            r_cols, d_cols = _pearson_and_gradient(y_s, y_t, dim=0)
+            t2 = temperature**2
+            inter, intra = t2 * (1 - r_rows.mean()), t2 * (1 - r_cols.mean())
+            d_y = torch.stack([d_rows * (-t2 / n), d_cols * (-t2 / c)])  # d inter / d y_s, d intra / d y_s
+            d_z = y_s * (d_y - (y_s * d_y).sum(2, keepdim=True)) / temperature
+        ctx.save_for_backward(d_z)
+        ctx.dtype = student_logits.dtype
+        return inter, intra
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_inter, grad_intra):  # noqa: D102
+        (d_z,) = ctx.saved_tensors
+        return (grad_inter * d_z[0] + grad_intra * d_z[1]).to(ctx.dtype), None, None
 
 
 def dist_loss(

@@ -36,7 +36,7 @@ from respkd.errors import RespkdError
 
 __all__ = [
     "EVAL_BATCH", "BatchLoader", "FolderLoader", "FolderSplits", "Splits", "describe_data", "load_data",
-    "load_dataset", "load_in_memory", "make_loader", "preprocessing", "select",
+    "load_dataset", "load_in_memory", "make_loader", "prepare_dataset", "preprocessing", "select",
 ]
 
 EVAL_BATCH = 1000  # in-memory evaluation batches: large, since no gradients are kept
@@ -53,6 +53,14 @@ def load_data(d: DataConfig, root: str | None = None, path: str | None = None) -
     if info.streamed:
         return load_image_folders(info, path)
     return load_dataset(d.dataset, root, path, d.source)
+
+
+def prepare_dataset(d: DataConfig) -> None:
+    """Make the built-in in-memory dataset of ``d`` ready, as its first use would: the checksummed cache under
+    ``data.root`` built from the offline copy or a download, or ``data.path`` read once. Image-folder datasets are
+    left to their runs. Raises what that first use would raise (no offline copy, no network: one line)."""
+    if d.dataset != "folder" and not dataset_info(d.dataset).streamed:
+        load_dataset(d.dataset, d.root, d.path, d.source)
 
 
 def describe_data(d: DataConfig, path: str | None = None) -> str:

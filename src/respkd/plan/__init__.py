@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Any, Union
+from typing import Annotated, Any, Callable, Union
 
 import torch
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
@@ -57,6 +57,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, Validatio
 from respkd.checkpoint import CHECKPOINT_NAME
 from respkd.config import (MAX_PROBLEMS, MAX_THREADS, PathText, dotted, format_validation_error, join_problems,
                            key_suggestion, read_yaml_mapping)
+from respkd.data import describe_data, prepare_dataset
 from respkd.environment import usable_cores
 from respkd.errors import RespkdError
 from respkd.plan.bias_stage import BiasStage
@@ -192,6 +193,7 @@ def run_plan(name: str, runs_root: str | None = None, overrides: list[str] = (),
     stages = resolve(plan, list(overrides), root)
     units = plan_units(stages)
     start = time.perf_counter()
+    prepare_data(stages, _log)
     if jobs == 1:
         if threads is not None:
             torch.set_num_threads(threads)
@@ -206,6 +208,25 @@ def run_plan(name: str, runs_root: str | None = None, overrides: list[str] = (),
     report = write_report(plan.title, stages, root, plan.report, time.perf_counter() - start, processes)
     print(report)
     return report
+
+
+def prepare_data(jobs: list[Job], log: Callable[[str], None]) -> None:
+    """Every built-in dataset the plan's runs read from their cache, made ready before the first unit starts (the
+    cache built from the offline copy, or downloaded): a dataset that cannot be had stops the plan at once, with the
+    same line its first run would print, instead of after the hours of the units before that run; and ``--jobs``
+    children find the cache built instead of each building it. A ``data.path`` is left to the runs that read it."""
+    seen: set[tuple] = set()
+    for job in jobs:
+        for cfg in job.stage.configs:
+            key = (cfg.data.dataset, cfg.data.root, cfg.data.source)
+            if cfg.data.path is None and key not in seen:
+                seen.add(key)
+                try:
+                    prepare_dataset(cfg.data)
+                except RespkdError as err:
+                    raise RespkdError(f"{job.where} reads {describe_data(cfg.data)}: {err}") from None
+    if seen:
+        log(f"plan: data ready ({', '.join(sorted({k[0] for k in seen}))})")
 
 
 def run_plan_unit(name: str, number: int, runs_root: str | None = None, overrides: list[str] = (),
