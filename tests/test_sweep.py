@@ -205,6 +205,10 @@ def test_shipped_plans_validate(tmp_path):
     kinds = {type(j.stage).__name__ for j in jobs}
     assert kinds == {"RunStage", "BiasStage", "EnsembleEvalStage", "SweepStage"}
     assert not (tmp_path / "runs").exists()
+    # the rows beyond the paper distil the main table's committed teacher in results/mnist
+    views = resolve(load_plan("hinton2015_views"), [], Path("results/mnist"))
+    teachers = {t for j in views for c in j.stage.configs if c.teacher is not None for t in [c.teacher.run] if t}
+    assert "mnist-teacher-1200" in teachers and (Path("results/mnist/mnist-teacher-1200/model.safetensors")).is_file()
 
 
 def test_response_family_plan_compares_the_losses_on_one_schedule(tmp_path):
