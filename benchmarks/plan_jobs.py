@@ -13,7 +13,6 @@ command's own wall time, process starts included.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -24,6 +23,8 @@ import time
 from pathlib import Path
 
 import yaml
+
+from bench_output import print_and_write
 
 
 def reproduce(plan: Path, runs_root: Path, jobs: int, threads: int, overrides: list[str]) -> float:
@@ -71,13 +72,8 @@ def main() -> int:
         median = statistics.median(walls)
         lines.append(f"| {jobs} | {threads} | {', '.join(map(str, walls))} | {median:.1f} | {base / median:.2f}x | "
                      f"{', '.join(map(str, loads[(jobs, threads)]))} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\nCommand: `python " + " ".join(sys.argv) + "`\n")
-        rows = [{"jobs": j, "threads": t, "wall_s": w, "load_at_start": loads[(j, t)]} for (j, t), w in times.items()]
-        Path(args.out).with_suffix(".json").write_text(json.dumps(rows, indent=2))
+    rows = [{"jobs": j, "threads": t, "wall_s": w, "load_at_start": loads[(j, t)]} for (j, t), w in times.items()]
+    print_and_write(lines, rows, args.out)
     return 0
 
 

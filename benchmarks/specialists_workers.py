@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_output import print_and_write
+
 
 def train_all(config: str, generalist: str, epochs: int, workers: int, runs_root: Path) -> dict:
     name = f"bench-workers{workers}"
@@ -53,12 +55,7 @@ def main() -> int:
     for r in rows:
         lines.append(f"| {r['workers']} | {r.get('threads_per_worker', '')} | {r['command_wall_s']} | "
                      f"{base / r['command_wall_s']:.2f}x |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\nCommand: `python " + " ".join(sys.argv) + "`\n")
-        Path(args.out).with_suffix(".json").write_text(json.dumps(rows, indent=2))
+    print_and_write(lines, rows, args.out)
     return 0
 
 
