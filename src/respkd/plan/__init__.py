@@ -68,6 +68,7 @@ from respkd.plan.scheduler import PlanStopped, child_command, run_parallel
 from respkd.plan.specialists_stage import SpecialistsStage
 from respkd.plan.stage import Job, StageBase, Unit
 from respkd.plan.sweep_stage import SweepStage
+from respkd.rundir import is_finished
 
 __all__ = [
     "PLANS_DIR", "STAGE_TYPES", "BiasStage", "EnsembleEvalStage", "Job", "Plan", "PlanStopped", "RunStage",
@@ -193,7 +194,7 @@ def run_plan(name: str, runs_root: str | None = None, overrides: list[str] = (),
     stages = resolve(plan, list(overrides), root)
     units = plan_units(stages)
     start = time.perf_counter()
-    prepare_data(stages, _log)
+    prepare_data(stages, root, force, _log)
     if jobs == 1:
         if threads is not None:
             torch.set_num_threads(threads)
@@ -210,16 +211,17 @@ def run_plan(name: str, runs_root: str | None = None, overrides: list[str] = (),
     return report
 
 
-def prepare_data(jobs: list[Job], log: Callable[[str], None]) -> None:
-    """Every built-in dataset the plan's runs read from their cache, made ready before the first unit starts (the
-    cache built from the offline copy, or downloaded): a dataset that cannot be had stops the plan at once, with the
-    same line its first run would print, instead of after the hours of the units before that run; and ``--jobs``
-    children find the cache built instead of each building it. A ``data.path`` is left to the runs that read it."""
+def prepare_data(jobs: list[Job], root: Path, force: bool, log: Callable[[str], None]) -> None:
+    """Every built-in dataset that the plan's unfinished runs read from their cache, made ready before the first
+    unit starts (the cache built from the offline copy, or downloaded): a dataset that cannot be had stops the plan
+    at once, with the same line its first run would print, instead of after the hours of the units before that run;
+    and ``--jobs`` children find the cache built instead of each building it. A ``data.path`` is left to the runs
+    that read it, and a plan whose runs are all finished (and not ``force``d) needs no data."""
     seen: set[tuple] = set()
     for job in jobs:
         for cfg in job.stage.configs:
             key = (cfg.data.dataset, cfg.data.root, cfg.data.source)
-            if cfg.data.path is None and key not in seen:
+            if cfg.data.path is None and key not in seen and (force or not is_finished(cfg, root)):
                 seen.add(key)
                 try:
                     prepare_dataset(cfg.data)
