@@ -207,7 +207,7 @@ def test_shipped_plans_validate(tmp_path):
     assert not (tmp_path / "runs").exists()
     # the rows beyond the paper distil the main table's committed teacher in results/mnist
     views = resolve(load_plan("hinton2015_views"), [], Path("results/mnist"))
-    teachers = {t for j in views for c in j.stage.configs if c.teacher is not None for t in [c.teacher.run] if t}
+    teachers = {c.teacher.run for j in views for c in j.stage.configs if c.teacher is not None}
     assert "mnist-teacher-1200" in teachers and (Path("results/mnist/mnist-teacher-1200/model.safetensors")).is_file()
 
 

@@ -159,8 +159,9 @@ def dkd_terms(
 def _dkd_terms_autograd(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`dkd_terms` written as the authors write it, differentiated by autograd (about 50 small kernels
-    forward and back; :class:`_DKDTerms` is the same numbers in fewer)."""
+    """:func:`dkd_terms` as its docstring writes it (the authors' formula, binary distributions in log space),
+    differentiated by autograd (about 50 small kernels forward and back; :class:`_DKDTerms` is the same numbers in
+    fewer)."""
     with _float32(student_logits):
         s = student_logits.float() / temperature
         t = teacher_logits.float() / temperature
@@ -192,9 +193,8 @@ class _DKDTerms(torch.autograd.Function):
     * d NCKD / d z = g * (q_s - q_t)
 
     The values are the formula's (log-space binary probabilities, the authors' 1000 mask), up to float32 rounding.
-    No gradient reaches the teacher
-    (:func:`dkd_terms` takes the autograd path when its logits require one), and the backward is not differentiable
-    again.
+    No gradient reaches the teacher (:func:`dkd_terms` takes the autograd path when its logits require one), and the
+    backward is not differentiable again.
     """
 
     @staticmethod
