@@ -20,8 +20,8 @@ from torch import nn
 from respkd.errors import RespkdError, closest_name, first_line, quote, shorten
 
 __all__ = [
-    "MAX_LAYERS", "MAX_WIDTH", "MLP", "BasicBlock", "CifarResNet", "MaxNormMixin", "ModelFactory", "SmallCNN",
-    "accepts_option", "build_model", "check_number", "check_widths", "cnn", "count_macs", "count_parameters",
+    "MAX_LAYERS", "MAX_WIDTH", "MLP", "BasicBlock", "CifarResNet", "MaxNormMixin", "ModelFactory", "PackedDropout",
+    "SmallCNN", "accepts_option", "dropout_keep_mask", "build_model", "check_number", "check_widths", "cnn", "count_macs", "count_parameters",
     "list_models", "mlp", "register_model", "resnet32x4", "resnet8x4", "torchvision_weights",
 ]
 
@@ -87,6 +87,36 @@ class MaxNormMixin:
                 layer.weight.copy_(torch.renorm(layer.weight, p=2, dim=0, maxnorm=self.max_norm))
 
 
+def dropout_keep_mask(shape: tuple[int, ...], p: float) -> torch.Tensor:
+    """A CPU bool mask of ``shape``, each element True (kept) with probability ``1 - p`` rounded to 2^-16.
+
+    Drawn from torch's default generator as 64-bit words cut into four 16-bit chunks, each compared with a threshold:
+    one draw per four elements where ``bernoulli_`` makes one (slow, double-precision) draw per element. On this
+    project's CPUs that is 10x faster, and dropout's masks were a quarter of the paper teacher's epoch.
+    """
+    n = math.prod(shape)
+    words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), None)  # all 64 bits uniform
+    chunks = words.view(torch.int16)[:n].view(shape)  # uniform on [-2^15, 2^15)
+    return chunks < round((1 - p) * 2**16) - 2**15
+
+
+class PackedDropout(nn.Dropout):
+    """:class:`torch.nn.Dropout` whose CPU masks come from :func:`dropout_keep_mask` (16 bits of a random word each).
+
+    The same module otherwise (same ``p``, no state, the same scaling by ``1 / (1 - p)`` in the input's dtype, and
+    the same default generator, so seeding, resume and per-process streams treat it alike); tensors on an
+    accelerator go through torch's own fused kernel, which is already fast there.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0 or self.inplace or x.device.type != "cpu":
+            return super().forward(x)
+        if self.p == 1:
+            return x * 0
+        keep = dropout_keep_mask(tuple(x.shape), self.p)
+        return x * keep * (1 / (1 - self.p))
+
+
 class MLP(MaxNormMixin, nn.Module):
     """Fully connected ReLU net: flatten -> [dropout -> linear -> relu]* -> dropout -> linear.
 
@@ -114,13 +144,13 @@ class MLP(MaxNormMixin, nn.Module):
         width, dropout = in_features, dropout_input  # dropout acts on each linear layer's input
         for out in hidden:
             if dropout:
-                layers.append(nn.Dropout(dropout))
+                layers.append(PackedDropout(dropout))
             linear = nn.Linear(width, out)
             self.constrained.append(linear)
             layers += [linear, nn.ReLU(inplace=True)]
             width, dropout = out, dropout_hidden
         if dropout:
-            layers.append(nn.Dropout(dropout))
+            layers.append(PackedDropout(dropout))
         self.classifier = nn.Linear(width, num_classes)
         self.features = nn.Sequential(*layers)
         self.max_norm = max_norm
@@ -158,7 +188,7 @@ class SmallCNN(nn.Module):
             blocks += [nn.Conv2d(width, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
             width = out
         self.features = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
+        self.dropout = PackedDropout(dropout) if dropout else nn.Identity()
         self.classifier = nn.Linear(width, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
