@@ -12,8 +12,6 @@ from torch import nn
 from respkd.errors import RespkdError
 from respkd.losses import check_loss, distillation_loss, hard_label_loss
 
-__all__ = ["ResponseRecorder", "Supervised", "Distiller"]
-
 __all__ = ["Distiller", "ResponseRecorder", "Supervised"]
 
 
