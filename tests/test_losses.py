@@ -226,8 +226,9 @@ def test_dkd_decomposition_identity_per_example(t):
         kd = soft_target_loss(s, t_, t).item()
         tckd, nckd = dkd_terms(s, t_, lab, t)
         p_target = softmax_np(t_row, t)[y]
-        # float32 KLs of nearly equal distributions at high T: absolute rounding of about 1e-7 * T^2
-        close = {"rel": 1e-5, "abs": 2e-7 * t * t}
+        # float32 KLs of nearly equal distributions at high T: each log-probability rounds by about 1e-7 (more on
+        # CPUs whose vectorised exp/log differ: 2.4e-7 * T^2 measured on an AMD EPYC), times T^2
+        close = {"rel": 1e-5, "abs": 1e-6 * t * t}
         assert kd == pytest.approx(tckd.item() + (1 - p_target) * nckd.item(), **close)
         assert kd == pytest.approx(dkd_loss(s, t_, lab, t, alpha=1.0, beta=1 - p_target).item(), **close)
         assert kd == pytest.approx(t * t * kl_np(softmax_np(t_row, t), softmax_np(s_row, t)), **close)
