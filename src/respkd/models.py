@@ -21,8 +21,8 @@ from respkd.errors import RespkdError, closest_name, first_line, quote, shorten
 
 __all__ = [
     "MAX_LAYERS", "MAX_WIDTH", "MLP", "BasicBlock", "CifarResNet", "MaxNormMixin", "ModelFactory", "PackedDropout",
-    "SmallCNN", "accepts_option", "dropout_keep_mask", "build_model", "check_number", "check_widths", "cnn", "count_macs", "count_parameters",
-    "list_models", "mlp", "register_model", "resnet32x4", "resnet8x4", "torchvision_weights",
+    "SmallCNN", "accepts_option", "build_model", "check_number", "check_widths", "cnn", "count_macs", "count_parameters",
+    "dropout_keep_mask", "list_models", "mlp", "register_model", "resnet32x4", "resnet8x4", "torchvision_weights",
 ]
 
 ModelFactory = Callable[..., nn.Module]
@@ -109,10 +109,8 @@ class PackedDropout(nn.Dropout):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0 or self.inplace or x.device.type != "cpu":
+        if not self.training or self.p in (0, 1) or self.inplace or x.device.type != "cpu":
             return super().forward(x)
-        if self.p == 1:
-            return x * 0
         keep = dropout_keep_mask(tuple(x.shape), self.p)
         return x * keep * (1 / (1 - self.p))
 
