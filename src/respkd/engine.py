@@ -54,11 +54,31 @@ def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextM
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD or AdamW over the trainable parameters, with torch's fused kernel where every parameter allows it.
+
+    The fused update is one pass over each parameter instead of several elementwise ops: on the 800-800 MNIST MLP
+    (1.28M parameters, batch 128, one CPU thread) the nesterov SGD step alone drops from about 1.0 ms to about 0.3 ms of a
+    7 ms step. It rounds differently in the last bit (fused multiply-adds), so runs differ from unfused ones there.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
+    fused = fusable(params)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
-                               weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+                               weight_decay=cfg.weight_decay, fused=fused)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+
+
+def fusable(params: Sequence[torch.Tensor]) -> bool | None:
+    """True when torch's fused optimizer kernels can update every one of ``params``: dense float tensors on the CPU
+    or CUDA, each contiguous; None (torch's own default) otherwise.
+
+    Contiguous, because the CPU kernel walks a parameter, its gradient and its momentum buffer as flat memory: a
+    channels-last weight beside a contiguous buffer (what loading a training state gives) is updated with the wrong
+    elements, silently (torch 2.14.1; tests/test_engine.py shows it).
+    """
+    ok = bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() and not p.is_sparse
+                              and p.is_contiguous() for p in params)
+    return True if ok else None
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
