@@ -25,7 +25,6 @@ import torch
 from torch import nn
 
 from matmul_limit import linear_products, time_products
-from respkd import allocator
 from respkd.checkpoint import load_model, read_checkpoint_meta
 from respkd.compilation import compile_modules, compile_unavailable
 from respkd.config import TrainConfig
@@ -573,8 +572,6 @@ def build_method(bench: Bench, job: dict[str, Any]) -> Method:
 
 def serve(job: dict[str, Any]) -> int:
     """Answer the driver's commands for one method until ``finish`` (or until the driver goes away)."""
-    if job.get("malloc", "keep") == "keep":  # before the row allocates anything, whichever library it measures
-        allocator.keep_freed_memory()
     if job["method"].startswith("torchdistill"):
         try:
             import torchdistill  # noqa: F401

@@ -25,7 +25,6 @@ from typing import Any
 
 import torch
 
-from respkd import allocator
 from respkd.checkpoint import load_model
 from respkd.config import TrainConfig
 from respkd.data.datasets import load_dataset
@@ -60,7 +59,6 @@ def main() -> None:
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
     parser.add_argument("--out", help="also write the numbers as JSON here")
     args = parser.parse_args()
-    allocator.keep_freed_memory()  # as the respkd command runs
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
     bf16 = use_bf16(args.precision, device)
