@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from respkd import allocator, preemption
+from respkd import preemption
 from respkd.errors import ReportedElsewhere, RespkdError, Stopped, shorten
 
 __all__ = ["ArgumentParser", "build_parser", "continue_command", "main", "stop_line"]
@@ -456,7 +456,6 @@ def stop_line(args: argparse.Namespace, stop: Stopped, processes: int = 1) -> st
 
 
 def main(argv: list[str] | None = None) -> int:
-    allocator.keep_freed_memory()  # before torch allocates anything: steady-state steps without page faults
     args = build_parser().parse_args(argv)
     from respkd import distributed
 
