@@ -326,6 +326,25 @@ def test_reproduce_runs_then_skips(tmp_path, idx_dir, capsys):
     assert json.loads(summaries[0].read_text())["epochs"] == 1
 
 
+def test_reproduce_report_shows_validation_errors_of_runs_that_hold_a_split_out(tmp_path, idx_dir):
+    student = tiny_config("plan-student", idx_dir, tmp_path / "data", model={"name": "mlp", "hidden": [8]},
+                          teacher={"run": "plan-teacher"}, kd={"temperature": 3.0}, data={"val_size": 40})
+    plan = write_plan(tmp_path, idx_dir, second_config=student)
+    runs = tmp_path / "runs"
+    assert main(["reproduce", str(plan)]) == 0
+    val = json.loads((runs / "plan-student" / "summary.json").read_text())["val_metrics"]
+    test_errors = json.loads((runs / "plan-student" / "summary.json").read_text())["metrics"]["errors"]
+    report = (runs / "REPORT.md").read_text()
+    assert "| run | test errors | validation errors | training examples |" in report
+    assert f"| plan-student | {test_errors} | {val['errors']} / 40 |" in report
+    teacher_errors = json.loads((runs / "plan-teacher" / "summary.json").read_text())["metrics"]["errors"]
+    assert f"| plan-teacher | {teacher_errors} | |" in report  # trained on every example: no validation split
+    # without any split the column is left out
+    plan = write_plan(tmp_path / "b", idx_dir)
+    assert main(["reproduce", str(plan)]) == 0
+    assert "validation errors" not in (tmp_path / "b" / "runs" / "REPORT.md").read_text()
+
+
 def test_reproduce_validates_every_stage_first(tmp_path, idx_dir, capsys):
     bad_second = tiny_config("plan-student", idx_dir, tmp_path / "data")
     bad_second["train"]["epocs"] = 3

@@ -29,12 +29,17 @@ def write_report(title: str, jobs: list[Job], root: Path, report_name: str, elap
     run_dirs = [root / name for job in jobs for name in job.stage.table_runs()]
     lines = [f"# {title}", ""]
     if run_dirs:
+        summaries = [read_summary(d) for d in run_dirs]
+        # Runs that held out a validation split (data.val_size) were chosen on it: its errors sit beside the test's.
+        with_val = any(s.get("val_metrics") for s in summaries)
         lines += [results_table(run_dirs, link_root=root), "",
-                  "| run | test errors | training examples | wall time (min) | s/epoch | precision |",
-                  "|---|---:|---:|---:|---:|---|"]
-        for d in run_dirs:
-            s = read_summary(d)
-            lines.append(f"| {s['name']} | {s['metrics']['errors']} | {s.get('n_train', '')} | "
+                  "| run | test errors |" + (" validation errors |" if with_val else "")
+                  + " training examples | wall time (min) | s/epoch | precision |",
+                  "|---|---:|" + ("---:|" if with_val else "") + "---:|---:|---:|---|"]
+        for s in summaries:
+            val = s.get("val_metrics")
+            val_cell = (f" {val['errors']} / {val['n']} |" if val else " |") if with_val else ""
+            lines.append(f"| {s['name']} | {s['metrics']['errors']} |{val_cell} {s.get('n_train', '')} | "
                          f"{s['wall_time_s'] / 60:.1f} | {s['seconds_per_epoch']:.2f} | {s.get('precision', '')} |")
         lines.append("")
     lines += ["## Against the paper", "", "| stage | measure | ours | paper |", "|---|---|---:|---:|"]
