@@ -28,7 +28,8 @@ HOST = re.escape(socket.gethostname())
 
 
 def test_a_second_run_is_refused_and_a_dead_holder_taken_over(tmp_path, idx_dir, capsys):
-    config = write_yaml(tmp_path / "run.yaml", long_config(idx_dir, tmp_path / "data"))
+    # 8 epochs: the first run must still be training after the three refused attempts, on a loaded machine too
+    config = write_yaml(tmp_path / "run.yaml", long_config(idx_dir, tmp_path / "data", epochs=8))
     runs = tmp_path / "runs"
     first = start_cli(["train", str(config), "--runs-root", str(runs)], tmp_path)
     try:
