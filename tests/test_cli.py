@@ -332,11 +332,10 @@ def test_reproduce_report_shows_validation_errors_of_runs_that_hold_a_split_out(
     plan = write_plan(tmp_path, idx_dir, second_config=student)
     runs = tmp_path / "runs"
     assert main(["reproduce", str(plan)]) == 0
-    val = json.loads((runs / "plan-student" / "summary.json").read_text())["val_metrics"]
-    test_errors = json.loads((runs / "plan-student" / "summary.json").read_text())["metrics"]["errors"]
+    summary = json.loads((runs / "plan-student" / "summary.json").read_text())
     report = (runs / "REPORT.md").read_text()
     assert "| run | test errors | validation errors | training examples |" in report
-    assert f"| plan-student | {test_errors} | {val['errors']} / 40 |" in report
+    assert f"| plan-student | {summary['metrics']['errors']} | {summary['val_metrics']['errors']} / 40 |" in report
     teacher_errors = json.loads((runs / "plan-teacher" / "summary.json").read_text())["metrics"]["errors"]
     assert f"| plan-teacher | {teacher_errors} | |" in report  # trained on every example: no validation split
     # without any split the column is left out
