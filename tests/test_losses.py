@@ -402,3 +402,33 @@ def test_one_pass_terms_under_autocast_and_with_a_learning_teacher(loss):
     (grad,) = torch.autograd.grad(sum(terms(student, teacher.detach())), student, create_graph=True)
     with pytest.raises(RuntimeError, match="does not require grad"):
         grad.sum().backward()
+
+
+@pytest.mark.parametrize("scale", [1.0, 100.0])
+def test_one_pass_standardization_equals_the_formula_and_its_autograd_gradient(scale):
+    """distillation_loss standardizes both models in one pass with its own backward; values and the student's
+    gradient are autograd's through standardize_logits, also for a constant row (zeros, gradient finite)."""
+    from respkd.losses import _standardized_pair
+
+    g = torch.Generator().manual_seed(int(scale))
+    student = (torch.randn(32, 10, generator=g) * scale)
+    student[3] = 2.5  # a constant row
+    student.requires_grad_(True)
+    teacher = torch.randn(32, 10, generator=g) * scale
+    upstream = torch.randn(32, 10, generator=g)
+    s, t_ = _standardized_pair(student, teacher)
+    assert not t_.requires_grad and s.requires_grad
+    (s * upstream).sum().backward()
+    fast_grad, student.grad = student.grad.clone(), None
+    (standardize_logits(student) * upstream).sum().backward()
+    torch.testing.assert_close(s, standardize_logits(student.detach()), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(t_, standardize_logits(teacher), rtol=1e-6, atol=1e-6)
+    assert torch.isfinite(fast_grad).all()
+    torch.testing.assert_close(fast_grad, student.grad, rtol=1e-4, atol=1e-6)
+    # a bf16 student's gradient comes back in bf16; a learning teacher gets its gradient through autograd
+    bf = student.detach().bfloat16().requires_grad_(True)
+    _standardized_pair(bf, teacher.bfloat16())[0].sum().backward()
+    assert bf.grad.dtype == torch.bfloat16
+    learning = teacher.clone().requires_grad_(True)
+    (_standardized_pair(student, learning)[1] * upstream).sum().backward()
+    assert learning.grad is not None and learning.grad.abs().sum() > 0

@@ -114,6 +114,22 @@ def test_a_failure_stops_new_starts_and_the_running_unit_finishes():
     assert not any("[3/3 never]" in line for line in lines)
 
 
+def test_keep_going_runs_what_does_not_read_the_failed_unit_and_says_what_did_not_finish():
+    units = fake_units(("bad", ["bad"], []), ("reads-bad", ["reads-bad"], ["bad"]),
+                       ("reads-that", ["reads-that"], ["reads-bad"]), ("other", ["other"], []))
+    behaviour = {"1": {"lines": ["RuntimeError: boom"], "exit": 1}}
+    lines: list[str] = []
+    unfinished = run_parallel(units, [sys.executable, "-c", FAKE_CHILD, json.dumps(behaviour)], Path("unused"),
+                              False, 2, 1, lines.append, keep_going=True)
+    assert unfinished == {0: "failed (exit 1): RuntimeError: boom",
+                          1: "not run: it waits for [1/4 bad], which did not finish",
+                          2: "not run: it waits for [2/4 reads-bad], which did not finish"}
+    assert "[2/4 reads-bad] not run: it waits for [1/4 bad], which did not finish" in lines
+    assert any("[4/4 other] finished in" in line for line in lines)
+    assert not any("[2/4 reads-bad] started" in line or "[3/4 reads-that] started" in line for line in lines)
+    assert "plan: going on with the units that do not read what it makes (--keep-going)" in lines
+
+
 def test_a_user_error_in_a_unit_stays_one_and_other_failures_quote_the_last_line():
     err = unit_failure("[2/5 x]", 2, ["[2/5] x", "respkd: error: data folder /nope does not exist"])
     assert isinstance(err, RespkdError) and str(err) == "plan unit [2/5 x] failed: data folder /nope does not exist"
@@ -222,6 +238,32 @@ def test_a_failing_unit_stops_the_plan_after_the_running_unit_finishes(tmp_path,
     runs = tmp_path / "runs"
     assert (runs / "par-slow" / "summary.json").is_file() and not (runs / "par-later").exists()
     assert not (runs / "REPORT.md").exists()
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_keep_going_reports_what_finished_and_lists_what_did_not(tmp_path, idx_dir, capsys, jobs):
+    data = tmp_path / "data"
+    plan = plan_of(tmp_path, idx_dir, [
+        tiny_config("par-broken", tmp_path / "no-such-data", data),  # valid config; the folder is missing at run time
+        tiny_config("par-student", idx_dir, data, model={"name": "mlp", "hidden": [8]},
+                    teacher={"run": "par-broken"}, kd={"temperature": 3.0}),
+        tiny_config("par-alone", idx_dir, data),
+    ])
+    assert main(["reproduce", str(plan), "--jobs", jobs, "--threads", "1", "--keep-going"]) == 1
+    captured = capsys.readouterr()
+    runs = tmp_path / "runs"
+    assert captured.err.splitlines() == [
+        f"respkd: plan: 1 unit(s) failed and 1 not run (they read what a failed unit makes); {runs / 'REPORT.md'} "
+        "lists them"]
+    report = (runs / "REPORT.md").read_text()
+    missing = f"data folder {tmp_path / 'no-such-data'} does not exist"
+    assert "## Not finished" in report
+    assert f"- [1/3 par-broken] failed: {missing}" in report  # a child's user error is quoted as in order
+    assert "- [2/3 par-student] not run: it waits for [1/3 par-broken], which did not finish" in report
+    assert "| par-alone |" in report and (runs / "par-alone" / "summary.json").is_file()
+    assert "| par-student | test errors | not finished |" in report
+    assert not (runs / "par-student").exists()
+    assert main(["reproduce", str(plan), "--unit", "3", "--keep-going"]) == 2  # one unit: nothing to keep going with
 
 
 @pytest.mark.parametrize("jobs", [1, 2])

@@ -201,14 +201,14 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from respkd.plan import PlanStopped, run_plan, run_plan_unit
 
     if args.unit is not None:
-        if args.jobs != 1:
-            raise RespkdError("--unit runs one unit in this process; give it without --jobs")
+        if args.jobs != 1 or args.keep_going:
+            raise RespkdError("--unit runs one unit in this process; give it without --jobs or --keep-going")
         run_plan_unit(args.plan, args.unit, runs_root=args.runs_root, overrides=args.overrides, force=args.force,
                       threads=args.threads)
         return 0
     try:
         run_plan(args.plan, runs_root=args.runs_root, overrides=args.overrides, force=args.force, jobs=args.jobs,
-                 threads=args.threads)
+                 threads=args.threads, keep_going=args.keep_going)
     except PlanStopped as stop:  # a unit crashed, or a signal came: not the input's fault, so not exit status 2
         print(f"respkd: {stop}", file=sys.stderr)
         return stop.exit_code
@@ -402,6 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "of its own (default 1: one after another, in this process)")
     p.add_argument("--threads", type=int, metavar="K",
                    help="torch threads of each process (default: cores // N with --jobs, else torch's)")
+    p.add_argument("--keep-going", action="store_true",
+                   help="after a unit fails, go on with every unit that does not read what it makes; the report "
+                        "covers what finished and lists what did not (exit status 1)")
     p.add_argument("--unit", type=int, metavar="K",
                    help="run only the plan's K-th unit, in this process (what each --jobs process runs; array jobs); "
                         "the runs it reads must be finished")

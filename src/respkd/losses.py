@@ -241,6 +241,14 @@ def dkd_loss(
     return alpha * tckd + beta * nckd
 
 
+def _softmax(z: torch.Tensor) -> torch.Tensor:
+    """``softmax(z)`` over the last dim, written out: on the CPU, ``torch.softmax`` over rows of ~10 classes costs
+    about 2.5x these five kernels (its vectorized loop runs along the short class dim); the same numbers up to
+    float32 rounding. Used where the gradient is computed by hand (no autograd through it)."""
+    e = (z - z.amax(dim=-1, keepdim=True)).exp_()
+    return e.div_(e.sum(dim=-1, keepdim=True))
+
+
 def _pearson(a: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:
     """Pearson correlation of ``a`` and ``b`` along ``dim`` (1: of each row, 0: of each column), with DIST's eps
     (1e-8) added to the product of the centred vectors' norms, as its authors compute it (they transpose for the
@@ -294,16 +302,19 @@ def _dist_terms_autograd(
     return inter, intra
 
 
-def _pearson_and_gradient(a: torch.Tensor, b: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`_pearson` along ``dim`` (kept) and its gradient w.r.t. ``a``: with ``u``, ``v`` the centred vectors and
-    ``n = |u| |v| + eps``, ``d r / d a = v / n - (u . v) |v| u / (|u| n^2)`` (already centred, so the centring's own
-    derivative changes nothing); 0 for the second part where ``u`` is 0, as autograd's norm gives."""
-    u = a - a.mean(dim=dim, keepdim=True)
-    v = b - b.mean(dim=dim, keepdim=True)
-    norm_u, norm_v = u.norm(dim=dim, keepdim=True), v.norm(dim=dim, keepdim=True)
-    n = norm_u * norm_v + PEARSON_EPS
-    dot = (u * v).sum(dim=dim, keepdim=True)
-    return dot / n, v / n - u * (dot * norm_v / (norm_u.clamp_min(torch.finfo(u.dtype).tiny) * n * n))
+def _pearson_and_gradient(y: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_pearson` of ``y[0]`` (the student) with ``y[1]`` (the teacher) along ``dim`` of each (kept), and its
+    gradient w.r.t. ``y[0]``: with ``u``, ``v`` the centred vectors and ``n = |u| |v| + eps``,
+    ``d r / d a = (v - r |v| / |u| * u) / n`` (already centred, so the centring's own derivative changes nothing); 0
+    for the second part where ``u`` is 0, as autograd's norm gives. Both models are centred and normed in one kernel
+    each, ``dim + 1`` of the stacked ``y``."""
+    c = y - y.mean(dim=dim + 1, keepdim=True)
+    norms = c.square().sum(dim=dim + 1, keepdim=True).sqrt_()
+    (u, v), (norm_u, norm_v) = c, norms
+    n = (norm_u * norm_v).add_(PEARSON_EPS)
+    r = (u * v).sum(dim=dim, keepdim=True).div_(n)
+    k = (r * norm_v).div_(norm_u.clamp_min(torch.finfo(u.dtype).tiny))
+    return r, v.addcmul(u, k, value=-1.0).div_(n)
 
 
 class _DISTTerms(torch.autograd.Function):
@@ -311,7 +322,8 @@ class _DISTTerms(torch.autograd.Function):
 
     With ``y = softmax(z / T)`` and ``r`` the Pearson correlations of the rows (N of them) and of the columns (C):
     ``d inter / d y_s = -T^2 / N * d r_rows / d y_s``, ``d intra / d y_s = -T^2 / C * d r_columns / d y_s`` (see
-    :func:`_pearson_and_gradient`), then through the softmax: ``d / d z = y_s * (g - sum(y_s * g)) / T`` per row.
+    :func:`_pearson_and_gradient`), then through the softmax: ``d / d z = y_s * (g - sum(y_s * g)) / T`` per row;
+    about 35 kernels in all.
     The values are :func:`_dist_terms_autograd`'s; no gradient reaches the teacher, and the backward is not
     differentiable again.
     """
@@ -320,14 +332,15 @@ class _DISTTerms(torch.autograd.Function):
     def forward(ctx, student_logits, teacher_logits, temperature):  # noqa: D102 (the class says it)
         n, c = student_logits.shape
         with _float32(student_logits):
-            y = torch.softmax(torch.stack([student_logits.detach(), teacher_logits.detach()]).float() / temperature, 2)
-            y_s, y_t = y[0], y[1]
-            r_rows, d_rows = _pearson_and_gradient(y_s, y_t, dim=1)
-            r_cols, d_cols = _pearson_and_gradient(y_s, y_t, dim=0)
+            y = _softmax(torch.stack([student_logits.detach(), teacher_logits.detach()]).float() / temperature)
+            r_rows, d_rows = _pearson_and_gradient(y, dim=1)
+            r_cols, d_cols = _pearson_and_gradient(y, dim=0)
             t2 = temperature**2
             inter, intra = t2 * (1 - r_rows.mean()), t2 * (1 - r_cols.mean())
-            d_y = torch.stack([d_rows * (-t2 / n), d_cols * (-t2 / c)])  # d inter / d y_s, d intra / d y_s
-            d_z = y_s * (d_y - (y_s * d_y).sum(2, keepdim=True)) / temperature
+            # d inter / d y_s and d intra / d y_s, each with the softmax's 1 / T
+            d_y = torch.stack([d_rows.mul_(-t2 / (n * temperature)), d_cols.mul_(-t2 / (c * temperature))])
+            y_s = y[0]
+            d_z = (d_y - (y_s * d_y).sum(2, keepdim=True)).mul_(y_s)
         ctx.save_for_backward(d_z)
         ctx.dtype = student_logits.dtype
         return inter, intra
@@ -362,6 +375,54 @@ def standardize_logits(logits: torch.Tensor) -> torch.Tensor:
     with _float32(logits):
         z = logits.float()
         return (z - z.mean(dim=-1, keepdim=True)) / (STANDARDIZE_EPS + z.std(dim=-1, keepdim=True))
+
+
+class _StandardizedPair(torch.autograd.Function):
+    """:func:`standardize_logits` of the student's and the teacher's logits in one pass, with the student's gradient.
+
+    Both models' rows are standardized together (one set of reductions over the stacked logits); autograd through
+    :func:`standardize_logits` spends about 12 small kernels per model, forward and back. With ``y = u / d``,
+    ``u = z - mean(z)``, ``s`` the standard deviation (n - 1) and ``d = eps + s``, per row of C classes:
+    ``d L / d z = ((g - mean(g)) - (g . y) * y * d / ((C - 1) s)) / d`` (the second part 0 where the row is constant,
+    as there y is 0). No gradient reaches the teacher (:func:`distillation_loss` takes the autograd path when its
+    logits require one), and the backward is not differentiable again.
+    """
+
+    @staticmethod
+    def forward(ctx, student_logits, teacher_logits):  # noqa: D102 (the class says it)
+        n, c = student_logits.shape
+        with _float32(student_logits):
+            z = torch.cat([student_logits.detach(), teacher_logits.detach()]).float()
+            u = z - z.mean(dim=1, keepdim=True)
+            # torch.std_mean's own kernel costs about twice these three on rows of ~10 classes (CPU)
+            std = u.square().sum(dim=1, keepdim=True).div_(c - 1).sqrt_()
+            d = std.add(STANDARDIZE_EPS)
+            y = u.div_(d)
+            d_s = d[:n]
+            ctx.save_for_backward(y[:n], d_s, d_s / std[:n].clamp_min(torch.finfo(z.dtype).tiny).mul_(c - 1))
+        ctx.dtype = student_logits.dtype
+        teacher = y[n:]
+        ctx.mark_non_differentiable(teacher)
+        return y[:n], teacher
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_student, grad_teacher):  # noqa: D102
+        y, d, k = ctx.saved_tensors
+        g = grad_student.float()
+        dot = (g * y).sum(1, keepdim=True).mul_(k)
+        return (g - g.mean(1, keepdim=True)).sub_(y * dot).div_(d).to(ctx.dtype), None
+
+
+def _standardized_pair(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both models' logits through :func:`standardize_logits` (see :class:`_StandardizedPair` for the one pass)."""
+    _check_pair(student_logits, teacher_logits)
+    # autograd to both models when the teacher learns too; standardize_logits raises the clear error for 1 class
+    if teacher_logits.requires_grad or student_logits.dim() != 2 or student_logits.shape[-1] < 2:
+        return standardize_logits(student_logits), standardize_logits(teacher_logits)
+    return _StandardizedPair.apply(student_logits, teacher_logits)
 
 
 def check_loss(loss: str, params: dict[str, float]) -> None:
@@ -418,8 +479,7 @@ def distillation_loss(
     """
     if hard_weight and labels is None:
         raise ValueError("hard_weight > 0 needs labels")
-    s, t = (standardize_logits(student_logits), standardize_logits(teacher_logits)) if standardize else (
-        student_logits, teacher_logits)
+    s, t = _standardized_pair(student_logits, teacher_logits) if standardize else (student_logits, teacher_logits)
     response, terms = response_loss(loss, s, t, labels, temperature, **(loss_params or {}))
     # The hard term is computed whenever labels exist: it costs nothing and is worth logging at weight 0.
     hard = hard_label_loss(student_logits, labels) if labels is not None else response.new_zeros(())

@@ -64,7 +64,7 @@ from respkd.plan.bias_stage import BiasStage
 from respkd.plan.ensemble_stage import EnsembleEvalStage
 from respkd.plan.report import write_report
 from respkd.plan.run_stage import RunStage
-from respkd.plan.scheduler import PlanStopped, child_command, run_parallel
+from respkd.plan.scheduler import PlanStopped, child_command, dependencies, run_parallel, unit_prefix
 from respkd.plan.specialists_stage import SpecialistsStage
 from respkd.plan.stage import Job, StageBase, Unit
 from respkd.plan.sweep_stage import SweepStage
@@ -182,12 +182,14 @@ def check_processes(jobs: int, threads: int | None) -> None:
 
 
 def run_plan(name: str, runs_root: str | None = None, overrides: list[str] = (), force: bool = False,
-             jobs: int = 1, threads: int | None = None) -> str:
+             jobs: int = 1, threads: int | None = None, keep_going: bool = False) -> str:
     """Run the plan ``name`` (a YAML path, or a plan under ``configs/plans/``), then write and return its report.
 
     ``jobs`` 1: unit after unit in this process (``threads``: its torch threads, default torch's); more: that many
     child processes at a time, of ``threads`` torch threads each (default ``cores // jobs``; see
-    :mod:`respkd.plan.scheduler`)."""
+    :mod:`respkd.plan.scheduler`). A failing unit stops the plan (its error raised, no report), unless
+    ``keep_going``: then every unit that reads nothing a failed unit makes still runs, the report is written for
+    what finished and lists what did not, and :class:`PlanStopped` (exit status 1) says how many failed."""
     check_processes(jobs, threads)
     plan = load_plan(name)
     root = Path(runs_root or plan.runs_root)
@@ -198,17 +200,44 @@ def run_plan(name: str, runs_root: str | None = None, overrides: list[str] = (),
     if jobs == 1:
         if threads is not None:
             torch.set_num_threads(threads)
-        for unit in units:
-            unit.execute(root, force, _log)
+        unfinished = _run_in_order(units, root, force, keep_going)
         processes = None
     else:
         threads = threads or max(1, usable_cores() // jobs)
-        run_parallel(units, child_command(name, root, list(overrides), force, threads), root, force, jobs, threads,
-                     _log)
+        unfinished = run_parallel(units, child_command(name, root, list(overrides), force, threads), root, force,
+                                  jobs, threads, _log, keep_going)
         processes = (jobs, threads)
-    report = write_report(plan.title, stages, root, plan.report, time.perf_counter() - start, processes)
+    lost = [(unit_prefix(units, i), units[i].outputs, why) for i, why in sorted(unfinished.items())]
+    report = write_report(plan.title, stages, root, plan.report, time.perf_counter() - start, processes, lost)
     print(report)
+    if unfinished:
+        failed = sum(why.startswith("failed") for why in unfinished.values())
+        raise PlanStopped(f"plan: {failed} unit(s) failed and {len(unfinished) - failed} not run (they read what a "
+                          f"failed unit makes); {root / plan.report} lists them", 1)
     return report
+
+
+def _run_in_order(units: list[Unit], root: Path, force: bool, keep_going: bool) -> dict[int, str]:
+    """Every unit in this process, in plan order. A failure propagates, unless ``keep_going``: then it is logged,
+    the units that read what it makes are not run, and the result maps each unit that did not finish to why. A
+    signal (:class:`respkd.errors.Stopped`) always stops the plan."""
+    deps, unfinished = dependencies(units), {}
+    for i, unit in enumerate(units):
+        if not keep_going:
+            unit.execute(root, force, _log)
+            continue
+        lost = sorted(deps[i] & set(unfinished))
+        if lost:
+            unfinished[i] = f"not run: it waits for {unit_prefix(units, lost[0])}, which did not finish"
+        else:
+            try:
+                unit.execute(root, force, _log)
+            except Exception as err:  # noqa: BLE001 (--keep-going: any unit's error is reported, the plan goes on)
+                unfinished[i] = f"failed: {err}"
+            else:
+                continue
+        _log(f"{unit_prefix(units, i)} {unfinished[i]}")
+    return unfinished
 
 
 def prepare_data(jobs: list[Job], root: Path, force: bool, log: Callable[[str], None]) -> None:

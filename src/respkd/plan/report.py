@@ -22,12 +22,20 @@ def _fmt(value: float | None) -> str:
 
 
 def write_report(title: str, jobs: list[Job], root: Path, report_name: str, elapsed: float,
-                 processes: tuple[int, int] | None = None) -> str:
+                 processes: tuple[int, int] | None = None,
+                 unfinished: list[tuple[str, list[str], str]] = ()) -> str:
     """Write ``root / report_name`` for the finished ``jobs``; returns its text. ``elapsed``: this invocation's
     seconds (the runs' own wall times are read from their summaries); ``processes``: (N, threads) when the
-    invocation ran N processes at a time (``--jobs``), None when it ran everything in itself."""
-    run_dirs = [root / name for job in jobs for name in job.stage.table_runs()]
+    invocation ran N processes at a time (``--jobs``), None when it ran everything in itself. ``unfinished``: the
+    units that did not finish (``--keep-going``), as (``[K/U name]``, outputs, why): a stage that was to make any of
+    their outputs shows no measures or section, and the report lists them."""
+    lost = {name for _, outputs, _ in unfinished for name in outputs}
+    done = {job.index for job in jobs if not lost & set(job.stage.outputs)}
+    run_dirs = [root / name for job in jobs for name in job.stage.table_runs()
+                if name not in lost and (root / name / "summary.json").is_file()]
     lines = [f"# {title}", ""]
+    if unfinished:
+        lines += ["## Not finished", "", *[f"- {unit} {why}" for unit, _, why in unfinished], ""]
     if run_dirs:
         summaries = [read_summary(d) for d in run_dirs]
         # Runs that held out a validation split (data.val_size) were chosen on it: its errors sit beside the test's.
@@ -44,10 +52,11 @@ def write_report(title: str, jobs: list[Job], root: Path, report_name: str, elap
         lines.append("")
     lines += ["## Against the paper", "", "| stage | measure | ours | paper |", "|---|---|---:|---:|"]
     for job in jobs:
-        ours = job.stage.measures(root)
+        ours = job.stage.measures(root) if job.index in done else {}
         for m in job.stage.shown_measures():
-            lines.append(f"| {job.label} | {MEASURE_TEXT.get(m, m)} | {_fmt(ours.get(m))} | {_fmt(job.stage.paper.get(m))} |")
-    for job in jobs:
+            value = _fmt(ours.get(m)) if job.index in done else "not finished"
+            lines.append(f"| {job.label} | {MEASURE_TEXT.get(m, m)} | {value} | {_fmt(job.stage.paper.get(m))} |")
+    for job in (j for j in jobs if j.index in done):
         section = job.stage.section(root)
         if section:
             lines += ["", *section]

@@ -13,7 +13,8 @@ parent
 * relays every line its children print, prefixed by the unit's ``[K/U name]``, and says when each starts and ends
   (children draw no progress bars: their stderr is a pipe, not a terminal);
 * after a unit fails starts nothing new, lets the running units finish (their work is kept, while a stopped run
-  would lose the epoch it was in), and reports the failing unit's last error line;
+  would lose the epoch it was in), and reports the failing unit's last error line; with ``--keep-going`` it goes on
+  with every unit that reads nothing the failed one makes (as ``make -k``), and says which units did not finish;
 * forwards SIGINT and SIGTERM to its children, waits for them and exits with 128 + the signal's number.
 
 Running the plan again resumes: finished units are skipped, interrupted runs resume from their training state.
@@ -36,7 +37,7 @@ from typing import IO
 from respkd.errors import RespkdError
 from respkd.plan.stage import Log, Unit
 
-__all__ = ["PlanStopped", "child_command", "dependencies", "run_parallel", "unit_failure"]
+__all__ = ["PlanStopped", "child_command", "dependencies", "run_parallel", "unit_failure", "unit_prefix"]
 
 TAIL_LINES = 50  # a child's last lines, kept to report its error
 
@@ -63,6 +64,11 @@ def child_command(plan: str, root: Path, overrides: list[str], force: bool, thre
     """The command that runs one unit of ``plan`` (``--unit K`` appended) with the parent's settings."""
     return [sys.executable, "-m", "respkd.cli", "reproduce", plan, "--runs-root", str(root), "--threads",
             str(threads), *[a for o in overrides for a in ("--set", o)], *(["--force"] if force else [])]
+
+
+def unit_prefix(units: list[Unit], i: int) -> str:
+    """``[K/U name]``: how the plan's lines name unit ``i`` (0-based) of ``units``."""
+    return f"[{i + 1}/{len(units)} {units[i].label}]"
 
 
 def dependencies(units: list[Unit]) -> list[set[int]]:
@@ -113,17 +119,20 @@ def _signal_group(proc: subprocess.Popen, signum: int) -> None:
 
 
 def run_parallel(units: list[Unit], command: list[str], root: Path, force: bool, jobs: int, threads: int,
-                 log: Log) -> None:
+                 log: Log, keep_going: bool = False) -> dict[int, str]:
     """Run a plan's ``units`` (in plan order), at most ``jobs`` at a time, each unfinished one as ``command + ["--unit",
     K]`` with ``threads`` torch threads (see the module docstring). Raises the first failure (see
-    :func:`unit_failure`) or :class:`PlanStopped` after a signal, once every started unit has ended."""
+    :func:`unit_failure`) or :class:`PlanStopped` after a signal, once every started unit has ended. With
+    ``keep_going`` a failure raises nothing: the units that read what it makes are not run, the others are, and the
+    result maps every unit that did not finish (by index) to why; without it the result is empty."""
     total, deps = len(units), dependencies(units)
-    prefixes = [f"[{k}/{total} {u.label}]" for k, u in enumerate(units, 1)]
+    prefixes = [unit_prefix(units, i) for i in range(total)]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
     pending, done, running = list(range(total)), set(), {}
     events: queue.Queue = queue.Queue()
     counts = {"run": 0, "skipped": 0}
     failure: list[Exception] = []
+    unfinished: dict[int, str] = {}  # with keep_going: the failed units and those that read what they make
     stop: list[int] = []  # the signals received
 
     def forward(signum: int, frame: object) -> None:
@@ -157,6 +166,7 @@ def run_parallel(units: list[Unit], command: list[str], root: Path, force: bool,
                 return False
         except RespkdError as err:
             failure.append(RespkdError(f"plan unit {prefixes[i]} failed: {err}"))
+            unfinished[i] = f"failed: {err}"
         else:
             done.add(i)
         pending.remove(i)
@@ -165,8 +175,15 @@ def run_parallel(units: list[Unit], command: list[str], root: Path, force: bool,
     def launch() -> None:
         """Start (or settle) the ready units in plan order, while slots are free and nothing exclusive runs."""
         for i in list(pending):
-            if failure or stop or len(running) >= jobs or any(c.unit.exclusive for c in running.values()):
+            if (failure and not keep_going) or stop or len(running) >= jobs or any(
+                    c.unit.exclusive for c in running.values()):
                 return
+            lost = sorted(deps[i] & set(unfinished))
+            if lost:  # it reads (or overwrites) what a failed unit was to make: not run
+                pending.remove(i)
+                unfinished[i] = f"not run: it waits for {prefixes[lost[0]]}, which did not finish"
+                log(f"{prefixes[i]} {unfinished[i]}")
+                continue
             if not deps[i] <= done or settle(i):
                 continue
             if units[i].exclusive and running:
@@ -185,10 +202,13 @@ def run_parallel(units: list[Unit], command: list[str], root: Path, force: bool,
             log(f"{prefixes[i]} stopped ({_exit_text(code)}) after {took:.1f}s")
         else:
             log(f"{prefixes[i]} FAILED ({_exit_text(code)}) after {took:.1f}s")
-            if not failure:
-                failure.append(unit_failure(prefixes[i], code, list(child.tail)))
-                if running:
-                    log(f"plan: starting nothing new; waiting for {len(running)} running unit(s) to finish")
+            error = unit_failure(prefixes[i], code, list(child.tail))
+            unfinished[i] = str(error).removeprefix(f"plan unit {prefixes[i]} ")  # "failed (exit 1): ..."
+            if keep_going:
+                log("plan: going on with the units that do not read what it makes (--keep-going)")
+            elif not failure and running:
+                log(f"plan: starting nothing new; waiting for {len(running)} running unit(s) to finish")
+            failure.append(error)
 
     # Handlers only in the main thread (Python allows no other); a signal ignored (nohup, a background job) stays so.
     on_main = threading.current_thread() is threading.main_thread()
@@ -227,7 +247,8 @@ def run_parallel(units: list[Unit], command: list[str], root: Path, force: bool,
         name = signal.Signals(stop[0]).name
         raise PlanStopped(f"interrupted by {name}; run the plan again to resume (finished units are skipped, "
                           "interrupted runs resume)", 128 + stop[0])
-    if failure:
+    if failure and not keep_going:
         raise failure[0]
     if pending:  # cannot happen when resolve() passed: every need is made by an earlier unit or exists
         raise RespkdError(f"plan: unit {prefixes[pending[0]]} never became ready")
+    return unfinished if keep_going else {}
